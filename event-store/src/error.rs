@@ -1,0 +1,56 @@
+use domain::{AppendError, ContiguityViolation};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The domain refused the append (version, idempotency).
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    #[error("stream '{0}' does not exist")]
+    StreamNotFound(String),
+    #[error(
+        "the append queue is full ({queue_max} requests waiting, append_queue_max); retry after a short backoff"
+    )]
+    Overloaded { queue_max: usize },
+    #[error("the commit's outcome is unknown ({0}); retry with the same event ids: the append is idempotent")]
+    CommitOutcomeUnknown(String),
+    #[error("{attempts} attempts lost a race with concurrent writers of the same streams; retry")]
+    Contention { attempts: u32 },
+    #[error("the event store is shutting down")]
+    ShuttingDown,
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// The stored data breaks an invariant; never expected.
+    #[error("corrupt event store: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            other => StoreError::Database(other.to_string()),
+        }
+    }
+}
+
+impl From<ContiguityViolation> for StoreError {
+    fn from(v: ContiguityViolation) -> Self {
+        StoreError::Corrupt(v.to_string())
+    }
+}
+
+impl StoreError {
+    /// A copy for each request of a batch that failed as a whole.
+    pub(crate) fn shared(&self) -> StoreError {
+        match self {
+            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+            StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+            StoreError::CommitOutcomeUnknown(m) => StoreError::CommitOutcomeUnknown(m.clone()),
+            other => StoreError::Database(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The event store on PostgreSQL: group-committed appends, stream and $all
+//! reads.
+//!
+//! **Architecture Invariant:** this crate is the only writer of the `events`
+//! and `streams` tables. Every append goes through [`Appender`], which
+//! assigns versions under a row lock on `streams` and checks them against
+//! the domain's `decide`.
+
+mod append;
+mod error;
+mod read;
+
+pub use append::{AppendConfig, AppendOutcome, Appender, EventPosition, StreamOutcome};
+pub use error::StoreError;
+pub use read::{
+    AllPosition, Direction, EventReceiver, ReadAllQuery, ReadConfig, ReadStreamQuery, Reader, RecordedEvent,
+};
+
+/// The migrations of dbswarm's own database (`migrations/` at the repo root).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

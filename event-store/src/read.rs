@@ -1,0 +1,290 @@
+//! Reads, paged from PostgreSQL into a bounded channel: a slow consumer
+//! makes the producer wait, so memory stays flat however long the read.
+
+use chrono::{DateTime, Utc};
+use domain::{EventData, StreamId, verify_contiguous};
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::error::StoreError;
+
+const STREAM_VERSION: &str = include_str!("sql/stream_version.sql");
+const READ_STREAM_FORWARDS: &str = include_str!("sql/read_stream_forwards.sql");
+const READ_STREAM_BACKWARDS: &str = include_str!("sql/read_stream_backwards.sql");
+const READ_ALL: &str = include_str!("sql/read_all.sql");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadConfig {
+    /// Rows fetched per query.
+    pub page_events_max: usize,
+    /// Events buffered between the database and a slow client.
+    pub buffer_events_max: usize,
+}
+
+impl Default for ReadConfig {
+    fn default() -> Self {
+        ReadConfig {
+            page_events_max: 500,
+            buffer_events_max: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Forwards,
+    Backwards,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadStreamQuery {
+    pub stream_id: StreamId,
+    /// Forwards: first version returned (0 = 1). Backwards: highest version
+    /// returned (0 = the stream's last).
+    pub from_version: u64,
+    pub direction: Direction,
+    pub limit: Option<u64>,
+}
+
+/// A point in the $all order (transaction id, then global position).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AllPosition {
+    pub transaction_id: u64,
+    pub global_position: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReadAllQuery {
+    /// Exclusive; `None` = from the beginning.
+    pub after: Option<AllPosition>,
+    pub stream_prefix: String,
+    pub event_types: Vec<String>,
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedEvent {
+    pub global_position: u64,
+    pub transaction_id: u64,
+    pub event_id: Uuid,
+    pub stream_id: String,
+    pub aggregate_type: String,
+    pub aggregate_id: Option<Uuid>,
+    pub event_version: u64,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub data: EventData,
+    /// JSON object text.
+    pub metadata: String,
+    pub correlation_id: Option<Uuid>,
+    pub causation_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl RecordedEvent {
+    pub fn all_position(&self) -> AllPosition {
+        AllPosition {
+            transaction_id: self.transaction_id,
+            global_position: self.global_position,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    global_position: i64,
+    event_id: Uuid,
+    stream_id: String,
+    aggregate_type: String,
+    aggregate_id: Option<Uuid>,
+    event_version: i64,
+    event_type: String,
+    schema_version: i32,
+    event_data: Option<String>,
+    data_binary: Option<Vec<u8>>,
+    metadata: String,
+    correlation_id: Option<Uuid>,
+    causation_id: Option<Uuid>,
+    transaction_id: i64,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<EventRow> for RecordedEvent {
+    type Error = StoreError;
+
+    fn try_from(row: EventRow) -> Result<Self, StoreError> {
+        let data = match (row.event_data, row.data_binary) {
+            (Some(json), None) => EventData::Json(json),
+            (None, Some(bytes)) => EventData::Binary(bytes),
+            _ => {
+                return Err(StoreError::Corrupt(format!(
+                    "event {} has not exactly one payload column set",
+                    row.event_id
+                )));
+            }
+        };
+        Ok(RecordedEvent {
+            global_position: row.global_position as u64,
+            transaction_id: row.transaction_id as u64,
+            event_id: row.event_id,
+            stream_id: row.stream_id,
+            aggregate_type: row.aggregate_type,
+            aggregate_id: row.aggregate_id,
+            event_version: row.event_version as u64,
+            event_type: row.event_type,
+            schema_version: row.schema_version as u32,
+            data,
+            metadata: row.metadata,
+            correlation_id: row.correlation_id,
+            causation_id: row.causation_id,
+            created_at: row.created_at,
+        })
+    }
+}
+
+pub type EventReceiver = mpsc::Receiver<Result<RecordedEvent, StoreError>>;
+
+#[derive(Clone)]
+pub struct Reader {
+    pool: PgPool,
+    config: ReadConfig,
+}
+
+impl Reader {
+    pub fn new(pool: PgPool, config: ReadConfig) -> Reader {
+        Reader { pool, config }
+    }
+
+    /// The stream's current version, `None` when it does not exist.
+    pub async fn stream_version(&self, stream_id: &StreamId) -> Result<Option<u64>, StoreError> {
+        let version: Option<i64> = sqlx::query_scalar(STREAM_VERSION)
+            .bind(stream_id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(version.map(|v| v as u64))
+    }
+
+    /// Streams the events of one stream. Fails up front with
+    /// `StreamNotFound`; errors met later arrive in the channel.
+    pub async fn read_stream(&self, query: ReadStreamQuery) -> Result<EventReceiver, StoreError> {
+        let current = self
+            .stream_version(&query.stream_id)
+            .await?
+            .ok_or_else(|| StoreError::StreamNotFound(query.stream_id.to_string()))?;
+        let (sender, receiver) = mpsc::channel(self.config.buffer_events_max.max(1));
+        let reader = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = reader.produce_stream(&query, current, &sender).await {
+                let _ = sender.send(Err(e)).await;
+            }
+        });
+        Ok(receiver)
+    }
+
+    async fn produce_stream(
+        &self,
+        query: &ReadStreamQuery,
+        current: u64,
+        sender: &mpsc::Sender<Result<RecordedEvent, StoreError>>,
+    ) -> Result<(), StoreError> {
+        let forwards = query.direction == Direction::Forwards;
+        let stream = query.stream_id.as_str();
+        let mut next = match query.direction {
+            Direction::Forwards => query.from_version.max(1),
+            Direction::Backwards if query.from_version == 0 || query.from_version > current => current,
+            Direction::Backwards => query.from_version,
+        };
+        // Read-side invariant: the first event is the one asked for and
+        // every later one follows it by exactly one version.
+        let mut previous = match query.direction {
+            Direction::Forwards if next <= current => Some(next - 1),
+            Direction::Forwards => None,
+            Direction::Backwards => Some(next + 1),
+        };
+        let mut remaining = query.limit.unwrap_or(u64::MAX);
+        while remaining > 0 && next >= 1 {
+            let page = remaining.min(self.config.page_events_max as u64);
+            let sql = if forwards {
+                READ_STREAM_FORWARDS
+            } else {
+                READ_STREAM_BACKWARDS
+            };
+            let rows: Vec<EventRow> = sqlx::query_as(sql)
+                .bind(stream)
+                .bind(next as i64)
+                .bind(page as i64)
+                .fetch_all(&self.pool)
+                .await?;
+            let fetched = rows.len() as u64;
+            for row in rows {
+                let event = RecordedEvent::try_from(row)?;
+                verify_contiguous(stream, previous, event.event_version, forwards)?;
+                previous = Some(event.event_version);
+                if sender.send(Ok(event)).await.is_err() {
+                    return Ok(()); // the client went away
+                }
+            }
+            remaining -= fetched;
+            let Some(last) = previous else { break };
+            if fetched < page {
+                break;
+            }
+            next = if forwards { last + 1 } else { last - 1 };
+        }
+        Ok(())
+    }
+
+    /// Streams committed events in $all order, up to the horizon of
+    /// transactions still running.
+    pub fn read_all(&self, query: ReadAllQuery) -> EventReceiver {
+        let (sender, receiver) = mpsc::channel(self.config.buffer_events_max.max(1));
+        let reader = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = reader.produce_all(&query, &sender).await {
+                let _ = sender.send(Err(e)).await;
+            }
+        });
+        receiver
+    }
+
+    async fn produce_all(
+        &self,
+        query: &ReadAllQuery,
+        sender: &mpsc::Sender<Result<RecordedEvent, StoreError>>,
+    ) -> Result<(), StoreError> {
+        let mut after = query.after.unwrap_or_default();
+        let mut remaining = query.limit.unwrap_or(u64::MAX);
+        while remaining > 0 {
+            let page = remaining.min(self.config.page_events_max as u64);
+            let rows: Vec<EventRow> = sqlx::query_as(READ_ALL)
+                .bind(after.transaction_id.to_string())
+                .bind(after.global_position as i64)
+                .bind(&query.stream_prefix)
+                .bind(&query.event_types)
+                .bind(page as i64)
+                .fetch_all(&self.pool)
+                .await?;
+            let fetched = rows.len() as u64;
+            for row in rows {
+                let event = RecordedEvent::try_from(row)?;
+                // Read-side invariant: $all only moves forwards.
+                if event.all_position() <= after {
+                    return Err(StoreError::Corrupt(format!(
+                        "$all went backwards: {:?} after {after:?}",
+                        event.all_position()
+                    )));
+                }
+                after = event.all_position();
+                if sender.send(Ok(event)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            remaining -= fetched;
+            if fetched < page {
+                break;
+            }
+        }
+        Ok(())
+    }
+}

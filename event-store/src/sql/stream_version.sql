@@ -1,0 +1,1 @@
+SELECT version FROM streams WHERE stream_id = $1

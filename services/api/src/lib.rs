@@ -1,0 +1,22 @@
+//! The gRPC edge of dbswarm.
+//!
+//! **Architecture Invariant:** among the server's crates, only this one
+//! names generated proto types. Requests are converted with `TryFrom` /
+//! `convert::*` into validated domain types at the boundary, and store
+//! errors are mapped onto gRPC status codes once, in `status.rs`.
+
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("dbswarm.v1");
+
+    /// For gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("dbswarm_descriptor");
+}
+
+mod convert;
+mod event_store_service;
+mod status;
+
+pub use convert::EVENT_TYPE_FILTERS_MAX;
+pub use event_store_service::EventStoreService;
+pub use status::{store_error_status, validation_status};

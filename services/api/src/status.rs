@@ -1,0 +1,86 @@
+//! The one place where errors become gRPC statuses.
+
+use std::collections::HashMap;
+
+use domain::{AppendError, ExpectedVersion, ValidationError};
+use event_store::StoreError;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// `ErrorInfo.domain` of every status dbswarm sets details on.
+const ERROR_DOMAIN: &str = "dbswarm";
+
+pub fn validation_status(e: ValidationError) -> Status {
+    let message = e.to_string();
+    Status::with_error_details(
+        Code::InvalidArgument,
+        message,
+        ErrorDetails::with_bad_request_violation(e.field, e.message),
+    )
+}
+
+fn with_info(code: Code, message: String, reason: &str, metadata: HashMap<String, String>) -> Status {
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
+    )
+}
+
+fn expected_text(expected: ExpectedVersion) -> String {
+    expected.to_string()
+}
+
+pub fn store_error_status(e: StoreError) -> Status {
+    let message = e.to_string();
+    match e {
+        StoreError::Append(AppendError::WrongExpectedVersion {
+            stream_id,
+            expected,
+            actual,
+        }) => with_info(
+            Code::FailedPrecondition,
+            message,
+            "WRONG_EXPECTED_VERSION",
+            HashMap::from([
+                ("stream_id".to_owned(), stream_id.to_string()),
+                ("expected_version".to_owned(), expected_text(expected)),
+                (
+                    "actual_version".to_owned(),
+                    actual.map_or_else(|| "none".to_owned(), |v| v.to_string()),
+                ),
+            ]),
+        ),
+        StoreError::Append(AppendError::EventIdReused { event_id, .. }) => with_info(
+            Code::AlreadyExists,
+            message,
+            "EVENT_ID_REUSED",
+            HashMap::from([("event_id".to_owned(), event_id.to_string())]),
+        ),
+        StoreError::Append(AppendError::PartialReplay {
+            written,
+            total,
+            example,
+        }) => with_info(
+            Code::AlreadyExists,
+            message,
+            "PARTIAL_REPLAY",
+            HashMap::from([
+                ("written".to_owned(), written.to_string()),
+                ("total".to_owned(), total.to_string()),
+                ("event_id".to_owned(), example.to_string()),
+            ]),
+        ),
+        StoreError::Append(AppendError::VersionOverflow { .. }) => Status::out_of_range(message),
+        StoreError::StreamNotFound(_) => Status::not_found(message),
+        StoreError::Overloaded { .. } => Status::resource_exhausted(message),
+        StoreError::Contention { .. } => Status::aborted(message),
+        StoreError::CommitOutcomeUnknown(_) | StoreError::ShuttingDown | StoreError::Unavailable(_) => {
+            Status::unavailable(message)
+        }
+        StoreError::Corrupt(_) | StoreError::Database(_) => {
+            tracing::error!(error = %message, "internal error");
+            Status::internal(message)
+        }
+    }
+}

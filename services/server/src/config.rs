@@ -1,0 +1,439 @@
+//! One validated `Config`, from (lowest to highest precedence) built-in
+//! defaults, a TOML file, `DBSWARM_*` environment variables and CLI flags.
+//! A bad value fails at start with a message that names the setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use domain::Limits;
+use event_store::{AppendConfig, ReadConfig};
+use serde::Deserialize;
+
+/// Largest request the server accepts, whatever the configuration says.
+const APPEND_BYTES_CEILING: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting `{setting}` (flag --{flag}, env {env}): {message}")]
+    Invalid {
+        setting: &'static str,
+        flag: String,
+        env: String,
+        message: String,
+    },
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        flag: setting.replace('_', "-"),
+        env: format!("DBSWARM_{}", setting.to_uppercase()),
+        message: message.into(),
+    }
+}
+
+/// Settings as given on the command line / environment, or in the file.
+/// Every field is optional so the layers can be merged.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// PostgreSQL URL of dbswarm's own database (event store, read models).
+    #[arg(long, env = "DBSWARM_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+    /// NATS URL (JetStream enabled); validated now, used by the relay.
+    #[arg(long, env = "DBSWARM_NATS_URL", value_name = "URL")]
+    pub nats_url: Option<String>,
+    /// Redis URL of the query cache; validated now, used by read models.
+    #[arg(long, env = "DBSWARM_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// Address of the gRPC server [default: 127.0.0.1:50051].
+    #[arg(long, env = "DBSWARM_GRPC_ADDR", value_name = "HOST:PORT")]
+    pub grpc_addr: Option<String>,
+    /// Address of the HTTP server (/metrics, /healthz) [default: 127.0.0.1:8080].
+    #[arg(long, env = "DBSWARM_HTTP_ADDR", value_name = "HOST:PORT")]
+    pub http_addr: Option<String>,
+    /// Connections in the PostgreSQL pool [default: 16].
+    #[arg(long, env = "DBSWARM_DB_POOL_CONNECTIONS_MAX", value_name = "N")]
+    pub db_pool_connections_max: Option<u32>,
+    /// Wait for a pooled connection before UNAVAILABLE, ms [default: 5000].
+    #[arg(long, env = "DBSWARM_DB_ACQUIRE_TIMEOUT_MS", value_name = "MS")]
+    pub db_acquire_timeout_ms: Option<u64>,
+    /// Longest stream id, bytes [default: 256].
+    #[arg(long, env = "DBSWARM_STREAM_ID_BYTES_MAX", value_name = "BYTES")]
+    pub stream_id_bytes_max: Option<usize>,
+    /// Longest event type, bytes [default: 128].
+    #[arg(long, env = "DBSWARM_EVENT_TYPE_BYTES_MAX", value_name = "BYTES")]
+    pub event_type_bytes_max: Option<usize>,
+    /// Largest event, data + metadata, bytes [default: 1048576].
+    #[arg(long, env = "DBSWARM_EVENT_BYTES_MAX", value_name = "BYTES")]
+    pub event_bytes_max: Option<usize>,
+    /// Most events in one append request [default: 1000].
+    #[arg(long, env = "DBSWARM_APPEND_EVENTS_MAX", value_name = "N")]
+    pub append_events_max: Option<usize>,
+    /// Largest append request, bytes of data + metadata [default: 4194304].
+    #[arg(long, env = "DBSWARM_APPEND_BYTES_MAX", value_name = "BYTES")]
+    pub append_bytes_max: Option<usize>,
+    /// Most streams in one AppendMulti [default: 100].
+    #[arg(long, env = "DBSWARM_APPEND_STREAMS_MAX", value_name = "N")]
+    pub append_streams_max: Option<usize>,
+    /// Append requests waiting for a committer before RESOURCE_EXHAUSTED [default: 4096].
+    #[arg(long, env = "DBSWARM_APPEND_QUEUE_MAX", value_name = "N")]
+    pub append_queue_max: Option<usize>,
+    /// Most requests sharing one group-commit transaction [default: 256].
+    #[arg(long, env = "DBSWARM_APPEND_BATCH_REQUESTS_MAX", value_name = "N")]
+    pub append_batch_requests_max: Option<usize>,
+    /// A group-commit batch stops growing at this many events [default: 2000].
+    #[arg(long, env = "DBSWARM_APPEND_BATCH_EVENTS_MAX", value_name = "N")]
+    pub append_batch_events_max: Option<usize>,
+    /// Extra wait for more requests after the first of a batch, µs [default: 0].
+    #[arg(long, env = "DBSWARM_APPEND_BATCH_WAIT_US", value_name = "US")]
+    pub append_batch_wait_us: Option<u64>,
+    /// Group-commit transactions in flight at once [default: 4].
+    #[arg(long, env = "DBSWARM_APPEND_COMMITTERS", value_name = "N")]
+    pub append_committers: Option<usize>,
+    /// Rows fetched per query when reading [default: 500].
+    #[arg(long, env = "DBSWARM_READ_PAGE_EVENTS_MAX", value_name = "N")]
+    pub read_page_events_max: Option<usize>,
+    /// Events buffered per reader for a slow client [default: 256].
+    #[arg(long, env = "DBSWARM_READ_BUFFER_EVENTS_MAX", value_name = "N")]
+    pub read_buffer_events_max: Option<usize>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "DBSWARM_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub nats_url: String,
+    pub redis_url: String,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub db_pool_connections_max: u32,
+    pub db_acquire_timeout_ms: u64,
+    pub limits: Limits,
+    pub append: AppendConfig,
+    pub read: ReadConfig,
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    /// `self` wins over `lower` field by field.
+    pub fn over(self, lower: Settings) -> Settings {
+        macro_rules! merge {
+            ($($field:ident),* $(,)?) => {
+                Settings { $($field: self.$field.or(lower.$field)),* }
+            };
+        }
+        merge!(
+            database_url,
+            nats_url,
+            redis_url,
+            grpc_addr,
+            http_addr,
+            db_pool_connections_max,
+            db_acquire_timeout_ms,
+            stream_id_bytes_max,
+            event_type_bytes_max,
+            event_bytes_max,
+            append_events_max,
+            append_bytes_max,
+            append_streams_max,
+            append_queue_max,
+            append_batch_requests_max,
+            append_batch_events_max,
+            append_batch_wait_us,
+            append_committers,
+            read_page_events_max,
+            read_buffer_events_max,
+            log_format,
+        )
+    }
+
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}
+
+fn url(
+    setting: &'static str,
+    value: Option<String>,
+    default: &str,
+    schemes: &[&str],
+) -> Result<String, ConfigError> {
+    let value = value.unwrap_or_else(|| default.to_owned());
+    let scheme_ok = schemes.iter().any(|s| value.starts_with(&format!("{s}://")));
+    if !scheme_ok {
+        return Err(invalid(
+            setting,
+            format!(
+                "'{value}' must start with {}",
+                schemes
+                    .iter()
+                    .map(|s| format!("{s}://"))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+fn addr(setting: &'static str, value: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
+    let value = value.unwrap_or_else(|| default.to_owned());
+    value.parse().map_err(|e| {
+        invalid(
+            setting,
+            format!("'{value}' is not HOST:PORT with an IP address: {e}"),
+        )
+    })
+}
+
+fn positive<T: Copy + PartialOrd + From<u8> + std::fmt::Display>(
+    setting: &'static str,
+    value: Option<T>,
+    default: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    let value = value.unwrap_or(default);
+    if value < T::from(1) || value > max {
+        return Err(invalid(setting, format!("{value} is outside 1..={max}")));
+    }
+    Ok(value)
+}
+
+impl Config {
+    pub fn from_settings(s: Settings) -> Result<Config, ConfigError> {
+        let limit_defaults = Limits::default();
+        let append_defaults = AppendConfig::default();
+        let read_defaults = ReadConfig::default();
+        let limits = Limits {
+            stream_id_bytes_max: positive(
+                "stream_id_bytes_max",
+                s.stream_id_bytes_max,
+                limit_defaults.stream_id_bytes_max,
+                4096,
+            )?,
+            event_type_bytes_max: positive(
+                "event_type_bytes_max",
+                s.event_type_bytes_max,
+                limit_defaults.event_type_bytes_max,
+                1024,
+            )?,
+            event_bytes_max: positive(
+                "event_bytes_max",
+                s.event_bytes_max,
+                limit_defaults.event_bytes_max,
+                APPEND_BYTES_CEILING,
+            )?,
+            append_events_max: positive(
+                "append_events_max",
+                s.append_events_max,
+                limit_defaults.append_events_max,
+                100_000,
+            )?,
+            append_bytes_max: positive(
+                "append_bytes_max",
+                s.append_bytes_max,
+                limit_defaults.append_bytes_max,
+                APPEND_BYTES_CEILING,
+            )?,
+            append_streams_max: positive(
+                "append_streams_max",
+                s.append_streams_max,
+                limit_defaults.append_streams_max,
+                10_000,
+            )?,
+        };
+        if limits.event_bytes_max > limits.append_bytes_max {
+            return Err(invalid(
+                "event_bytes_max",
+                format!(
+                    "{} is larger than append_bytes_max ({}), so such an event could never be appended",
+                    limits.event_bytes_max, limits.append_bytes_max
+                ),
+            ));
+        }
+        let append = AppendConfig {
+            queue_max: positive(
+                "append_queue_max",
+                s.append_queue_max,
+                append_defaults.queue_max,
+                1_000_000,
+            )?,
+            batch_requests_max: positive(
+                "append_batch_requests_max",
+                s.append_batch_requests_max,
+                append_defaults.batch_requests_max,
+                100_000,
+            )?,
+            batch_events_max: positive(
+                "append_batch_events_max",
+                s.append_batch_events_max,
+                append_defaults.batch_events_max,
+                1_000_000,
+            )?,
+            batch_wait_us: match s.append_batch_wait_us.unwrap_or(append_defaults.batch_wait_us) {
+                us if us > 1_000_000 => {
+                    return Err(invalid(
+                        "append_batch_wait_us",
+                        format!("{us} is over 1000000 (1 s)"),
+                    ));
+                }
+                us => us,
+            },
+            committers: positive(
+                "append_committers",
+                s.append_committers,
+                append_defaults.committers,
+                256,
+            )?,
+            race_attempts_max: append_defaults.race_attempts_max,
+        };
+        let read = ReadConfig {
+            page_events_max: positive(
+                "read_page_events_max",
+                s.read_page_events_max,
+                read_defaults.page_events_max,
+                100_000,
+            )?,
+            buffer_events_max: positive(
+                "read_buffer_events_max",
+                s.read_buffer_events_max,
+                read_defaults.buffer_events_max,
+                100_000,
+            )?,
+        };
+        let db_pool_connections_max =
+            positive("db_pool_connections_max", s.db_pool_connections_max, 16, 1000)?;
+        if (append.committers as u32) >= db_pool_connections_max {
+            return Err(invalid(
+                "append_committers",
+                format!(
+                    "{} committers need fewer than db_pool_connections_max ({db_pool_connections_max}) connections, or reads starve",
+                    append.committers
+                ),
+            ));
+        }
+        let log_format = match s.log_format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "log_format",
+                    format!("'{other}' is not one of: text, json"),
+                ));
+            }
+        };
+        Ok(Config {
+            database_url: url(
+                "database_url",
+                s.database_url,
+                "postgres://postgres@127.0.0.1:54320/dbswarm",
+                &["postgres", "postgresql"],
+            )?,
+            nats_url: url("nats_url", s.nats_url, "nats://127.0.0.1:42220", &["nats", "tls"])?,
+            redis_url: url(
+                "redis_url",
+                s.redis_url,
+                "redis://127.0.0.1:63790",
+                &["redis", "rediss"],
+            )?,
+            grpc_addr: addr("grpc_addr", s.grpc_addr, "127.0.0.1:50051")?,
+            http_addr: addr("http_addr", s.http_addr, "127.0.0.1:8080")?,
+            db_pool_connections_max,
+            db_acquire_timeout_ms: positive("db_acquire_timeout_ms", s.db_acquire_timeout_ms, 5000, 600_000)?,
+            limits,
+            append,
+            read,
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::from_settings(Settings::default()).unwrap();
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.grpc_addr.port(), 50051);
+    }
+
+    #[test]
+    fn higher_layer_wins() {
+        let file = Settings {
+            grpc_addr: Some("127.0.0.1:1".into()),
+            http_addr: Some("127.0.0.1:2".into()),
+            ..Settings::default()
+        };
+        let cli = Settings {
+            grpc_addr: Some("127.0.0.1:3".into()),
+            ..Settings::default()
+        };
+        let config = Config::from_settings(cli.over(file)).unwrap();
+        assert_eq!(config.grpc_addr.port(), 3);
+        assert_eq!(config.http_addr.port(), 2);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let cases = [
+            Settings {
+                append_queue_max: Some(0),
+                ..Settings::default()
+            },
+            Settings {
+                database_url: Some("mysql://x".into()),
+                ..Settings::default()
+            },
+            Settings {
+                grpc_addr: Some("localhost".into()),
+                ..Settings::default()
+            },
+            Settings {
+                log_format: Some("xml".into()),
+                ..Settings::default()
+            },
+        ];
+        let names = ["append_queue_max", "database_url", "grpc_addr", "log_format"];
+        for (settings, name) in cases.into_iter().zip(names) {
+            let err = Config::from_settings(settings).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{name}`")), "{err}");
+            assert!(err.contains(&format!("DBSWARM_{}", name.to_uppercase())), "{err}");
+        }
+    }
+
+    #[test]
+    fn file_rejects_unknown_keys() {
+        let dir = std::env::temp_dir().join(format!("dbswarm-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "grpc_adr = \"127.0.0.1:1\"\n").unwrap();
+        let err = Settings::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("grpc_adr"), "{err}");
+        std::fs::write(&path, "grpc_addr = \"127.0.0.1:7\"\nappend_committers = 2\n").unwrap();
+        let settings = Settings::from_file(&path).unwrap();
+        assert_eq!(settings.append_committers, Some(2));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

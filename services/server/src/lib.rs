@@ -1,0 +1,175 @@
+//! The `dbswarm` server: wiring of configuration, database, services and
+//! observability. `main.rs` is only the CLI over this.
+
+pub mod config;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use api::EventStoreService;
+use api::proto::event_store_server::EventStoreServer;
+use event_store::{Appender, Reader};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::{Config, ConfigError, Settings};
+
+/// How often pool usage is sampled into metrics.
+const POOL_METRICS_INTERVAL_MS: u64 = 5_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot connect to PostgreSQL at database_url: {0}")]
+    Database(sqlx::Error),
+    #[error("cannot apply migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot listen on {setting} {addr}: {source}")]
+    Listen {
+        setting: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot build gRPC reflection: {0}")]
+    Reflection(String),
+    #[error("server task failed: {0}")]
+    Task(String),
+}
+
+/// A started server. Dropping it does not stop it; call `shutdown`.
+pub struct RunningServer {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub pool: PgPool,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<Result<(), String>>,
+    committers: Vec<JoinHandle<()>>,
+}
+
+pub async fn connect(config: &Config) -> Result<PgPool, StartError> {
+    PgPoolOptions::new()
+        .max_connections(config.db_pool_connections_max)
+        .acquire_timeout(Duration::from_millis(config.db_acquire_timeout_ms))
+        .connect(&config.database_url)
+        .await
+        .map_err(StartError::Database)
+}
+
+/// Connects, migrates, binds both listeners and serves until `shutdown`.
+pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    let pool = connect(&config).await?;
+    event_store::MIGRATOR.run(&pool).await?;
+
+    let grpc_listener = bind("grpc_addr", config.grpc_addr).await?;
+    let http_listener = bind("http_addr", config.http_addr).await?;
+    let grpc_addr = grpc_listener.local_addr().expect("bound");
+    let http_addr = http_listener.local_addr().expect("bound");
+
+    let (appender, committers) = Appender::start(pool.clone(), config.append);
+    let reader = Reader::new(pool.clone(), config.read);
+    let event_store = EventStoreService::new(appender, reader, config.limits).into_server();
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<EventStoreServer<EventStoreService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(api::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+
+    let grpc = tonic::transport::Server::builder()
+        .trace_fn(|request| tracing::info_span!("grpc", path = %request.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(event_store)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(grpc_listener),
+            until_stopped(stopped.clone()),
+        );
+    let metrics = telemetry::metrics_handle();
+    let http = axum::serve(http_listener, http_router(metrics))
+        .with_graceful_shutdown(until_stopped(stopped.clone()));
+    let mut tasks = JoinSet::new();
+    tasks.spawn(async move { grpc.await.map_err(|e| e.to_string()) });
+    tasks.spawn(async move { http.await.map_err(|e| e.to_string()) });
+    tasks.spawn(sample_pool_usage(pool.clone(), stopped));
+    tracing::info!(%grpc_addr, %http_addr, "dbswarm serving");
+    Ok(RunningServer {
+        grpc_addr,
+        http_addr,
+        pool,
+        stop,
+        tasks,
+        committers,
+    })
+}
+
+async fn bind(setting: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen {
+            setting,
+            addr,
+            source,
+        })
+}
+
+fn http_router(metrics: metrics_exporter_prometheus::PrometheusHandle) -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/metrics", get(move || std::future::ready(metrics.render())))
+        .route("/healthz", get(|| std::future::ready("ok\n")))
+}
+
+async fn sample_pool_usage(pool: PgPool, mut stopped: watch::Receiver<bool>) -> Result<(), String> {
+    let mut tick = tokio::time::interval(Duration::from_millis(POOL_METRICS_INTERVAL_MS));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                metrics::gauge!("dbswarm_db_pool_connections").set(f64::from(pool.size()));
+                metrics::gauge!("dbswarm_db_pool_connections_idle").set(pool.num_idle() as f64);
+            }
+            _ = stopped.wait_for(|s| *s) => return Ok(()),
+        }
+    }
+}
+
+impl RunningServer {
+    /// Resolves when a server task ends by itself, which is always a failure.
+    pub async fn failed(&mut self) -> StartError {
+        match self.tasks.join_next().await {
+            Some(Ok(Ok(()))) => StartError::Task("a server task stopped unexpectedly".into()),
+            Some(Ok(Err(e))) => StartError::Task(e),
+            Some(Err(e)) => StartError::Task(e.to_string()),
+            None => StartError::Task("no server tasks".into()),
+        }
+    }
+
+    /// Stops accepting, finishes in-flight requests and queued appends.
+    pub async fn shutdown(mut self) -> Result<(), StartError> {
+        let _ = self.stop.send(true);
+        while let Some(result) = self.tasks.join_next().await {
+            result
+                .map_err(|e| StartError::Task(e.to_string()))?
+                .map_err(StartError::Task)?;
+        }
+        // The services (and their Appender handles) are gone: committers
+        // drain the queue and stop.
+        for committer in self.committers {
+            let _ = committer.await;
+        }
+        self.pool.close().await;
+        Ok(())
+    }
+}

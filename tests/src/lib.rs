@@ -1,0 +1,189 @@
+//! Harness for the integration tests: a fresh database per test on the
+//! private test PostgreSQL (`make test` starts it), and an in-process
+//! dbswarm server on ephemeral ports. Panics rather than returns errors.
+
+use std::time::Duration;
+
+use api::proto;
+use api::proto::event_store_client::EventStoreClient;
+use server::{Config, RunningServer, Settings};
+use sqlx::{Connection, PgConnection, PgPool};
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+/// The admin URL of the test instance (its `postgres` database).
+pub fn admin_url() -> String {
+    if let Ok(url) = std::env::var("DBSWARM_ADMIN_DATABASE_URL") {
+        return url;
+    }
+    let url = std::env::var("DBSWARM_DATABASE_URL").expect(
+        "DBSWARM_DATABASE_URL is not set: run the tests with `make test`, which starts the test services",
+    );
+    let (base, _) = url.rsplit_once('/').expect("database URL has a path");
+    format!("{base}/postgres")
+}
+
+/// A database of its own for one test, dropped by `drop_database`.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        let admin = admin_url();
+        let name = format!("dbswarm_test_{}", Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .expect("connect to the test PostgreSQL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        TestDb {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    pub async fn drop_database(self) {
+        let mut conn = PgConnection::connect(&admin_url()).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("drop test database");
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        PgPool::connect(&self.url).await.unwrap()
+    }
+}
+
+/// Settings for a server on `db` with ephemeral ports.
+pub fn settings_for(db: &TestDb) -> Settings {
+    Settings {
+        database_url: Some(db.url.clone()),
+        grpc_addr: Some("127.0.0.1:0".into()),
+        http_addr: Some("127.0.0.1:0".into()),
+        ..Settings::default()
+    }
+}
+
+pub struct TestServer {
+    pub running: RunningServer,
+    pub client: EventStoreClient<Channel>,
+}
+
+impl TestServer {
+    pub async fn start(settings: Settings) -> TestServer {
+        let config = Config::from_settings(settings).expect("valid test config");
+        let running = server::start(config).await.expect("server starts");
+        let client = EventStoreClient::connect(format!("http://{}", running.grpc_addr))
+            .await
+            .expect("connect to the test server")
+            .max_decoding_message_size(64 * 1024 * 1024);
+        TestServer { running, client }
+    }
+
+    pub fn channel_url(&self) -> String {
+        format!("http://{}", self.running.grpc_addr)
+    }
+
+    pub async fn stop(self) {
+        drop(self.client);
+        tokio::time::timeout(Duration::from_secs(30), self.running.shutdown())
+            .await
+            .expect("server stops within 30 s")
+            .expect("server stops cleanly");
+    }
+}
+
+/// A JSON event with a fresh id.
+pub fn json_event(event_type: &str, data: serde_json::Value) -> proto::ProposedEvent {
+    proto::ProposedEvent {
+        event_id: Uuid::new_v4().to_string(),
+        event_type: event_type.into(),
+        content_type: proto::ContentType::Json as i32,
+        data: serde_json::to_vec(&data).unwrap(),
+        ..Default::default()
+    }
+}
+
+pub fn exact(version: u64) -> Option<proto::ExpectedVersion> {
+    Some(proto::ExpectedVersion {
+        kind: Some(proto::expected_version::Kind::Exact(version)),
+    })
+}
+
+pub fn no_stream() -> Option<proto::ExpectedVersion> {
+    Some(proto::ExpectedVersion {
+        kind: Some(proto::expected_version::Kind::NoStream(true)),
+    })
+}
+
+pub fn stream_exists() -> Option<proto::ExpectedVersion> {
+    Some(proto::ExpectedVersion {
+        kind: Some(proto::expected_version::Kind::StreamExists(true)),
+    })
+}
+
+pub fn append_request(
+    stream_id: &str,
+    expected_version: Option<proto::ExpectedVersion>,
+    events: Vec<proto::ProposedEvent>,
+) -> proto::AppendToStreamRequest {
+    proto::AppendToStreamRequest {
+        stream_id: stream_id.into(),
+        expected_version,
+        events,
+    }
+}
+
+/// Every event of a server stream, panicking on an error status.
+pub async fn collect_stream<T>(mut stream: tonic::Streaming<T>) -> Vec<T> {
+    let mut items = Vec::new();
+    while let Some(item) = stream.message().await.expect("stream item") {
+        items.push(item);
+    }
+    items
+}
+
+/// Count of rows in `events`.
+pub async fn event_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Resident memory of this process, bytes (Linux).
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// Waits (bounded) until every stored event is behind the $all horizon.
+/// Transaction ids are cluster-wide, so a transaction of a test running
+/// beside this one can briefly hold the horizon back: that is the design
+/// (no reader may pass an open transaction), and tests wait it out.
+pub async fn wait_for_horizon(pool: &PgPool) {
+    for _ in 0..600 {
+        let caught_up: bool = sqlx::query_scalar(
+            "SELECT coalesce(max(transaction_id) < pg_snapshot_xmin(pg_current_snapshot()), true) FROM events",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if caught_up {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the $all horizon did not pass the stored events within 30 s");
+}

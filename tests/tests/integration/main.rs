@@ -1,0 +1,8 @@
+//! The one integration-test binary: real PostgreSQL (started by
+//! `make test`), a fresh database per test, an in-process server.
+
+mod append;
+mod bad_input;
+mod concurrency;
+mod read;
+mod server;
