@@ -1,8 +1,19 @@
 //! Group commit. Requests queue on a bounded channel; a few committer tasks
-//! each take what has queued (up to a bounded batch), decide every request
-//! against the locked stream versions, write all accepted events with one
-//! INSERT and commit once. Each request still gets its own answer: one
-//! request's conflict never fails its neighbours.
+//! each take what has queued (up to a bounded batch), decide every request,
+//! write all accepted events with one statement and commit once. Each
+//! request still gets its own answer: one request's conflict never fails
+//! its neighbours.
+//!
+//! Two paths:
+//! - optimistic: decide against cached stream versions and write the batch
+//!   with one autocommit statement (one round trip, one fsync). A stale
+//!   cache cannot cause a wrong write: the next version of a stream can only
+//!   be inserted if it does not exist yet, so a stale view fails the whole
+//!   statement (unique violation) and nothing is written.
+//! - careful: in a transaction, look up reused event ids (idempotency) and
+//!   lock the streams' rows, then decide and write. Requests the cache
+//!   refused (the cache might be behind), batches whose optimistic write
+//!   failed, and replays go this way.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -23,8 +34,8 @@ use crate::error::StoreError;
 const EXISTING_IDS: &str = include_str!("sql/existing_ids.sql");
 const COMPARE_EXISTING: &str = include_str!("sql/compare_existing.sql");
 const LOCK_STREAMS: &str = include_str!("sql/lock_streams.sql");
-const INSERT_EVENTS: &str = include_str!("sql/insert_events.sql");
-const UPSERT_STREAMS: &str = include_str!("sql/upsert_streams.sql");
+const STREAM_VERSIONS: &str = include_str!("sql/stream_versions.sql");
+const WRITE_EVENTS: &str = include_str!("sql/write_events.sql");
 
 /// Bounds of the group-commit pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +56,9 @@ pub struct AppendConfig {
     /// Attempts of a request on its own after its batch lost a race with
     /// another writer (another server, or a new stream created twice).
     pub race_attempts_max: u32,
+    /// Stream versions remembered for the optimistic path; when full the
+    /// cache is emptied (a miss costs one indexed lookup).
+    pub version_cache_streams_max: usize,
 }
 
 impl Default for AppendConfig {
@@ -56,6 +70,7 @@ impl Default for AppendConfig {
             batch_wait_us: 0,
             committers: 4,
             race_attempts_max: 5,
+            version_cache_streams_max: 100_000,
         }
     }
 }
@@ -100,8 +115,9 @@ impl Appender {
     pub fn start(pool: PgPool, config: AppendConfig) -> (Appender, Vec<JoinHandle<()>>) {
         let (queue, receiver) = mpsc::channel(config.queue_max.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
+        let cache = Arc::new(VersionCache::new(config.version_cache_streams_max));
         let committers = (0..config.committers.max(1))
-            .map(|_| tokio::spawn(run_committer(pool.clone(), receiver.clone(), config)))
+            .map(|_| tokio::spawn(run_committer(pool.clone(), receiver.clone(), cache.clone(), config)))
             .collect();
         let appender = Appender {
             queue,
@@ -125,7 +141,12 @@ impl Appender {
     }
 }
 
-async fn run_committer(pool: PgPool, receiver: Arc<Mutex<mpsc::Receiver<Pending>>>, config: AppendConfig) {
+async fn run_committer(
+    pool: PgPool,
+    receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    cache: Arc<VersionCache>,
+    config: AppendConfig,
+) {
     loop {
         let batch = {
             let mut receiver = receiver.lock().await;
@@ -134,7 +155,60 @@ async fn run_committer(pool: PgPool, receiver: Arc<Mutex<mpsc::Receiver<Pending>
                 None => return,
             }
         };
-        commit_batch(&pool, batch, &config).await;
+        commit_batch(&pool, &cache, batch, &config).await;
+    }
+}
+
+/// Last known committed version per stream. Versions only grow, so an
+/// entry is never ahead of the store, and updates keep the maximum.
+struct VersionCache {
+    versions: std::sync::Mutex<HashMap<StreamId, u64>>,
+    streams_max: usize,
+}
+
+impl VersionCache {
+    fn new(streams_max: usize) -> Self {
+        VersionCache {
+            versions: std::sync::Mutex::new(HashMap::new()),
+            streams_max,
+        }
+    }
+
+    fn get(&self, stream: &StreamId) -> Option<u64> {
+        self.versions.lock().expect("cache lock").get(stream).copied()
+    }
+
+    fn remember(&self, stream: &StreamId, version: u64) {
+        let mut versions = self.versions.lock().expect("cache lock");
+        if versions.len() >= self.streams_max && !versions.contains_key(stream) {
+            versions.clear();
+        }
+        let entry = versions.entry(stream.clone()).or_insert(version);
+        *entry = (*entry).max(version);
+    }
+
+    fn forget(&self, streams: impl IntoIterator<Item = StreamId>) {
+        let mut versions = self.versions.lock().expect("cache lock");
+        for stream in streams {
+            versions.remove(&stream);
+        }
+    }
+
+    /// Learns from answers: written versions and refusals' actual versions.
+    fn learn(&self, request: &AppendRequest, outcome: &Result<AppendOutcome, AppendError>) {
+        match outcome {
+            Ok(outcome) => {
+                for stream in &outcome.streams {
+                    self.remember(&stream.stream_id, stream.current_version);
+                }
+            }
+            Err(AppendError::WrongExpectedVersion {
+                stream_id,
+                actual: Some(actual),
+                ..
+            }) => self.remember(stream_id, *actual),
+            Err(_) => self.forget(request.streams().iter().map(|s| s.stream_id.clone())),
+        }
     }
 }
 
@@ -176,45 +250,156 @@ impl From<sqlx::Error> for BatchFailure {
     fn from(e: sqlx::Error) -> Self {
         let code = e.as_database_error().and_then(|d| d.code());
         match code.as_deref() {
-            Some("23505" | "40P01" | "40001") => BatchFailure::Race,
+            // unique violation, deadlock, serialization failure, and
+            // dbswarm_check (a stream version that would not move forwards)
+            Some("23505" | "40P01" | "40001" | "DBS01") => BatchFailure::Race,
             _ => BatchFailure::NotWritten(e.into()),
         }
     }
 }
 
-async fn commit_batch(pool: &PgPool, batch: Vec<Pending>, config: &AppendConfig) {
+async fn commit_batch(pool: &PgPool, cache: &VersionCache, batch: Vec<Pending>, config: &AppendConfig) {
     let events: usize = batch.iter().map(|p| p.request.event_count()).sum();
     metrics::histogram!("dbswarm_append_batch_requests").record(batch.len() as f64);
     metrics::histogram!("dbswarm_append_batch_events").record(events as f64);
     let requests: Vec<&AppendRequest> = batch.iter().map(|p| &p.request).collect();
-    match commit_together(pool, &requests).await {
-        Ok(outcomes) => {
-            for (pending, outcome) in batch.into_iter().zip(outcomes) {
-                let _ = pending.reply.send(outcome.map_err(StoreError::from));
+    let recheck = match commit_optimistic(pool, cache, &requests).await {
+        Ok(answers) => {
+            let mut recheck = Vec::new();
+            for (pending, answer) in batch.into_iter().zip(answers) {
+                match answer {
+                    Some(outcome) => {
+                        let _ = pending.reply.send(Ok(outcome));
+                    }
+                    None => recheck.push(pending),
+                }
             }
+            recheck
         }
         Err(BatchFailure::Race) => {
-            metrics::counter!("dbswarm_append_race_fallbacks_total").increment(1);
-            for pending in batch {
-                let outcome = commit_alone(pool, &pending.request, config.race_attempts_max).await;
-                let _ = pending.reply.send(outcome);
-            }
+            metrics::counter!("dbswarm_append_optimistic_conflicts_total").increment(1);
+            cache.forget(requests.iter().flat_map(|r| r.streams()).map(|s| s.stream_id.clone()));
+            batch
         }
-        Err(BatchFailure::NotWritten(error)) => {
+        Err(failure) => return fail_all(batch, failure),
+    };
+    if !recheck.is_empty() {
+        commit_carefully(pool, cache, recheck, config).await;
+    }
+}
+
+fn fail_all(batch: Vec<Pending>, failure: BatchFailure) {
+    match failure {
+        BatchFailure::Race => unreachable!("races are retried, not failed"),
+        BatchFailure::NotWritten(error) => {
             tracing::warn!(%error, requests = batch.len(), "append batch failed before commit");
             for pending in batch {
                 let _ = pending.reply.send(Err(error.shared()));
             }
         }
-        Err(BatchFailure::OutcomeUnknown(message)) => {
+        BatchFailure::OutcomeUnknown(message) => {
             tracing::error!(%message, requests = batch.len(), "append batch commit failed");
             for pending in batch {
-                let _ = pending
-                    .reply
-                    .send(Err(StoreError::CommitOutcomeUnknown(message.clone())));
+                let _ = pending.reply.send(Err(StoreError::CommitOutcomeUnknown(message.clone())));
             }
         }
     }
+}
+
+/// The careful path for a batch: one transaction with locks, then, if that
+/// loses a race with another writer, each request on its own.
+async fn commit_carefully(pool: &PgPool, cache: &VersionCache, batch: Vec<Pending>, config: &AppendConfig) {
+    let requests: Vec<&AppendRequest> = batch.iter().map(|p| &p.request).collect();
+    match commit_together(pool, &requests).await {
+        Ok(outcomes) => {
+            for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                cache.learn(&pending.request, &outcome);
+                let _ = pending.reply.send(outcome.map_err(StoreError::from));
+            }
+        }
+        Err(BatchFailure::Race) => {
+            metrics::counter!("dbswarm_append_race_fallbacks_total").increment(1);
+            cache.forget(requests.iter().flat_map(|r| r.streams()).map(|s| s.stream_id.clone()));
+            for pending in batch {
+                let outcome = commit_alone(pool, &pending.request, config.race_attempts_max).await;
+                let _ = pending.reply.send(outcome);
+            }
+        }
+        Err(failure) => fail_all(batch, failure),
+    }
+}
+
+/// Decides the batch against cached versions (looking up the streams the
+/// cache lacks) and writes what it accepts in one autocommit statement.
+/// `None` for a request the cache refused: the cache may be behind, so the
+/// careful path must confirm. Err(Race) when the write found the cache
+/// stale or an event id reused: nothing was written.
+async fn commit_optimistic(
+    pool: &PgPool,
+    cache: &VersionCache,
+    requests: &[&AppendRequest],
+) -> Result<Vec<Option<AppendOutcome>>, BatchFailure> {
+    let mut states: HashMap<StreamId, StreamState> = HashMap::new();
+    let mut missing = Vec::new();
+    for stream in requests.iter().flat_map(|r| r.streams()).map(|s| &s.stream_id) {
+        match cache.get(stream) {
+            Some(version) => {
+                states.insert(stream.clone(), StreamState { version: Some(version) });
+            }
+            None if !states.contains_key(stream) => {
+                states.insert(stream.clone(), StreamState::default());
+                missing.push(stream.as_str());
+            }
+            None => {}
+        }
+    }
+    if !missing.is_empty() {
+        let found: Vec<(String, i64)> = sqlx::query_as(STREAM_VERSIONS).bind(&missing).fetch_all(pool).await?;
+        for (stream, version) in found {
+            let state = states.iter_mut().find(|(id, _)| id.as_str() == stream).map(|(_, s)| s);
+            if let Some(state) = state {
+                state.version = Some(version as u64);
+            }
+        }
+    }
+
+    let mut rows = EventRows::default();
+    let mut planned = Vec::with_capacity(requests.len());
+    for request in requests {
+        let plan = decide_request(&mut states, request).ok().map(|versions| {
+            rows.push_request(request, &versions);
+            versions
+        });
+        planned.push(plan);
+    }
+    if rows.is_empty() {
+        return Ok(vec![None; requests.len()]);
+    }
+    let positions = write_rows(pool, rows, &planned_streams(requests, &planned)).await?;
+    let answers: Vec<Option<AppendOutcome>> = requests
+        .iter()
+        .zip(planned)
+        .map(|(request, versions)| versions.map(|v| outcome_of(request, Planned::New(v), &positions)))
+        .collect();
+    for answer in answers.iter().flatten() {
+        for stream in &answer.streams {
+            cache.remember(&stream.stream_id, stream.current_version);
+        }
+    }
+    Ok(answers)
+}
+
+/// The last version each written stream reaches in this batch.
+fn planned_streams(requests: &[&AppendRequest], planned: &[Option<Vec<VersionedEvent>>]) -> HashMap<String, i64> {
+    let mut last = HashMap::new();
+    for (request, plan) in requests.iter().zip(planned) {
+        if let Some(versions) = plan {
+            for (stream, appended) in request.streams().iter().zip(versions) {
+                last.insert(stream.stream_id.as_str().to_owned(), appended.last_version as i64);
+            }
+        }
+    }
+    last
 }
 
 /// A request in a transaction of its own, retried while it loses races.
@@ -284,9 +469,14 @@ async fn commit_together(
     let positions = if rows.is_empty() {
         HashMap::new()
     } else {
-        let positions = insert_rows(&mut tx, rows).await?;
-        upsert_stream_versions(&mut tx, requests, &planned).await?;
-        positions
+        let new_versions: Vec<Option<Vec<VersionedEvent>>> = planned
+            .iter()
+            .map(|p| match p {
+                Ok(Planned::New(versions)) => Some(versions.clone()),
+                _ => None,
+            })
+            .collect();
+        write_rows(&mut *tx, rows, &planned_streams(requests, &new_versions)).await?
     };
     tx.commit()
         .await
@@ -463,9 +653,20 @@ impl EventRows {
     }
 }
 
-async fn insert_rows(tx: &mut PgConnection, rows: EventRows) -> Result<HashMap<Uuid, u64>, BatchFailure> {
+/// Inserts the rows and advances the streams, in one statement. On a pool
+/// it commits by itself; inside a transaction it commits with it.
+async fn write_rows<'c, E>(
+    executor: E,
+    rows: EventRows,
+    stream_versions: &HashMap<String, i64>,
+) -> Result<HashMap<Uuid, u64>, BatchFailure>
+where
+    E: sqlx::PgExecutor<'c>,
+{
     let expected = rows.event_id.len();
-    let written: Vec<(Uuid, i64)> = sqlx::query_as(INSERT_EVENTS)
+    let (streams, versions): (Vec<&str>, Vec<i64>) =
+        stream_versions.iter().map(|(s, v)| (s.as_str(), *v)).unzip();
+    let written: Vec<(Uuid, i64)> = sqlx::query_as(WRITE_EVENTS)
         .bind(rows.event_id)
         .bind(rows.stream_id)
         .bind(rows.aggregate_type)
@@ -478,7 +679,9 @@ async fn insert_rows(tx: &mut PgConnection, rows: EventRows) -> Result<HashMap<U
         .bind(rows.metadata)
         .bind(rows.correlation_id)
         .bind(rows.causation_id)
-        .fetch_all(&mut *tx)
+        .bind(&streams)
+        .bind(&versions)
+        .fetch_all(executor)
         .await?;
     if written.len() != expected {
         return Err(BatchFailure::NotWritten(StoreError::Corrupt(format!(
@@ -487,34 +690,6 @@ async fn insert_rows(tx: &mut PgConnection, rows: EventRows) -> Result<HashMap<U
         ))));
     }
     Ok(written.into_iter().map(|(id, pos)| (id, pos as u64)).collect())
-}
-
-/// Moves each written stream's version forward; every row must move, or
-/// another writer got there first.
-async fn upsert_stream_versions(
-    tx: &mut PgConnection,
-    requests: &[&AppendRequest],
-    planned: &[Result<Planned, AppendError>],
-) -> Result<(), BatchFailure> {
-    let mut last: HashMap<&str, i64> = HashMap::new();
-    for (request, plan) in requests.iter().zip(planned) {
-        if let Ok(Planned::New(versions)) = plan {
-            for (stream, appended) in request.streams().iter().zip(versions) {
-                last.insert(stream.stream_id.as_str(), appended.last_version as i64);
-            }
-        }
-    }
-    let (ids, versions): (Vec<&str>, Vec<i64>) = last.into_iter().unzip();
-    let moved = sqlx::query(UPSERT_STREAMS)
-        .bind(&ids)
-        .bind(&versions)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    if moved != ids.len() as u64 {
-        return Err(BatchFailure::Race);
-    }
-    Ok(())
 }
 
 fn outcome_of(request: &AppendRequest, plan: Planned, positions: &HashMap<Uuid, u64>) -> AppendOutcome {

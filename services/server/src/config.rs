@@ -306,6 +306,7 @@ impl Config {
                 256,
             )?,
             race_attempts_max: append_defaults.race_attempts_max,
+            version_cache_streams_max: append_defaults.version_cache_streams_max,
         };
         let read = ReadConfig {
             page_events_max: positive(

@@ -15,7 +15,7 @@ use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 pub use config::{Config, ConfigError, Settings};
 
@@ -94,7 +94,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         .add_service(reflection)
         .add_service(event_store)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(grpc_listener),
+            TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             until_stopped(stopped.clone()),
         );
     let metrics = telemetry::metrics_handle();

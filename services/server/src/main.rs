@@ -46,8 +46,19 @@ impl ServeArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // One line a person can act on, not a backtrace.
+            eprintln!("dbswarm: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -61,7 +72,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let _telemetry = server::telemetry::init_tracing(config.log_format)?;
+    let _telemetry = server::telemetry::init_tracing(config.log_format, server::telemetry::otlp_endpoint_from_env())?;
     let mut running = server::start(config).await?;
     tokio::select! {
         () = shutdown_signal() => {

@@ -4,6 +4,7 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -31,6 +32,15 @@ pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
 }
 
+impl Telemetry {
+    /// Exports buffered spans now. Blocks: call from a blocking thread.
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider {
+            let _ = provider.force_flush();
+        }
+    }
+}
+
 impl Drop for Telemetry {
     fn drop(&mut self) {
         if let Some(provider) = self.provider.take() {
@@ -39,10 +49,16 @@ impl Drop for Telemetry {
     }
 }
 
+/// The OTLP endpoint from `OTEL_EXPORTER_OTLP_ENDPOINT`, when set.
+pub fn otlp_endpoint_from_env() -> Option<String> {
+    std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.is_empty())
+}
+
 /// Structured logs on stderr (filter: `RUST_LOG`, default `info`) and,
-/// when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans exported over OTLP/gRPC.
-/// Call inside the Tokio runtime: the exporter needs it.
-pub fn init_tracing(format: LogFormat) -> Result<Telemetry, TelemetryError> {
+/// with an OTLP endpoint, spans exported over OTLP/gRPC (silent without).
+/// Installs the process's global subscriber: call once, inside the Tokio
+/// runtime (the exporter needs it).
+pub fn init_tracing(format: LogFormat, otlp_endpoint: Option<String>) -> Result<Telemetry, TelemetryError> {
     // Per-layer filters: a global EnvFilter would also hide spans from OTel.
     let log_filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt_layer = match format {
@@ -56,10 +72,11 @@ pub fn init_tracing(format: LogFormat) -> Result<Telemetry, TelemetryError> {
     }
     .with_filter(log_filter());
 
-    let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => {
+    let provider = match otlp_endpoint {
+        Some(endpoint) => {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
+                .with_endpoint(endpoint)
                 .build()
                 .map_err(|e| TelemetryError::Otlp(e.to_string()))?;
             let resource = opentelemetry_sdk::Resource::builder()
@@ -72,7 +89,7 @@ pub fn init_tracing(format: LogFormat) -> Result<Telemetry, TelemetryError> {
                     .build(),
             )
         }
-        _ => None,
+        None => None,
     };
     let otel_layer = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()

@@ -6,3 +6,4 @@ mod bad_input;
 mod concurrency;
 mod read;
 mod server;
+mod telemetry;

@@ -1,0 +1,428 @@
+//! `make bench`: dbswarm measured against the simplest direct way to do the
+//! same work, on the same services, in the same run. One JSON object per
+//! line on stdout; progress on stderr.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use api::proto;
+use api::proto::event_store_client::EventStoreClient;
+use clap::Parser;
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::Semaphore;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+const BENCHES: &[&str] = &["append_throughput", "append_latency"];
+
+/// Benchmarks of the dbswarm server (release build) against PostgreSQL.
+///
+/// Needs DBSWARM_ADMIN_DATABASE_URL (or DBSWARM_DATABASE_URL): `make bench`
+/// starts the test services and sets it. Creates and drops a scratch
+/// database; starts and stops its own `dbswarm` server.
+#[derive(Parser)]
+struct Args {
+    /// Run only this benchmark: append_throughput or append_latency.
+    #[arg(long)]
+    only: Option<String>,
+    /// Concurrent clients, each appending to its own stream.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// HTTP/2 connections the clients share (round robin), as an
+    /// application's client pool would.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Events measured per throughput run (after a warm-up of a tenth).
+    #[arg(long, default_value_t = 30_000)]
+    events: usize,
+    /// Seconds of the latency run.
+    #[arg(long, default_value_t = 5)]
+    latency_seconds: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(only) = &args.only
+        && !BENCHES.contains(&only.as_str())
+    {
+        bail!("unknown benchmark '{only}'; known: {}", BENCHES.join(", "));
+    }
+    let admin_url = admin_url()?;
+    let db = ScratchDb::create(&admin_url).await?;
+    let result = run(&args, &db).await;
+    db.drop_database(&admin_url).await?;
+    result
+}
+
+async fn run(args: &Args, db: &ScratchDb) -> anyhow::Result<()> {
+    let mut server = ServerProcess::start(&db.url)?;
+    let outcome = async {
+        let clients = server.clients(args.clients, args.connections).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(args.clients as u32)
+            .connect(&db.url)
+            .await?;
+        let wanted = |name: &str| args.only.as_deref().is_none_or(|only| only == name);
+
+        eprintln!("baseline: one INSERT + COMMIT per event, {} connections", args.clients);
+        let baseline = insert_baseline(&pool, args.clients, args.events).await?;
+        eprintln!("dbswarm: one event per AppendToStream, {} clients", args.clients);
+        let throughput = append_throughput(&clients, args.events).await?;
+        if wanted("append_throughput") {
+            print(json!({
+                "name": "pg_single_insert_commit", "value": round(baseline), "unit": "events/s",
+                "clients": args.clients,
+            }));
+            print(json!({
+                "name": "append_throughput", "value": round(throughput), "unit": "events/s",
+                "clients": args.clients, "connections": args.connections,
+                "baseline_name": "pg_single_insert_commit", "baseline_value": round(baseline),
+                "ratio": round2(throughput / baseline),
+                "server_rss_mb_max": server.peak_rss_mb(),
+                "mean_batch_events": server.mean_batch_events().await?,
+            }));
+        }
+        if wanted("append_latency") {
+            let rate = throughput / 2.0;
+            eprintln!("latency at {rate:.0} appends/s (half the measured maximum)");
+            let dbswarm = append_latency(&clients, rate, args.latency_seconds).await?;
+            let plain = insert_latency(&pool, args.clients, rate, args.latency_seconds).await?;
+            print(json!({
+                "name": "append_latency", "value": dbswarm.p50_ms, "unit": "ms",
+                "p50_ms": dbswarm.p50_ms, "p99_ms": dbswarm.p99_ms, "rate_per_s": round(rate),
+                "requests": dbswarm.count,
+                "baseline_name": "pg_single_insert_commit_latency", "baseline_value": plain.p50_ms,
+                "baseline_p99_ms": plain.p99_ms,
+                "ratio": round2(dbswarm.p50_ms / plain.p50_ms),
+                "server_rss_mb_max": server.peak_rss_mb(),
+            }));
+        }
+        pool.close().await;
+        anyhow::Ok(())
+    }
+    .await;
+    server.stop();
+    outcome
+}
+
+fn print(value: serde_json::Value) {
+    println!("{value}");
+}
+
+fn round(x: f64) -> f64 {
+    x.round()
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn admin_url() -> anyhow::Result<String> {
+    if let Ok(url) = std::env::var("DBSWARM_ADMIN_DATABASE_URL") {
+        return Ok(url);
+    }
+    let url = std::env::var("DBSWARM_DATABASE_URL")
+        .context("set DBSWARM_ADMIN_DATABASE_URL or DBSWARM_DATABASE_URL (make bench does)")?;
+    let (base, _) = url.rsplit_once('/').context("database URL without a path")?;
+    Ok(format!("{base}/postgres"))
+}
+
+struct ScratchDb {
+    name: String,
+    url: String,
+}
+
+impl ScratchDb {
+    async fn create(admin_url: &str) -> anyhow::Result<ScratchDb> {
+        let name = format!("dbswarm_bench_{}", Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(admin_url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut conn).await?;
+        let (base, _) = admin_url.rsplit_once('/').context("admin URL without a path")?;
+        Ok(ScratchDb { url: format!("{base}/{name}"), name })
+    }
+
+    async fn drop_database(&self, admin_url: &str) -> anyhow::Result<()> {
+        let mut conn = PgConnection::connect(admin_url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name)))
+            .execute(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The release `dbswarm` binary, next to this one, as a child process.
+struct ServerProcess {
+    child: Child,
+    grpc_url: String,
+    http_port: u16,
+}
+
+impl ServerProcess {
+    fn start(database_url: &str) -> anyhow::Result<ServerProcess> {
+        let binary: PathBuf = std::env::current_exe()?.with_file_name("dbswarm");
+        let grpc_port = free_port()?;
+        let http_port = free_port()?;
+        let child = Command::new(&binary)
+            .arg("serve")
+            .env("DBSWARM_DATABASE_URL", database_url)
+            .env("DBSWARM_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
+            .env("DBSWARM_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}: build it with cargo build --release", binary.display()))?;
+        Ok(ServerProcess { child, grpc_url: format!("http://127.0.0.1:{grpc_port}"), http_port })
+    }
+
+    /// `count` clients over `connections` connections, once the server
+    /// accepts them.
+    async fn clients(
+        &mut self,
+        count: usize,
+        connections: usize,
+    ) -> anyhow::Result<Vec<EventStoreClient<Channel>>> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let first = loop {
+            match EventStoreClient::connect(self.grpc_url.clone()).await {
+                Ok(client) => break client,
+                Err(_) if Instant::now() < deadline => {
+                    if let Some(status) = self.child.try_wait()? {
+                        bail!("dbswarm exited during start: {status}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => bail!("dbswarm did not accept connections within 60 s: {e}"),
+            }
+        };
+        let mut shared = vec![first];
+        for _ in 1..connections.clamp(1, count) {
+            shared.push(EventStoreClient::connect(self.grpc_url.clone()).await?);
+        }
+        Ok((0..count).map(|i| shared[i % shared.len()].clone()).collect())
+    }
+
+    /// Mean events per group-commit batch so far, from the server's metrics.
+    async fn mean_batch_events(&self) -> anyhow::Result<f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.http_port)).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await?;
+        let value = |name: &str| -> f64 {
+            body.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0)
+        };
+        let count = value("dbswarm_append_batch_events_count");
+        Ok(if count > 0.0 { round2(value("dbswarm_append_batch_events_sum") / count) } else { 0.0 })
+    }
+
+    fn peak_rss_mb(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let kb: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        round2(kb / 1024.0)
+    }
+
+    fn stop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn one_event(i: usize) -> proto::ProposedEvent {
+    proto::ProposedEvent {
+        event_id: Uuid::new_v4().to_string(),
+        event_type: "BenchEvent".into(),
+        content_type: proto::ContentType::Json as i32,
+        data: format!(r#"{{"i":{i},"payload":"benchmark event payload"}}"#).into_bytes(),
+        ..Default::default()
+    }
+}
+
+/// Events/s of `clients` tasks appending one event per request, each to its
+/// own stream, until `events` have been written (after a warm-up).
+async fn append_throughput(clients: &[EventStoreClient<Channel>], events: usize) -> anyhow::Result<f64> {
+    let run_id = Uuid::new_v4().simple().to_string();
+    let warm_up = (events / 10).max(clients.len());
+    append_fixed(clients, warm_up, &format!("warm-{run_id}")).await?;
+    let started = Instant::now();
+    append_fixed(clients, events, &format!("tput-{run_id}")).await?;
+    Ok(events as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn append_fixed(clients: &[EventStoreClient<Channel>], events: usize, prefix: &str) -> anyhow::Result<()> {
+    let per_client = events.div_ceil(clients.len());
+    let mut tasks = Vec::new();
+    for (c, client) in clients.iter().enumerate() {
+        let mut client = client.clone();
+        let stream_id = format!("{prefix}-{c}");
+        let count = per_client.min(events.saturating_sub(c * per_client));
+        tasks.push(tokio::spawn(async move {
+            for i in 0..count {
+                let request = proto::AppendToStreamRequest {
+                    stream_id: stream_id.clone(),
+                    expected_version: None,
+                    events: vec![one_event(i)],
+                };
+                client.append_to_stream(request).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+/// The same rows, one INSERT + COMMIT each, straight through sqlx into a
+/// scratch copy of the events table (same columns, indexes, defaults).
+async fn insert_baseline(pool: &PgPool, connections: usize, events: usize) -> anyhow::Result<f64> {
+    sqlx::query("CREATE TABLE IF NOT EXISTS bench_baseline (LIKE events INCLUDING ALL)")
+        .execute(pool)
+        .await?;
+    let warm_up = (events / 10).max(connections);
+    insert_fixed(pool, connections, warm_up).await?;
+    let started = Instant::now();
+    insert_fixed(pool, connections, events).await?;
+    Ok(events as f64 / started.elapsed().as_secs_f64())
+}
+
+const BASELINE_INSERT: &str = "INSERT INTO bench_baseline \
+    (event_id, stream_id, aggregate_type, event_version, event_type, event_data, metadata) \
+    VALUES ($1, $2, 'bench', $3, 'BenchEvent', $4::jsonb, '{}'::jsonb)";
+
+async fn insert_fixed(pool: &PgPool, connections: usize, events: usize) -> anyhow::Result<()> {
+    let per_connection = events.div_ceil(connections);
+    let run = Uuid::new_v4().simple().to_string();
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let pool = pool.clone();
+        let stream_id = format!("base-{run}-{c}");
+        let count = per_connection.min(events.saturating_sub(c * per_connection));
+        tasks.push(tokio::spawn(async move {
+            let mut conn = pool.acquire().await?;
+            for i in 0..count {
+                sqlx::query(BASELINE_INSERT)
+                    .bind(Uuid::new_v4())
+                    .bind(&stream_id)
+                    .bind(i as i64 + 1)
+                    .bind(format!(r#"{{"i":{i},"payload":"benchmark event payload"}}"#))
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+struct Latencies {
+    p50_ms: f64,
+    p99_ms: f64,
+    count: usize,
+}
+
+fn percentiles(mut samples: Vec<f64>) -> Latencies {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    Latencies { p50_ms: round2(at(0.50)), p99_ms: round2(at(0.99)), count: samples.len() }
+}
+
+/// Open-loop load: request k is due at k / rate seconds and its latency is
+/// measured from then, so a stall counts against every request it delays.
+async fn open_loop<F, Fut>(rate: f64, seconds: u64, in_flight_max: usize, send: F) -> anyhow::Result<Latencies>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let total = (rate * seconds as f64) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let permits = Arc::new(Semaphore::new(in_flight_max));
+    let started = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    for k in 0..total {
+        let due = started + interval * k as u32;
+        tokio::time::sleep_until(due).await;
+        let permit = permits.clone().acquire_owned().await?;
+        let request = send(k);
+        tasks.push(tokio::spawn(async move {
+            request.await?;
+            drop(permit);
+            anyhow::Ok(due.elapsed().as_secs_f64() * 1000.0)
+        }));
+    }
+    let mut samples = Vec::with_capacity(total);
+    for task in tasks {
+        samples.push(task.await??);
+    }
+    Ok(percentiles(samples))
+}
+
+async fn append_latency(clients: &[EventStoreClient<Channel>], rate: f64, seconds: u64) -> anyhow::Result<Latencies> {
+    let run = Uuid::new_v4().simple().to_string();
+    let clients = clients.to_vec();
+    open_loop(rate, seconds, 1024, move |k| {
+        let mut client = clients[k % clients.len()].clone();
+        let request = proto::AppendToStreamRequest {
+            stream_id: format!("lat-{run}-{k}"),
+            expected_version: None,
+            events: vec![one_event(k)],
+        };
+        async move {
+            client.append_to_stream(request).await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+async fn insert_latency(pool: &PgPool, connections: usize, rate: f64, seconds: u64) -> anyhow::Result<Latencies> {
+    let run = Uuid::new_v4().simple().to_string();
+    let pool = pool.clone();
+    open_loop(rate, seconds, connections, move |k| {
+        let pool = pool.clone();
+        let stream_id = format!("baselat-{run}-{k}");
+        async move {
+            sqlx::query(BASELINE_INSERT)
+                .bind(Uuid::new_v4())
+                .bind(stream_id)
+                .bind(1i64)
+                .bind(format!(r#"{{"i":{k}}}"#))
+                .execute(&pool)
+                .await?;
+            Ok(())
+        }
+    })
+    .await
+}
