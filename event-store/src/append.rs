@@ -117,7 +117,14 @@ impl Appender {
         let receiver = Arc::new(Mutex::new(receiver));
         let cache = Arc::new(VersionCache::new(config.version_cache_streams_max));
         let committers = (0..config.committers.max(1))
-            .map(|_| tokio::spawn(run_committer(pool.clone(), receiver.clone(), cache.clone(), config)))
+            .map(|_| {
+                tokio::spawn(run_committer(
+                    pool.clone(),
+                    receiver.clone(),
+                    cache.clone(),
+                    config,
+                ))
+            })
             .collect();
         let appender = Appender {
             queue,
@@ -278,7 +285,12 @@ async fn commit_batch(pool: &PgPool, cache: &VersionCache, batch: Vec<Pending>, 
         }
         Err(BatchFailure::Race) => {
             metrics::counter!("dbswarm_append_optimistic_conflicts_total").increment(1);
-            cache.forget(requests.iter().flat_map(|r| r.streams()).map(|s| s.stream_id.clone()));
+            cache.forget(
+                requests
+                    .iter()
+                    .flat_map(|r| r.streams())
+                    .map(|s| s.stream_id.clone()),
+            );
             batch
         }
         Err(failure) => return fail_all(batch, failure),
@@ -300,7 +312,9 @@ fn fail_all(batch: Vec<Pending>, failure: BatchFailure) {
         BatchFailure::OutcomeUnknown(message) => {
             tracing::error!(%message, requests = batch.len(), "append batch commit failed");
             for pending in batch {
-                let _ = pending.reply.send(Err(StoreError::CommitOutcomeUnknown(message.clone())));
+                let _ = pending
+                    .reply
+                    .send(Err(StoreError::CommitOutcomeUnknown(message.clone())));
             }
         }
     }
@@ -319,7 +333,12 @@ async fn commit_carefully(pool: &PgPool, cache: &VersionCache, batch: Vec<Pendin
         }
         Err(BatchFailure::Race) => {
             metrics::counter!("dbswarm_append_race_fallbacks_total").increment(1);
-            cache.forget(requests.iter().flat_map(|r| r.streams()).map(|s| s.stream_id.clone()));
+            cache.forget(
+                requests
+                    .iter()
+                    .flat_map(|r| r.streams())
+                    .map(|s| s.stream_id.clone()),
+            );
             for pending in batch {
                 let outcome = commit_alone(pool, &pending.request, config.race_attempts_max).await;
                 let _ = pending.reply.send(outcome);
@@ -344,7 +363,12 @@ async fn commit_optimistic(
     for stream in requests.iter().flat_map(|r| r.streams()).map(|s| &s.stream_id) {
         match cache.get(stream) {
             Some(version) => {
-                states.insert(stream.clone(), StreamState { version: Some(version) });
+                states.insert(
+                    stream.clone(),
+                    StreamState {
+                        version: Some(version),
+                    },
+                );
             }
             None if !states.contains_key(stream) => {
                 states.insert(stream.clone(), StreamState::default());
@@ -354,9 +378,15 @@ async fn commit_optimistic(
         }
     }
     if !missing.is_empty() {
-        let found: Vec<(String, i64)> = sqlx::query_as(STREAM_VERSIONS).bind(&missing).fetch_all(pool).await?;
+        let found: Vec<(String, i64)> = sqlx::query_as(STREAM_VERSIONS)
+            .bind(&missing)
+            .fetch_all(pool)
+            .await?;
         for (stream, version) in found {
-            let state = states.iter_mut().find(|(id, _)| id.as_str() == stream).map(|(_, s)| s);
+            let state = states
+                .iter_mut()
+                .find(|(id, _)| id.as_str() == stream)
+                .map(|(_, s)| s);
             if let Some(state) = state {
                 state.version = Some(version as u64);
             }
@@ -366,10 +396,9 @@ async fn commit_optimistic(
     let mut rows = EventRows::default();
     let mut planned = Vec::with_capacity(requests.len());
     for request in requests {
-        let plan = decide_request(&mut states, request).ok().map(|versions| {
-            rows.push_request(request, &versions);
-            versions
-        });
+        let plan = decide_request(&mut states, request)
+            .ok()
+            .inspect(|versions| rows.push_request(request, versions));
         planned.push(plan);
     }
     if rows.is_empty() {
@@ -390,7 +419,10 @@ async fn commit_optimistic(
 }
 
 /// The last version each written stream reaches in this batch.
-fn planned_streams(requests: &[&AppendRequest], planned: &[Option<Vec<VersionedEvent>>]) -> HashMap<String, i64> {
+fn planned_streams(
+    requests: &[&AppendRequest],
+    planned: &[Option<Vec<VersionedEvent>>],
+) -> HashMap<String, i64> {
     let mut last = HashMap::new();
     for (request, plan) in requests.iter().zip(planned) {
         if let Some(versions) = plan {

@@ -70,7 +70,10 @@ async fn run(args: &Args, db: &ScratchDb) -> anyhow::Result<()> {
             .await?;
         let wanted = |name: &str| args.only.as_deref().is_none_or(|only| only == name);
 
-        eprintln!("baseline: one INSERT + COMMIT per event, {} connections", args.clients);
+        eprintln!(
+            "baseline: one INSERT + COMMIT per event, {} connections",
+            args.clients
+        );
         let baseline = insert_baseline(&pool, args.clients, args.events).await?;
         eprintln!("dbswarm: one event per AppendToStream, {} clients", args.clients);
         let throughput = append_throughput(&clients, args.events).await?;
@@ -142,16 +145,24 @@ impl ScratchDb {
     async fn create(admin_url: &str) -> anyhow::Result<ScratchDb> {
         let name = format!("dbswarm_bench_{}", Uuid::new_v4().simple());
         let mut conn = PgConnection::connect(admin_url).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut conn).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut conn)
+            .await?;
         let (base, _) = admin_url.rsplit_once('/').context("admin URL without a path")?;
-        Ok(ScratchDb { url: format!("{base}/{name}"), name })
+        Ok(ScratchDb {
+            url: format!("{base}/{name}"),
+            name,
+        })
     }
 
     async fn drop_database(&self, admin_url: &str) -> anyhow::Result<()> {
         let mut conn = PgConnection::connect(admin_url).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name)))
-            .execute(&mut conn)
-            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await?;
         Ok(())
     }
 }
@@ -176,8 +187,17 @@ impl ServerProcess {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
-            .with_context(|| format!("cannot start {}: build it with cargo build --release", binary.display()))?;
-        Ok(ServerProcess { child, grpc_url: format!("http://127.0.0.1:{grpc_port}"), http_port })
+            .with_context(|| {
+                format!(
+                    "cannot start {}: build it with cargo build --release",
+                    binary.display()
+                )
+            })?;
+        Ok(ServerProcess {
+            child,
+            grpc_url: format!("http://127.0.0.1:{grpc_port}"),
+            http_port,
+        })
     }
 
     /// `count` clients over `connections` connections, once the server
@@ -224,7 +244,11 @@ impl ServerProcess {
                 .unwrap_or(0.0)
         };
         let count = value("dbswarm_append_batch_events_count");
-        Ok(if count > 0.0 { round2(value("dbswarm_append_batch_events_sum") / count) } else { 0.0 })
+        Ok(if count > 0.0 {
+            round2(value("dbswarm_append_batch_events_sum") / count)
+        } else {
+            0.0
+        })
     }
 
     fn peak_rss_mb(&self) -> f64 {
@@ -239,7 +263,10 @@ impl ServerProcess {
     }
 
     fn stop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -277,7 +304,11 @@ async fn append_throughput(clients: &[EventStoreClient<Channel>], events: usize)
     Ok(events as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn append_fixed(clients: &[EventStoreClient<Channel>], events: usize, prefix: &str) -> anyhow::Result<()> {
+async fn append_fixed(
+    clients: &[EventStoreClient<Channel>],
+    events: usize,
+    prefix: &str,
+) -> anyhow::Result<()> {
     let per_client = events.div_ceil(clients.len());
     let mut tasks = Vec::new();
     for (c, client) in clients.iter().enumerate() {
@@ -356,12 +387,21 @@ struct Latencies {
 fn percentiles(mut samples: Vec<f64>) -> Latencies {
     samples.sort_by(f64::total_cmp);
     let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-    Latencies { p50_ms: round2(at(0.50)), p99_ms: round2(at(0.99)), count: samples.len() }
+    Latencies {
+        p50_ms: round2(at(0.50)),
+        p99_ms: round2(at(0.99)),
+        count: samples.len(),
+    }
 }
 
 /// Open-loop load: request k is due at k / rate seconds and its latency is
 /// measured from then, so a stall counts against every request it delays.
-async fn open_loop<F, Fut>(rate: f64, seconds: u64, in_flight_max: usize, send: F) -> anyhow::Result<Latencies>
+async fn open_loop<F, Fut>(
+    rate: f64,
+    seconds: u64,
+    in_flight_max: usize,
+    send: F,
+) -> anyhow::Result<Latencies>
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
@@ -389,7 +429,11 @@ where
     Ok(percentiles(samples))
 }
 
-async fn append_latency(clients: &[EventStoreClient<Channel>], rate: f64, seconds: u64) -> anyhow::Result<Latencies> {
+async fn append_latency(
+    clients: &[EventStoreClient<Channel>],
+    rate: f64,
+    seconds: u64,
+) -> anyhow::Result<Latencies> {
     let run = Uuid::new_v4().simple().to_string();
     let clients = clients.to_vec();
     open_loop(rate, seconds, 1024, move |k| {
@@ -407,7 +451,12 @@ async fn append_latency(clients: &[EventStoreClient<Channel>], rate: f64, second
     .await
 }
 
-async fn insert_latency(pool: &PgPool, connections: usize, rate: f64, seconds: u64) -> anyhow::Result<Latencies> {
+async fn insert_latency(
+    pool: &PgPool,
+    connections: usize,
+    rate: f64,
+    seconds: u64,
+) -> anyhow::Result<Latencies> {
     let run = Uuid::new_v4().simple().to_string();
     let pool = pool.clone();
     open_loop(rate, seconds, connections, move |k| {

@@ -72,7 +72,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let _telemetry = server::telemetry::init_tracing(config.log_format, server::telemetry::otlp_endpoint_from_env())?;
+    let _telemetry =
+        server::telemetry::init_tracing(config.log_format, server::telemetry::otlp_endpoint_from_env())?;
     let mut running = server::start(config).await?;
     tokio::select! {
         () = shutdown_signal() => {

@@ -51,7 +51,9 @@ impl Drop for Telemetry {
 
 /// The OTLP endpoint from `OTEL_EXPORTER_OTLP_ENDPOINT`, when set.
 pub fn otlp_endpoint_from_env() -> Option<String> {
-    std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.is_empty())
+    std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty())
 }
 
 /// Structured logs on stderr (filter: `RUST_LOG`, default `info`) and,

@@ -217,3 +217,57 @@ async fn full_append_queue_answers_resource_exhausted() {
     server.stop().await;
     db.drop_database().await;
 }
+
+/// Two servers on one database: each caches stream versions, and each
+/// cache goes stale when the other writes. A stale cache must neither
+/// refuse a right expectation nor let a write leave a gap.
+#[tokio::test]
+async fn two_servers_on_one_database_keep_versions_exact() {
+    let db = TestDb::create().await;
+    let mut a = TestServer::start(settings_for(&db)).await;
+    let mut b = TestServer::start(settings_for(&db)).await;
+    let event = || vec![json_event("Moved", json!({}))];
+    // a learns version 1
+    a.client
+        .append_to_stream(append_request("shared-1", no_stream(), event()))
+        .await
+        .unwrap();
+    // b moves the stream to 2 behind a's back
+    b.client
+        .append_to_stream(append_request("shared-1", exact(1), event()))
+        .await
+        .unwrap();
+    // a, whose cache says 1, must accept an expectation of 2...
+    let result = a
+        .client
+        .append_to_stream(append_request("shared-1", exact(2), event()))
+        .await
+        .unwrap();
+    assert_eq!(result.into_inner().result.unwrap().current_version, 3);
+    // ...and refuse 1 with the true actual version
+    let status = a
+        .client
+        .append_to_stream(append_request("shared-1", exact(1), event()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.get_details_error_info().unwrap().metadata["actual_version"],
+        "3"
+    );
+    // b, whose cache says 2, appends with `any`: version 4, not a second 3
+    let result = b
+        .client
+        .append_to_stream(append_request("shared-1", None, event()))
+        .await
+        .unwrap();
+    assert_eq!(result.into_inner().result.unwrap().current_version, 4);
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT event_version FROM events WHERE stream_id = 'shared-1' ORDER BY 1")
+            .fetch_all(&a.running.pool)
+            .await
+            .unwrap();
+    assert_eq!(versions, vec![1, 2, 3, 4]);
+    a.stop().await;
+    b.stop().await;
+    db.drop_database().await;
+}

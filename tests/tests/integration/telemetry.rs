@@ -1,8 +1,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use serde_json::json;
 use server::config::LogFormat;
 use tests::*;
@@ -26,7 +30,9 @@ impl TraceService for Collector {
                 names.extend(scope.spans.into_iter().map(|s| s.name));
             }
         }
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
     }
 }
 
@@ -45,23 +51,35 @@ async fn grpc_requests_are_traced_over_otlp() {
 
     let db = TestDb::create().await;
     let mut server = TestServer::start(settings_for(&db)).await;
-    server.client.append_to_stream(append_request("traced", None, vec![json_event("E", json!({}))])).await.unwrap();
+    server
+        .client
+        .append_to_stream(append_request("traced", None, vec![json_event("E", json!({}))]))
+        .await
+        .unwrap();
 
     let telemetry = Arc::new(telemetry);
     let mut exported = false;
     for _ in 0..50 {
         let flushing = telemetry.clone();
-        tokio::task::spawn_blocking(move || flushing.flush()).await.unwrap();
+        tokio::task::spawn_blocking(move || flushing.flush())
+            .await
+            .unwrap();
         if collector.span_names.lock().unwrap().iter().any(|n| n == "grpc") {
             exported = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(exported, "spans received: {:?}", collector.span_names.lock().unwrap());
+    assert!(
+        exported,
+        "spans received: {:?}",
+        collector.span_names.lock().unwrap()
+    );
     server.stop().await;
     db.drop_database().await;
     // Shutting the provider down blocks on the export thread.
-    tokio::task::spawn_blocking(move || drop(telemetry)).await.unwrap();
+    tokio::task::spawn_blocking(move || drop(telemetry))
+        .await
+        .unwrap();
     collector_task.abort();
 }
