@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::{
-    AppendError, AppendRequest, EventData, ExistingEvent, IdempotencyOutcome, StreamId, StreamState,
-    VersionedEvent, classify_replay, decide, evolve,
+    AppendError, AppendRequest, EventData, ExistingEvent, ExpectedVersion, IdempotencyOutcome, StreamId,
+    StreamState, VersionedEvent, classify_replay, decide, evolve,
 };
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -68,7 +68,7 @@ impl Default for AppendConfig {
             batch_requests_max: 256,
             batch_events_max: 2000,
             batch_wait_us: 0,
-            committers: 4,
+            committers: 1,
             race_attempts_max: 5,
             version_cache_streams_max: 100_000,
         }
@@ -359,8 +359,12 @@ async fn commit_optimistic(
     requests: &[&AppendRequest],
 ) -> Result<Vec<Option<AppendOutcome>>, BatchFailure> {
     let mut states: HashMap<StreamId, StreamState> = HashMap::new();
-    let mut missing = Vec::new();
-    for stream in requests.iter().flat_map(|r| r.streams()).map(|s| &s.stream_id) {
+    // Streams the cache lacks are looked up, except those only created
+    // here (every append to them expects no stream): assuming they are new
+    // is checked by the write itself (version 1 must not exist yet).
+    let mut missing: BTreeSet<&str> = BTreeSet::new();
+    for append in requests.iter().flat_map(|r| r.streams()) {
+        let stream = &append.stream_id;
         match cache.get(stream) {
             Some(version) => {
                 states.insert(
@@ -370,25 +374,25 @@ async fn commit_optimistic(
                     },
                 );
             }
-            None if !states.contains_key(stream) => {
-                states.insert(stream.clone(), StreamState::default());
-                missing.push(stream.as_str());
+            None => {
+                states.entry(stream.clone()).or_default();
+                if append.expected != ExpectedVersion::NoStream {
+                    missing.insert(stream.as_str());
+                }
             }
-            None => {}
         }
     }
     if !missing.is_empty() {
-        let found: Vec<(String, i64)> = sqlx::query_as(STREAM_VERSIONS)
+        let missing: Vec<&str> = missing.into_iter().collect();
+        let found: HashMap<String, i64> = sqlx::query_as(STREAM_VERSIONS)
             .bind(&missing)
             .fetch_all(pool)
-            .await?;
-        for (stream, version) in found {
-            let state = states
-                .iter_mut()
-                .find(|(id, _)| id.as_str() == stream)
-                .map(|(_, s)| s);
-            if let Some(state) = state {
-                state.version = Some(version as u64);
+            .await?
+            .into_iter()
+            .collect();
+        for (stream, state) in states.iter_mut() {
+            if let Some(version) = found.get(stream.as_str()) {
+                state.version = Some(*version as u64);
             }
         }
     }

@@ -31,7 +31,8 @@ WITH ins AS (
      WHERE s.version < EXCLUDED.version
     RETURNING 1
 )
-SELECT event_id, global_position
-FROM ins
-WHERE dbswarm_check((SELECT count(*) FROM moved) = cardinality($13::text[]),
-                    'a stream version would not move forwards')
+SELECT ins.event_id, ins.global_position
+FROM ins,
+     -- once per statement, not per row: a volatile function in FROM
+     (SELECT dbswarm_check((SELECT count(*) FROM moved) = cardinality($13::text[]),
+                           'a stream version would not move forwards')) AS checked(ok)

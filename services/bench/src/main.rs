@@ -64,8 +64,10 @@ async fn run(args: &Args, db: &ScratchDb) -> anyhow::Result<()> {
     let mut server = ServerProcess::start(&db.url)?;
     let outcome = async {
         let clients = server.clients(args.clients, args.connections).await?;
+        // Same pool setting as the server: no ping before each checkout.
         let pool = PgPoolOptions::new()
             .max_connections(args.clients as u32)
+            .test_before_acquire(false)
             .connect(&db.url)
             .await?;
         let wanted = |name: &str| args.only.as_deref().is_none_or(|only| only == name);
@@ -439,7 +441,7 @@ async fn append_latency(
     open_loop(rate, seconds, 1024, move |k| {
         let mut client = clients[k % clients.len()].clone();
         let request = proto::AppendToStreamRequest {
-            stream_id: format!("lat-{run}-{k}"),
+            stream_id: format!("lat-{run}-{}", k % clients.len()),
             expected_version: None,
             events: vec![one_event(k)],
         };

@@ -92,7 +92,7 @@ pub struct Settings {
     /// Extra wait for more requests after the first of a batch, µs [default: 0].
     #[arg(long, env = "DBSWARM_APPEND_BATCH_WAIT_US", value_name = "US")]
     pub append_batch_wait_us: Option<u64>,
-    /// Group-commit transactions in flight at once [default: 4].
+    /// Group-commit transactions in flight at once [default: 1].
     #[arg(long, env = "DBSWARM_APPEND_COMMITTERS", value_name = "N")]
     pub append_committers: Option<usize>,
     /// Rows fetched per query when reading [default: 500].
