@@ -15,7 +15,7 @@ run: services-dev
 	source .dbswarm/dev/env && cargo run --release -p server --bin dbswarm -- serve
 
 test: services-test
-	source .dbswarm/test/env && cargo test --workspace 2>&1
+	scripts/test.sh
 
 bench: services-test
 	source .dbswarm/test/env && cargo build --release -p server -p bench && ./target/release/dbswarm-bench $(if $(BENCH),--only $(BENCH),)

@@ -220,41 +220,24 @@ async fn reading_100k_events_keeps_memory_flat() {
                 }
             })
         };
-        let mut count = 0u64;
-        let mut previous_version = 0;
-        if read_all {
-            let mut stream = server
+        let count = if read_all {
+            let stream = server
                 .client
                 .read_all(proto::ReadAllRequest::default())
                 .await
-                .unwrap()
-                .into_inner();
-            while let Some(item) = stream.message().await.unwrap() {
-                let event = item.event.unwrap();
-                assert_eq!(event.event_version, previous_version + 1);
-                previous_version = event.event_version;
-                count += 1;
-                if count == 1 {
-                    tokio::time::sleep(Duration::from_millis(500)).await; // a slow start
-                }
-            }
+                .unwrap();
+            consume_slowly(stream.into_inner(), |r: proto::ReadAllResponse| r.event.unwrap()).await
         } else {
-            let mut stream = server
+            let stream = server
                 .client
                 .read_stream(read_request("big", 0, false, 0))
                 .await
-                .unwrap()
-                .into_inner();
-            while let Some(item) = stream.message().await.unwrap() {
-                let event = item.event.unwrap();
-                assert_eq!(event.event_version, previous_version + 1);
-                previous_version = event.event_version;
-                count += 1;
-                if count == 1 {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
+                .unwrap();
+            consume_slowly(stream.into_inner(), |r: proto::ReadStreamResponse| {
+                r.event.unwrap()
+            })
+            .await
+        };
         sampler.abort();
         assert_eq!(count, EVENTS as u64);
         let growth = peak.load(Ordering::Relaxed).saturating_sub(baseline);
@@ -300,4 +283,23 @@ async fn a_gap_in_a_stream_is_reported_on_read() {
     );
     server.stop().await;
     db.drop_database().await;
+}
+
+/// Reads every event, pausing after the first (a slow client) and checking
+/// that versions follow each other; returns how many were read.
+async fn consume_slowly<T>(
+    mut stream: tonic::Streaming<T>,
+    event_of: impl Fn(T) -> proto::RecordedEvent,
+) -> u64 {
+    let (mut count, mut previous_version) = (0u64, 0u64);
+    while let Some(item) = stream.message().await.unwrap() {
+        let event = event_of(item);
+        assert_eq!(event.event_version, previous_version + 1);
+        previous_version = event.event_version;
+        count += 1;
+        if count == 1 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    count
 }
