@@ -26,12 +26,3 @@ CREATE TABLE events (
 
 -- The $all order.
 CREATE INDEX events_commit_order ON events (transaction_id, global_position);
-
--- One row per stream: its current version. Appends lock this row
--- (SELECT .. FOR UPDATE) so that concurrent writers of a stream serialise.
-CREATE TABLE streams (
-    stream_id  text        PRIMARY KEY,
-    version    bigint      NOT NULL CHECK (version >= 1),
-    created_at timestamptz NOT NULL DEFAULT now(),
-    updated_at timestamptz NOT NULL DEFAULT now()
-);

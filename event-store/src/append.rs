@@ -10,8 +10,9 @@
 //!   cache cannot cause a wrong write: the next version of a stream can only
 //!   be inserted if it does not exist yet, so a stale view fails the whole
 //!   statement (unique violation) and nothing is written.
-//! - careful: in a transaction, look up reused event ids (idempotency) and
-//!   lock the streams' rows, then decide and write. Requests the cache
+//! - careful: in a transaction, look up reused event ids (idempotency),
+//!   take the streams' advisory locks and read their versions, then decide
+//!   and write. Requests the cache
 //!   refused (the cache might be behind), batches whose optimistic write
 //!   failed, and replays go this way.
 
@@ -258,7 +259,7 @@ impl From<sqlx::Error> for BatchFailure {
         let code = e.as_database_error().and_then(|d| d.code());
         match code.as_deref() {
             // unique violation, deadlock, serialization failure, and
-            // dbswarm_check (a stream version that would not move forwards)
+            // dbswarm_check (the version before a batch's first is missing)
             Some("23505" | "40P01" | "40001" | "DBS01") => BatchFailure::Race,
             _ => BatchFailure::NotWritten(e.into()),
         }
@@ -422,20 +423,25 @@ async fn commit_optimistic(
     Ok(answers)
 }
 
-/// The last version each written stream reaches in this batch.
+/// The first version each written stream gets in this batch: the write
+/// checks that the version before it is stored (contiguity).
 fn planned_streams(
     requests: &[&AppendRequest],
     planned: &[Option<Vec<VersionedEvent>>],
 ) -> HashMap<String, i64> {
-    let mut last = HashMap::new();
+    let mut first: HashMap<String, i64> = HashMap::new();
     for (request, plan) in requests.iter().zip(planned) {
         if let Some(versions) = plan {
             for (stream, appended) in request.streams().iter().zip(versions) {
-                last.insert(stream.stream_id.as_str().to_owned(), appended.last_version as i64);
+                let version = appended.first_version as i64;
+                first
+                    .entry(stream.stream_id.as_str().to_owned())
+                    .and_modify(|v| *v = (*v).min(version))
+                    .or_insert(version);
             }
         }
     }
-    last
+    first
 }
 
 /// A request in a transaction of its own, retried while it loses races.
@@ -586,9 +592,10 @@ async fn load_existing(
         .collect())
 }
 
-/// Locks the batch's existing streams and returns their states. Streams
-/// without a row are new; two batches creating the same stream collide
-/// on the unique (stream_id, event_version) key and fall back to retries.
+/// Takes the batch's stream locks (transaction-scoped advisory locks, in
+/// key order so that two batches cannot deadlock), then reads the streams'
+/// versions in a statement of its own: its snapshot is taken after the
+/// locks are held, so it sees every earlier writer's commit.
 async fn lock_streams(
     tx: &mut PgConnection,
     requests: &[&AppendRequest],
@@ -599,7 +606,8 @@ async fn lock_streams(
         .map(|s| &s.stream_id)
         .collect();
     let names: Vec<&str> = ids.iter().map(|s| s.as_str()).collect();
-    let locked: HashMap<String, i64> = sqlx::query_as(LOCK_STREAMS)
+    sqlx::query(LOCK_STREAMS).bind(&names).execute(&mut *tx).await?;
+    let locked: HashMap<String, i64> = sqlx::query_as(STREAM_VERSIONS)
         .bind(&names)
         .fetch_all(&mut *tx)
         .await?
@@ -689,19 +697,20 @@ impl EventRows {
     }
 }
 
-/// Inserts the rows and advances the streams, in one statement. On a pool
-/// it commits by itself; inside a transaction it commits with it.
+/// Inserts the rows, checking in the same statement that each stream's
+/// first new version follows a stored one. On a pool it commits by itself;
+/// inside a transaction it commits with it.
 async fn write_rows<'c, E>(
     executor: E,
     rows: EventRows,
-    stream_versions: &HashMap<String, i64>,
+    first_versions: &HashMap<String, i64>,
 ) -> Result<HashMap<Uuid, u64>, BatchFailure>
 where
     E: sqlx::PgExecutor<'c>,
 {
     let expected = rows.event_id.len();
-    let (streams, versions): (Vec<&str>, Vec<i64>) =
-        stream_versions.iter().map(|(s, v)| (s.as_str(), *v)).unzip();
+    let (streams, first_versions): (Vec<&str>, Vec<i64>) =
+        first_versions.iter().map(|(s, v)| (s.as_str(), *v)).unzip();
     let written: Vec<(Uuid, i64)> = sqlx::query_as(WRITE_EVENTS)
         .bind(rows.event_id)
         .bind(rows.stream_id)
@@ -716,7 +725,7 @@ where
         .bind(rows.correlation_id)
         .bind(rows.causation_id)
         .bind(&streams)
-        .bind(&versions)
+        .bind(&first_versions)
         .fetch_all(executor)
         .await?;
     if written.len() != expected {

@@ -2,9 +2,8 @@
 //! reads.
 //!
 //! **Architecture Invariant:** this crate is the only writer of the `events`
-//! and `streams` tables. Every append goes through [`Appender`], which
-//! assigns versions under a row lock on `streams` and checks them against
-//! the domain's `decide`.
+//! table. Every append goes through [`Appender`], which decides it with the
+//! domain's `decide` and writes it with a statement that refuses any gap.
 
 mod append;
 mod error;

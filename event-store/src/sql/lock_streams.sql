@@ -1,7 +1,6 @@
--- Current versions of the batch's streams, locked until commit. Sorted so
--- that two batches locking overlapping streams cannot deadlock.
-SELECT stream_id, version
-FROM streams
-WHERE stream_id = ANY($1::text[])
-ORDER BY stream_id
-FOR UPDATE
+-- Serialises writers of the same streams on the careful path until commit.
+-- Keys in ascending order, so two batches cannot wait on each other.
+SELECT count(pg_advisory_xact_lock(key))
+FROM (SELECT DISTINCT hashtextextended(stream_id, 0) AS key
+      FROM unnest($1::text[]) AS s(stream_id)
+      ORDER BY 1) AS keys

@@ -1,1 +1,5 @@
-SELECT version FROM streams WHERE stream_id = $1
+SELECT event_version
+FROM events
+WHERE stream_id = $1
+ORDER BY event_version DESC
+LIMIT 1

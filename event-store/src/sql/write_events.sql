@@ -1,5 +1,5 @@
--- Writes a batch's events and advances its streams in one statement, so
--- that outside a transaction it is one round trip and one commit.
+-- Writes a batch's events in one statement, so that outside a transaction
+-- it is one round trip and one commit.
 -- Positions follow the array order (ORDER BY ord): within a stream, higher
 -- versions get higher positions. The versions were decided from a cached or
 -- locked view of each stream; (stream_id, event_version) being unique makes
@@ -20,19 +20,17 @@ WITH ins AS (
                 correlation_id, causation_id, ord)
     ORDER BY ord
     RETURNING event_id, global_position
-), moved AS (
-    -- A stream's version only moves forwards; a row that would not move
-    -- is not returned, and the check below aborts the statement.
-    INSERT INTO streams AS s (stream_id, version)
-    SELECT stream_id, version
-    FROM unnest($13::text[], $14::int8[]) AS u(stream_id, version)
-    ON CONFLICT (stream_id) DO UPDATE
-       SET version = EXCLUDED.version, updated_at = now()
-     WHERE s.version < EXCLUDED.version
-    RETURNING 1
 )
 SELECT ins.event_id, ins.global_position
 FROM ins,
-     -- once per statement, not per row: a volatile function in FROM
-     (SELECT dbswarm_check((SELECT count(*) FROM moved) = cardinality($13::text[]),
-                           'a stream version would not move forwards')) AS checked(ok)
+     -- Write-side contiguity, once per statement (a volatile function in
+     -- FROM is not evaluated per row): each stream's first new version is
+     -- 1 or follows a stored version.
+     (SELECT dbswarm_check(
+                 NOT EXISTS (SELECT 1
+                             FROM unnest($13::text[], $14::int8[]) AS f(stream_id, first_version)
+                             WHERE f.first_version > 1
+                               AND NOT EXISTS (SELECT 1 FROM events e
+                                               WHERE e.stream_id = f.stream_id
+                                                 AND e.event_version = f.first_version - 1)),
+                 'a stream''s new events do not follow its last stored version')) AS checked(ok)

@@ -38,8 +38,11 @@ struct Args {
     #[arg(long, default_value_t = 8)]
     connections: usize,
     /// Events measured per throughput run (after a warm-up of a tenth).
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = 20_000)]
     events: usize,
+    /// Alternating baseline/dbswarm throughput rounds; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Seconds of the latency run.
     #[arg(long, default_value_t = 5)]
     latency_seconds: u64,
@@ -48,6 +51,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.rounds == 0 || args.clients == 0 || args.events == 0 {
+        bail!("--rounds, --clients and --events must be at least 1");
+    }
     if let Some(only) = &args.only
         && !BENCHES.contains(&only.as_str())
     {
@@ -72,25 +78,38 @@ async fn run(args: &Args, db: &ScratchDb) -> anyhow::Result<()> {
             .await?;
         let wanted = |name: &str| args.only.as_deref().is_none_or(|only| only == name);
 
-        eprintln!(
-            "baseline: one INSERT + COMMIT per event, {} connections",
-            args.clients
-        );
-        let baseline = insert_baseline(&pool, args.clients, args.events).await?;
-        eprintln!("dbswarm: one event per AppendToStream, {} clients", args.clients);
-        let throughput = append_throughput(&clients, args.events).await?;
+        // Alternating rounds, medians: this machine's speed drifts by tens
+        // of percent within a minute, so one run of each would compare
+        // different machines.
+        let (mut baselines, mut throughputs) = (Vec::new(), Vec::new());
+        for round in 1..=args.rounds {
+            eprintln!(
+                "round {round}: baseline, one INSERT + COMMIT per event, {} connections",
+                args.clients
+            );
+            baselines.push(insert_baseline(&pool, args.clients, args.events).await?);
+            eprintln!(
+                "round {round}: dbswarm, one event per AppendToStream, {} clients",
+                args.clients
+            );
+            throughputs.push(append_throughput(&clients, args.events).await?);
+        }
+        let baseline = median(&baselines);
+        let throughput = median(&throughputs);
+        let (batch_events, server_append_ms) = server.server_means().await?;
         if wanted("append_throughput") {
             print(json!({
                 "name": "pg_single_insert_commit", "value": round(baseline), "unit": "events/s",
-                "clients": args.clients,
+                "clients": args.clients, "rounds": baselines.iter().map(|v| round(*v)).collect::<Vec<_>>(),
             }));
             print(json!({
                 "name": "append_throughput", "value": round(throughput), "unit": "events/s",
                 "clients": args.clients, "connections": args.connections,
+                "rounds": throughputs.iter().map(|v| round(*v)).collect::<Vec<_>>(),
                 "baseline_name": "pg_single_insert_commit", "baseline_value": round(baseline),
                 "ratio": round2(throughput / baseline),
                 "server_rss_mb_max": server.peak_rss_mb(),
-                "mean_batch_events": server.mean_batch_events().await?,
+                "mean_batch_events": batch_events, "server_append_mean_ms": server_append_ms,
             }));
         }
         if wanted("append_latency") {
@@ -118,6 +137,12 @@ async fn run(args: &Args, db: &ScratchDb) -> anyhow::Result<()> {
 
 fn print(value: serde_json::Value) {
     println!("{value}");
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
 }
 
 fn round(x: f64) -> f64 {
@@ -229,8 +254,9 @@ impl ServerProcess {
         Ok((0..count).map(|i| shared[i % shared.len()].clone()).collect())
     }
 
-    /// Mean events per group-commit batch so far, from the server's metrics.
-    async fn mean_batch_events(&self) -> anyhow::Result<f64> {
+    /// The server's own view so far, from its metrics: mean events per
+    /// group-commit batch and mean AppendToStream time inside the server.
+    async fn server_means(&self) -> anyhow::Result<(f64, f64)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.http_port)).await?;
         stream
@@ -245,12 +271,16 @@ impl ServerProcess {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0.0)
         };
-        let count = value("dbswarm_append_batch_events_count");
-        Ok(if count > 0.0 {
-            round2(value("dbswarm_append_batch_events_sum") / count)
-        } else {
-            0.0
-        })
+        let mean = |sum: f64, count: f64| if count > 0.0 { sum / count } else { 0.0 };
+        let batch = mean(
+            value("dbswarm_append_batch_events_sum"),
+            value("dbswarm_append_batch_events_count"),
+        );
+        let append_seconds = mean(
+            value("dbswarm_grpc_request_duration_seconds_sum{method=\"AppendToStream\"}"),
+            value("dbswarm_grpc_request_duration_seconds_count{method=\"AppendToStream\"}"),
+        );
+        Ok((round2(batch), round2(append_seconds * 1000.0)))
     }
 
     fn peak_rss_mb(&self) -> f64 {

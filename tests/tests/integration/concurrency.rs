@@ -271,3 +271,37 @@ async fn two_servers_on_one_database_keep_versions_exact() {
     b.stop().await;
     db.drop_database().await;
 }
+
+/// Write-side contiguity: when the store lost its last events behind the
+/// server's back (here deleted by hand), a write decided from the stale
+/// cached version would leave a gap; the statement refuses it, and the
+/// careful path writes the version that really comes next.
+#[tokio::test]
+async fn a_write_never_leaves_a_gap_even_from_a_stale_cache() {
+    let db = TestDb::create().await;
+    let mut server = TestServer::start(settings_for(&db)).await;
+    let events = (0..3).map(|_| json_event("E", json!({}))).collect();
+    server
+        .client
+        .append_to_stream(append_request("healed", None, events))
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM events WHERE stream_id = 'healed' AND event_version = 3")
+        .execute(&server.running.pool)
+        .await
+        .unwrap();
+    let result = server
+        .client
+        .append_to_stream(append_request("healed", None, vec![json_event("E", json!({}))]))
+        .await
+        .unwrap();
+    assert_eq!(result.into_inner().result.unwrap().current_version, 3);
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT event_version FROM events WHERE stream_id = 'healed' ORDER BY 1")
+            .fetch_all(&server.running.pool)
+            .await
+            .unwrap();
+    assert_eq!(versions, vec![1, 2, 3]);
+    server.stop().await;
+    db.drop_database().await;
+}
