@@ -275,7 +275,10 @@ nats_up() {
         rm -f "$NATS_PID"
         port_open "$NATS_PORT" && port_taken_error NATS "$NATS_PORT" DBSWARM_NATS_PORT
         echo "$NATS_PORT" >"$NATS_PORTFILE"
-        setsid nohup "$bin" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$NATS_DIR/jetstream" \
+        # max_payload only exists in the config file: 8 MB leaves room for
+        # dbswarm's largest event (event_bytes_max) plus its headers.
+        printf 'max_payload: 8388608\n' >"$NATS_DIR/nats.conf"
+        setsid nohup "$bin" -c "$NATS_DIR/nats.conf" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$NATS_DIR/jetstream" \
             --pid "$NATS_PID" -l "$NATS_LOG" </dev/null >>"$NATS_DIR/nats.out" 2>&1 9>&- &
         local launched=$!
         for ((i = 0; i < 300; i++)); do

@@ -8,6 +8,7 @@
 mod append;
 mod error;
 mod read;
+pub mod relay;
 
 pub use append::{AppendConfig, AppendOutcome, Appender, EventPosition, StreamOutcome};
 pub use error::StoreError;

@@ -12,7 +12,7 @@ use crate::error::StoreError;
 const STREAM_VERSION: &str = include_str!("sql/stream_version.sql");
 const READ_STREAM_FORWARDS: &str = include_str!("sql/read_stream_forwards.sql");
 const READ_STREAM_BACKWARDS: &str = include_str!("sql/read_stream_backwards.sql");
-const READ_ALL: &str = include_str!("sql/read_all.sql");
+pub(crate) const READ_ALL: &str = include_str!("sql/read_all.sql");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadConfig {
@@ -92,7 +92,7 @@ impl RecordedEvent {
 }
 
 #[derive(sqlx::FromRow)]
-struct EventRow {
+pub(crate) struct EventRow {
     global_position: i64,
     event_id: Uuid,
     stream_id: String,

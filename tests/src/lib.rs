@@ -47,7 +47,27 @@ impl TestDb {
         }
     }
 
+    /// The JetStream events stream of servers on this database.
+    pub async fn events_stream(&self) -> async_nats::jetstream::stream::Stream {
+        let suffix = self.name.trim_start_matches("dbswarm_test_");
+        let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+        for _ in 0..200 {
+            if let Ok(stream) = js.get_stream(format!("T{suffix}_EVENTS")).await {
+                return stream;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the relay did not create the events stream within 10 s");
+    }
+
+    /// Drops the database and the test's events stream.
     pub async fn drop_database(self) {
+        let suffix = self.name.trim_start_matches("dbswarm_test_");
+        if let Ok(client) = async_nats::connect(nats_url()).await {
+            let _ = async_nats::jetstream::new(client)
+                .delete_stream(format!("T{suffix}_EVENTS"))
+                .await;
+        }
         let mut conn = PgConnection::connect(&admin_url()).await.unwrap();
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
@@ -63,12 +83,25 @@ impl TestDb {
     }
 }
 
-/// Settings for a server on `db` with ephemeral ports.
+/// The test NATS server (`make test` starts it).
+pub fn nats_url() -> String {
+    std::env::var("DBSWARM_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:42230".into())
+}
+
+/// Settings for a server on `db` with ephemeral ports. NATS is shared by
+/// all tests, so each database gets its own subject prefix and events
+/// stream (named after the database), and servers on one database share
+/// them, as servers of one deployment do.
 pub fn settings_for(db: &TestDb) -> Settings {
+    let suffix = db.name.trim_start_matches("dbswarm_test_");
     Settings {
         database_url: Some(db.url.clone()),
+        nats_url: Some(nats_url()),
         grpc_addr: Some("127.0.0.1:0".into()),
         http_addr: Some("127.0.0.1:0".into()),
+        nats_subject_prefix: Some(format!("t{suffix}")),
+        events_stream_name: Some(format!("T{suffix}_EVENTS")),
+        relay_poll_interval_ms: Some(200),
         ..Settings::default()
     }
 }
@@ -186,4 +219,37 @@ pub async fn wait_for_horizon(pool: &PgPool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the $all horizon did not pass the stored events within 30 s");
+}
+
+/// Waits (bounded) until the events stream holds `count` messages, and
+/// returns them in stream order.
+pub async fn relayed_messages(
+    stream: &mut async_nats::jetstream::stream::Stream,
+    count: u64,
+) -> Vec<async_nats::jetstream::message::StreamMessage> {
+    for _ in 0..300 {
+        let messages = stream.info().await.unwrap().state.messages;
+        assert!(
+            messages <= count,
+            "{messages} messages relayed, expected {count}: duplicates"
+        );
+        if messages == count {
+            let mut all = Vec::new();
+            for sequence in 1..=count {
+                all.push(stream.get_raw_message(sequence).await.unwrap());
+            }
+            return all;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{count} messages were not relayed within 15 s");
+}
+
+/// A header of a relayed message, as text.
+pub fn header(message: &async_nats::jetstream::message::StreamMessage, name: &str) -> String {
+    message
+        .headers
+        .get(name)
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default()
 }

@@ -6,6 +6,7 @@
 
 pub mod limits;
 pub mod stream;
+pub mod subject;
 pub mod types;
 
 pub use limits::Limits;

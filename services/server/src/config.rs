@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use domain::Limits;
+use event_store::relay::RelayConfig;
 use event_store::{AppendConfig, ReadConfig};
 use serde::Deserialize;
 
@@ -44,7 +45,7 @@ pub struct Settings {
     /// PostgreSQL URL of dbswarm's own database (event store, read models).
     #[arg(long, env = "DBSWARM_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
-    /// NATS URL (JetStream enabled); validated now, used by the relay.
+    /// NATS URL (JetStream enabled) the relay publishes events to.
     #[arg(long, env = "DBSWARM_NATS_URL", value_name = "URL")]
     pub nats_url: Option<String>,
     /// Redis URL of the query cache; validated now, used by read models.
@@ -101,6 +102,36 @@ pub struct Settings {
     /// Events buffered per reader for a slow client [default: 256].
     #[arg(long, env = "DBSWARM_READ_BUFFER_EVENTS_MAX", value_name = "N")]
     pub read_buffer_events_max: Option<usize>,
+    /// First token of every NATS subject dbswarm uses [default: dbswarm].
+    #[arg(long, env = "DBSWARM_NATS_SUBJECT_PREFIX", value_name = "TOKEN")]
+    pub nats_subject_prefix: Option<String>,
+    /// JetStream stream the relay publishes events to [default: DBSWARM_EVENTS].
+    #[arg(long, env = "DBSWARM_EVENTS_STREAM_NAME", value_name = "NAME")]
+    pub events_stream_name: Option<String>,
+    /// Replicas of the events stream [default: 1].
+    #[arg(long, env = "DBSWARM_EVENTS_STREAM_REPLICAS", value_name = "N")]
+    pub events_stream_replicas: Option<usize>,
+    /// Age after which JetStream drops relayed events, s; 0 = never [default: 0].
+    #[arg(long, env = "DBSWARM_EVENTS_STREAM_MAX_AGE_S", value_name = "S")]
+    pub events_stream_max_age_s: Option<u64>,
+    /// Size at which JetStream drops the oldest relayed events, bytes; 0 = no limit [default: 0].
+    #[arg(long, env = "DBSWARM_EVENTS_STREAM_MAX_BYTES", value_name = "BYTES")]
+    pub events_stream_max_bytes: Option<u64>,
+    /// How long JetStream drops a republished event id, s [default: 120].
+    #[arg(long, env = "DBSWARM_NATS_DUPLICATE_WINDOW_S", value_name = "S")]
+    pub nats_duplicate_window_s: Option<u64>,
+    /// Relay publishes awaiting their JetStream ack at once [default: 1000].
+    #[arg(long, env = "DBSWARM_RELAY_ACKS_IN_FLIGHT_MAX", value_name = "N")]
+    pub relay_acks_in_flight_max: Option<usize>,
+    /// Events the relay reads and publishes per page [default: 1000].
+    #[arg(long, env = "DBSWARM_RELAY_PAGE_EVENTS_MAX", value_name = "N")]
+    pub relay_page_events_max: Option<usize>,
+    /// Relay wake-up when no commit notification arrives, ms [default: 1000].
+    #[arg(long, env = "DBSWARM_RELAY_POLL_INTERVAL_MS", value_name = "MS")]
+    pub relay_poll_interval_ms: Option<u64>,
+    /// Report a transaction holding the event horizon back after this long, s [default: 30].
+    #[arg(long, env = "DBSWARM_HORIZON_WARN_AFTER_S", value_name = "S")]
+    pub horizon_warn_after_s: Option<u64>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "DBSWARM_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -124,6 +155,7 @@ pub struct Config {
     pub limits: Limits,
     pub append: AppendConfig,
     pub read: ReadConfig,
+    pub relay: RelayConfig,
     pub log_format: LogFormat,
 }
 
@@ -156,6 +188,16 @@ impl Settings {
             append_committers,
             read_page_events_max,
             read_buffer_events_max,
+            nats_subject_prefix,
+            events_stream_name,
+            events_stream_replicas,
+            events_stream_max_age_s,
+            events_stream_max_bytes,
+            nats_duplicate_window_s,
+            relay_acks_in_flight_max,
+            relay_page_events_max,
+            relay_poll_interval_ms,
+            horizon_warn_after_s,
             log_format,
         )
     }
@@ -333,6 +375,7 @@ impl Config {
                 ),
             ));
         }
+        let relay = relay_config(&s)?;
         let log_format = match s.log_format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -364,9 +407,82 @@ impl Config {
             limits,
             append,
             read,
+            relay,
             log_format,
         })
     }
+}
+
+/// A NATS subject token or stream name: letters, digits, `_` and `-`.
+fn nats_name(setting: &'static str, value: Option<String>, default: &str) -> Result<String, ConfigError> {
+    let value = value.unwrap_or_else(|| default.to_owned());
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !ok {
+        return Err(invalid(
+            setting,
+            format!("'{value}' must be 1..=64 of ASCII letters, digits, _ and -"),
+        ));
+    }
+    Ok(value)
+}
+
+fn relay_config(s: &Settings) -> Result<RelayConfig, ConfigError> {
+    let d = RelayConfig::default();
+    let max_bytes = s.events_stream_max_bytes.unwrap_or(0);
+    Ok(RelayConfig {
+        subject_prefix: nats_name(
+            "nats_subject_prefix",
+            s.nats_subject_prefix.clone(),
+            &d.subject_prefix,
+        )?,
+        stream_name: nats_name("events_stream_name", s.events_stream_name.clone(), &d.stream_name)?,
+        stream_replicas: positive(
+            "events_stream_replicas",
+            s.events_stream_replicas,
+            d.stream_replicas,
+            5,
+        )?,
+        stream_max_age_s: s.events_stream_max_age_s.unwrap_or(d.stream_max_age_s),
+        stream_max_bytes: if max_bytes == 0 {
+            -1
+        } else {
+            i64::try_from(max_bytes).map_err(|_| invalid("events_stream_max_bytes", "is out of range"))?
+        },
+        duplicate_window_s: positive(
+            "nats_duplicate_window_s",
+            s.nats_duplicate_window_s,
+            d.duplicate_window_s,
+            86_400,
+        )?,
+        acks_in_flight_max: positive(
+            "relay_acks_in_flight_max",
+            s.relay_acks_in_flight_max,
+            d.acks_in_flight_max,
+            100_000,
+        )?,
+        page_events_max: positive(
+            "relay_page_events_max",
+            s.relay_page_events_max,
+            d.page_events_max,
+            100_000,
+        )?,
+        poll_interval_ms: positive(
+            "relay_poll_interval_ms",
+            s.relay_poll_interval_ms,
+            d.poll_interval_ms,
+            600_000,
+        )?,
+        horizon_warn_after_s: positive(
+            "horizon_warn_after_s",
+            s.horizon_warn_after_s,
+            d.horizon_warn_after_s,
+            86_400,
+        )?,
+    })
 }
 
 #[cfg(test)]

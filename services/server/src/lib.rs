@@ -34,6 +34,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("invalid nats_url: {0}")]
+    Nats(String),
     #[error("cannot build gRPC reflection: {0}")]
     Reflection(String),
     #[error("server task failed: {0}")]
@@ -72,6 +74,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let grpc_addr = grpc_listener.local_addr().expect("bound");
     let http_addr = http_listener.local_addr().expect("bound");
 
+    let nats = connect_nats(&config).await?;
     let (appender, committers) = Appender::start(pool.clone(), config.append);
     let reader = Reader::new(pool.clone(), config.read);
     let event_store = EventStoreService::new(appender, reader, config.limits).into_server();
@@ -106,7 +109,17 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let mut tasks = JoinSet::new();
     tasks.spawn(async move { grpc.await.map_err(|e| e.to_string()) });
     tasks.spawn(async move { http.await.map_err(|e| e.to_string()) });
-    tasks.spawn(sample_pool_usage(pool.clone(), stopped));
+    tasks.spawn(sample_pool_usage(pool.clone(), stopped.clone()));
+    let relay = event_store::relay::run_relay(
+        pool.clone(),
+        async_nats::jetstream::new(nats),
+        config.relay.clone(),
+        stopped,
+    );
+    tasks.spawn(async move {
+        relay.await;
+        Ok(())
+    });
     tracing::info!(%grpc_addr, %http_addr, "dbswarm serving");
     Ok(RunningServer {
         grpc_addr,
@@ -116,6 +129,18 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         tasks,
         committers,
     })
+}
+
+/// Connects to NATS. A NATS that is down does not stop the start: the
+/// event store works without it (PostgreSQL is the truth) and the client
+/// keeps reconnecting; the relay catches up once NATS is back.
+async fn connect_nats(config: &Config) -> Result<async_nats::Client, StartError> {
+    async_nats::ConnectOptions::new()
+        .name("dbswarm")
+        .retry_on_initial_connect()
+        .connect(config.nats_url.as_str())
+        .await
+        .map_err(|e| StartError::Nats(e.to_string()))
 }
 
 async fn bind(setting: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -5,5 +5,6 @@ mod append;
 mod bad_input;
 mod concurrency;
 mod read;
+mod relay;
 mod server;
 mod telemetry;

@@ -1,0 +1,459 @@
+//! The relay: committed events -> JetStream, gap-free and in order.
+//!
+//! One relay is active across all servers on a database: the one holding
+//! the session advisory lock [`RELAY_LOCK_KEY`] on a connection of its own.
+//! When that server dies its connection closes, the lock is released and
+//! another server's relay takes over from the stored checkpoint.
+//!
+//! A step reads events behind the $all horizon (the oldest running
+//! transaction, see `read_all.sql`) from the checkpoint on, publishes each
+//! page in global-position order with `Nats-Msg-Id` = event id (so a
+//! republish after a crash is dropped by JetStream's duplicate window), and
+//! stores the checkpoint only when every event of the page is acknowledged.
+//! Steps are woken by LISTEN/NOTIFY (`dbswarm_events`, sent by a trigger on
+//! commit) and, as a fallback, by a slow poll.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, stream};
+use domain::EventData;
+use domain::subject::token;
+use sqlx::postgres::PgListener;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::watch;
+
+use crate::read::{EventRow, READ_ALL};
+use crate::{AllPosition, RecordedEvent};
+
+const CHECKPOINT_LOAD: &str = include_str!("sql/relay_checkpoint_load.sql");
+const CHECKPOINT_SAVE: &str = include_str!("sql/relay_checkpoint_save.sql");
+const RELAY_LAG: &str = include_str!("sql/relay_lag.sql");
+const OLDEST_TRANSACTION: &str = include_str!("sql/oldest_transaction.sql");
+
+/// `pg_try_advisory_lock` key of the relay leadership ("dbswarmR").
+pub const RELAY_LOCK_KEY: i64 = 0x6462_7377_6172_6d52;
+/// LISTEN channel the events trigger notifies.
+pub const EVENTS_CHANNEL: &str = "dbswarm_events";
+/// Checkpoint row of the relay.
+const RELAY_NAME: &str = "jetstream";
+/// Headers every relayed message carries, besides `Nats-Msg-Id`.
+pub mod headers {
+    pub const EVENT_ID: &str = "Dbswarm-Event-Id";
+    pub const STREAM_ID: &str = "Dbswarm-Stream-Id";
+    pub const EVENT_VERSION: &str = "Dbswarm-Event-Version";
+    pub const GLOBAL_POSITION: &str = "Dbswarm-Global-Position";
+    pub const TRANSACTION_ID: &str = "Dbswarm-Transaction-Id";
+    pub const EVENT_TYPE: &str = "Dbswarm-Event-Type";
+    pub const SCHEMA_VERSION: &str = "Dbswarm-Schema-Version";
+    pub const CONTENT_TYPE: &str = "Dbswarm-Content-Type";
+    pub const CORRELATION_ID: &str = "Dbswarm-Correlation-Id";
+    pub const CAUSATION_ID: &str = "Dbswarm-Causation-Id";
+    pub const CREATED_AT: &str = "Dbswarm-Created-At";
+    pub const METADATA: &str = "Dbswarm-Metadata";
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// First subject token: events go to `<prefix>.evt.<aggregate>.<type>`.
+    pub subject_prefix: String,
+    /// JetStream stream that captures `<prefix>.evt.>`.
+    pub stream_name: String,
+    pub stream_replicas: usize,
+    /// 0 = keep messages without an age limit.
+    pub stream_max_age_s: u64,
+    /// -1 = no size limit.
+    pub stream_max_bytes: i64,
+    /// How long JetStream remembers message ids for deduplication.
+    pub duplicate_window_s: u64,
+    /// Publishes awaiting their acknowledgement at once.
+    pub acks_in_flight_max: usize,
+    /// Events read (and published) per step page.
+    pub page_events_max: usize,
+    /// Fallback wake-up when no notification arrives.
+    pub poll_interval_ms: u64,
+    /// A transaction holding the horizon longer than this is reported.
+    pub horizon_warn_after_s: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            subject_prefix: "dbswarm".into(),
+            stream_name: "DBSWARM_EVENTS".into(),
+            stream_replicas: 1,
+            stream_max_age_s: 0,
+            stream_max_bytes: -1,
+            duplicate_window_s: 120,
+            acks_in_flight_max: 1000,
+            page_events_max: 1000,
+            poll_interval_ms: 1000,
+            horizon_warn_after_s: 30,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// The subject an event is published on.
+    pub fn subject(&self, aggregate_type: &str, event_type: &str) -> String {
+        format!(
+            "{}.evt.{}.{}",
+            self.subject_prefix,
+            token(aggregate_type),
+            token(event_type)
+        )
+    }
+
+    fn stream_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.stream_name.clone(),
+            subjects: vec![format!("{}.evt.>", self.subject_prefix)],
+            storage: stream::StorageType::File,
+            num_replicas: self.stream_replicas,
+            max_age: Duration::from_secs(self.stream_max_age_s),
+            max_bytes: self.stream_max_bytes,
+            duplicate_window: Duration::from_secs(self.duplicate_window_s),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("JetStream: {0}")]
+    JetStream(String),
+    #[error(
+        "JetStream stream {stream} exists with {field} = {actual}, but the configuration asks for {wanted}; change the configuration or the stream"
+    )]
+    StreamMismatch {
+        stream: String,
+        field: &'static str,
+        actual: String,
+        wanted: String,
+    },
+    #[error("corrupt event: {0}")]
+    Corrupt(String),
+}
+
+fn jetstream_error(e: impl std::fmt::Display) -> RelayError {
+    RelayError::JetStream(e.to_string())
+}
+
+/// Creates the events stream, or brings an existing one to the configured
+/// limits. Refuses what JetStream cannot change in place (storage, subjects).
+pub async fn ensure_events_stream(js: &jetstream::Context, config: &RelayConfig) -> Result<(), RelayError> {
+    let wanted = config.stream_config();
+    let mut stream = js
+        .get_or_create_stream(wanted.clone())
+        .await
+        .map_err(jetstream_error)?;
+    let actual = stream.info().await.map_err(jetstream_error)?.config.clone();
+    let mismatch = |field: &'static str, actual: String, wanted: String| RelayError::StreamMismatch {
+        stream: config.stream_name.clone(),
+        field,
+        actual,
+        wanted,
+    };
+    if actual.storage != wanted.storage {
+        return Err(mismatch(
+            "storage",
+            format!("{:?}", actual.storage),
+            format!("{:?}", wanted.storage),
+        ));
+    }
+    if actual.subjects != wanted.subjects {
+        return Err(mismatch(
+            "subjects",
+            format!("{:?}", actual.subjects),
+            format!("{:?}", wanted.subjects),
+        ));
+    }
+    let changed = actual.num_replicas != wanted.num_replicas
+        || actual.max_age != wanted.max_age
+        || actual.max_bytes != wanted.max_bytes
+        || actual.duplicate_window != wanted.duplicate_window;
+    if changed {
+        tracing::info!(stream = %config.stream_name, "updating JetStream stream limits");
+        js.update_stream(wanted).await.map_err(jetstream_error)?;
+    }
+    Ok(())
+}
+
+/// Runs the relay until `stop` turns true: waits for leadership, then
+/// relays. Errors are logged and retried with a bounded backoff; the relay
+/// never takes the server down.
+pub async fn run_relay(
+    pool: PgPool,
+    js: jetstream::Context,
+    config: RelayConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        let stop_requested = *stop.borrow();
+        if stop_requested {
+            break;
+        }
+        match lead(&pool, &js, &config, &mut stop).await {
+            Ok(()) => backoff.reset(),
+            Err(error) => {
+                metrics::counter!("dbswarm_relay_errors_total").increment(1);
+                tracing::warn!(%error, "relay failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next()) => {}
+                    _ = stopping(&mut stop) => {}
+                }
+            }
+        }
+    }
+    metrics::gauge!("dbswarm_relay_leader").set(0.0);
+}
+
+/// Becomes leader (waiting as long as another server is), then relays
+/// until it stops, loses its lock connection, or fails.
+async fn lead(
+    pool: &PgPool,
+    js: &jetstream::Context,
+    config: &RelayConfig,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), RelayError> {
+    let poll = Duration::from_millis(config.poll_interval_ms);
+    let mut lock_conn = PgConnection::connect_with(&pool.connect_options()).await?;
+    loop {
+        let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(RELAY_LOCK_KEY)
+            .fetch_one(&mut lock_conn)
+            .await?;
+        if acquired {
+            break;
+        }
+        metrics::gauge!("dbswarm_relay_leader").set(0.0);
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = stopping(stop) => return Ok(()),
+        }
+    }
+    metrics::gauge!("dbswarm_relay_leader").set(1.0);
+    tracing::info!("relay leadership acquired");
+    ensure_events_stream(js, config).await?;
+
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(EVENTS_CHANNEL).await?;
+    let mut checkpoint = load_checkpoint(pool).await?;
+    let mut last_report = Instant::now() - Duration::from_secs(3600);
+    loop {
+        checkpoint = relay_released(pool, js, config, checkpoint).await?;
+        if last_report.elapsed() >= poll {
+            report_lag(pool, checkpoint).await?;
+            report_horizon(pool, config).await?;
+            // The lock lives as long as this connection: check it is alive.
+            sqlx::query("SELECT 1").execute(&mut lock_conn).await?;
+            last_report = Instant::now();
+        }
+        tokio::select! {
+            notification = listener.recv() => { notification?; }
+            _ = tokio::time::sleep(poll) => {}
+            _ = stopping(stop) => {
+                let _ = lock_conn.close().await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn load_checkpoint(pool: &PgPool) -> Result<AllPosition, RelayError> {
+    let row: Option<(i64, i64)> = sqlx::query_as(CHECKPOINT_LOAD)
+        .bind(RELAY_NAME)
+        .fetch_optional(pool)
+        .await?;
+    Ok(
+        row.map_or_else(AllPosition::default, |(transaction_id, global_position)| {
+            AllPosition {
+                transaction_id: transaction_id as u64,
+                global_position: global_position as u64,
+            }
+        }),
+    )
+}
+
+/// Publishes everything released after `checkpoint`, page by page, and
+/// returns the new checkpoint (stored).
+pub async fn relay_released(
+    pool: &PgPool,
+    js: &jetstream::Context,
+    config: &RelayConfig,
+    mut checkpoint: AllPosition,
+) -> Result<AllPosition, RelayError> {
+    loop {
+        let rows: Vec<EventRow> = sqlx::query_as(READ_ALL)
+            .bind(checkpoint.transaction_id.to_string())
+            .bind(checkpoint.global_position as i64)
+            .bind("")
+            .bind(Vec::<String>::new())
+            .bind(config.page_events_max as i64)
+            .fetch_all(pool)
+            .await?;
+        let fetched = rows.len();
+        if fetched == 0 {
+            return Ok(checkpoint);
+        }
+        let mut events = rows
+            .into_iter()
+            .map(RecordedEvent::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| RelayError::Corrupt(e.to_string()))?;
+        // The page's end in $all order is the next checkpoint...
+        let page_end = events
+            .iter()
+            .map(RecordedEvent::all_position)
+            .max()
+            .expect("non-empty");
+        // ...but it is published in position order: within a stream,
+        // positions follow versions.
+        events.sort_by_key(|e| e.global_position);
+        publish_acknowledged(js, config, &events).await?;
+        sqlx::query(CHECKPOINT_SAVE)
+            .bind(RELAY_NAME)
+            .bind(page_end.transaction_id.to_string())
+            .bind(page_end.global_position as i64)
+            .execute(pool)
+            .await?;
+        checkpoint = page_end;
+        metrics::counter!("dbswarm_relay_events_total").increment(fetched as u64);
+        if fetched < config.page_events_max {
+            return Ok(checkpoint);
+        }
+    }
+}
+
+/// Publishes `events` with a bounded number of acks in flight and returns
+/// once every one is acknowledged.
+async fn publish_acknowledged(
+    js: &jetstream::Context,
+    config: &RelayConfig,
+    events: &[RecordedEvent],
+) -> Result<(), RelayError> {
+    let mut in_flight: VecDeque<PublishAckFuture> = VecDeque::with_capacity(config.acks_in_flight_max);
+    for event in events {
+        if in_flight.len() >= config.acks_in_flight_max.max(1) {
+            let oldest = in_flight.pop_front().expect("non-empty");
+            oldest.await.map_err(jetstream_error)?;
+        }
+        let subject = config.subject(&event.aggregate_type, &event.event_type);
+        let ack = js
+            .send_publish(subject, message(event))
+            .await
+            .map_err(jetstream_error)?;
+        in_flight.push_back(ack);
+    }
+    for ack in in_flight {
+        ack.await.map_err(jetstream_error)?;
+    }
+    Ok(())
+}
+
+/// The message for an event: its data as the payload, everything else in
+/// headers.
+fn message(event: &RecordedEvent) -> PublishMessage {
+    let mut h = HeaderMap::new();
+    let event_id = event.event_id.to_string();
+    h.insert(headers::EVENT_ID, event_id.as_str());
+    h.insert(headers::STREAM_ID, event.stream_id.as_str());
+    h.insert(headers::EVENT_VERSION, event.event_version.to_string().as_str());
+    h.insert(
+        headers::GLOBAL_POSITION,
+        event.global_position.to_string().as_str(),
+    );
+    h.insert(headers::TRANSACTION_ID, event.transaction_id.to_string().as_str());
+    h.insert(headers::EVENT_TYPE, event.event_type.as_str());
+    h.insert(headers::SCHEMA_VERSION, event.schema_version.to_string().as_str());
+    h.insert(headers::CREATED_AT, event.created_at.to_rfc3339().as_str());
+    h.insert(headers::METADATA, event.metadata.as_str());
+    if let Some(id) = event.correlation_id {
+        h.insert(headers::CORRELATION_ID, id.to_string().as_str());
+    }
+    if let Some(id) = event.causation_id {
+        h.insert(headers::CAUSATION_ID, id.to_string().as_str());
+    }
+    let payload = match &event.data {
+        EventData::Json(text) => {
+            h.insert(headers::CONTENT_TYPE, "application/json");
+            bytes::Bytes::copy_from_slice(text.as_bytes())
+        }
+        EventData::Binary(data) => {
+            h.insert(headers::CONTENT_TYPE, "application/octet-stream");
+            bytes::Bytes::copy_from_slice(data)
+        }
+    };
+    PublishMessage::build()
+        .payload(payload)
+        .headers(h)
+        .message_id(event_id)
+}
+
+async fn report_lag(pool: &PgPool, checkpoint: AllPosition) -> Result<(), RelayError> {
+    let (events, seconds): (i64, f64) = sqlx::query_as(RELAY_LAG)
+        .bind(checkpoint.transaction_id.to_string())
+        .bind(checkpoint.global_position as i64)
+        .fetch_one(pool)
+        .await?;
+    metrics::gauge!("dbswarm_relay_lag_events").set(events as f64);
+    metrics::gauge!("dbswarm_relay_lag_seconds").set(seconds);
+    Ok(())
+}
+
+/// Reports the transaction that holds the horizon (and so the relay) back.
+async fn report_horizon(pool: &PgPool, config: &RelayConfig) -> Result<(), RelayError> {
+    let oldest: Option<(i32, String, String, f64)> =
+        sqlx::query_as(OLDEST_TRANSACTION).fetch_optional(pool).await?;
+    let age_seconds = oldest.as_ref().map_or(0.0, |o| o.3);
+    metrics::gauge!("dbswarm_horizon_oldest_transaction_seconds").set(age_seconds);
+    if let Some((pid, datname, state, age)) = oldest
+        && age >= config.horizon_warn_after_s as f64
+    {
+        tracing::warn!(
+            pid,
+            database = %datname,
+            state = %state,
+            age_seconds = age,
+            "a long-running transaction holds the event horizon back: no event committed after it started is relayed until it ends"
+        );
+    }
+    Ok(())
+}
+
+/// Resolves when `stop` turns true (or its sender is gone).
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            initial,
+            max,
+            current: initial,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let now = self.current;
+        self.current = (self.current * 2).min(self.max);
+        now
+    }
+
+    fn reset(&mut self) {
+        self.current = self.initial;
+    }
+}
