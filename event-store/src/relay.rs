@@ -75,6 +75,13 @@ pub struct RelayConfig {
     pub page_events_max: usize,
     /// Fallback wake-up when no notification arrives.
     pub poll_interval_ms: u64,
+    /// After a wake-up, wait this long so that one step takes the commits
+    /// of several appends (fewer, fuller pages).
+    pub step_delay_ms: u64,
+    /// Store the checkpoint at most this often (and when stopping): a
+    /// checkpoint behind the truth only means republishing, which the
+    /// duplicate window drops.
+    pub checkpoint_interval_ms: u64,
     /// A transaction holding the horizon longer than this is reported.
     pub horizon_warn_after_s: u64,
 }
@@ -91,6 +98,8 @@ impl Default for RelayConfig {
             acks_in_flight_max: 1000,
             page_events_max: 1000,
             poll_interval_ms: 1000,
+            step_delay_ms: 2,
+            checkpoint_interval_ms: 200,
             horizon_warn_after_s: 30,
         }
     }
@@ -244,10 +253,17 @@ async fn lead(
 
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(EVENTS_CHANNEL).await?;
-    let mut checkpoint = load_checkpoint(pool).await?;
+    let mut stored = load_checkpoint(pool).await?;
+    let mut checkpoint = stored;
+    let mut last_store = Instant::now();
     let mut last_report = Instant::now() - Duration::from_secs(3600);
+    let checkpoint_interval = Duration::from_millis(config.checkpoint_interval_ms);
     loop {
         checkpoint = relay_released(pool, js, config, checkpoint).await?;
+        if checkpoint != stored && last_store.elapsed() >= checkpoint_interval {
+            store_checkpoint(pool, checkpoint).await?;
+            (stored, last_store) = (checkpoint, Instant::now());
+        }
         if last_report.elapsed() >= poll {
             report_lag(pool, checkpoint).await?;
             report_horizon(pool, config).await?;
@@ -255,15 +271,38 @@ async fn lead(
             sqlx::query("SELECT 1").execute(&mut lock_conn).await?;
             last_report = Instant::now();
         }
+        // Sleep until a commit, the checkpoint is due, or the slow poll.
+        let wait = if checkpoint != stored {
+            checkpoint_interval
+        } else {
+            poll
+        };
         tokio::select! {
-            notification = listener.recv() => { notification?; }
-            _ = tokio::time::sleep(poll) => {}
+            notification = listener.recv() => {
+                notification?;
+                tokio::time::sleep(Duration::from_millis(config.step_delay_ms)).await;
+                while listener.next_buffered().is_some() {}
+            }
+            _ = tokio::time::sleep(wait) => {}
             _ = stopping(stop) => {
+                if checkpoint != stored {
+                    store_checkpoint(pool, checkpoint).await?;
+                }
                 let _ = lock_conn.close().await;
                 return Ok(());
             }
         }
     }
+}
+
+async fn store_checkpoint(pool: &PgPool, checkpoint: AllPosition) -> Result<(), RelayError> {
+    sqlx::query(CHECKPOINT_SAVE)
+        .bind(RELAY_NAME)
+        .bind(checkpoint.transaction_id.to_string())
+        .bind(checkpoint.global_position as i64)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 async fn load_checkpoint(pool: &PgPool) -> Result<AllPosition, RelayError> {
@@ -282,84 +321,86 @@ async fn load_checkpoint(pool: &PgPool) -> Result<AllPosition, RelayError> {
 }
 
 /// Publishes everything released after `checkpoint`, page by page, and
-/// returns the new checkpoint (stored).
+/// returns how far JetStream has acknowledged (the caller stores it).
+/// Acks stay in flight across pages (at most `acks_in_flight_max`): the
+/// next page is read while the previous one is being acknowledged, and the
+/// checkpoint moves to a page's end once its last message is acknowledged
+/// (acks are awaited in publish order).
 pub async fn relay_released(
     pool: &PgPool,
     js: &jetstream::Context,
     config: &RelayConfig,
     mut checkpoint: AllPosition,
 ) -> Result<AllPosition, RelayError> {
+    let in_flight_max = config.acks_in_flight_max.max(1);
+    let mut in_flight: VecDeque<(PublishAckFuture, Option<AllPosition>)> =
+        VecDeque::with_capacity(in_flight_max);
+    let page_max = config.page_events_max;
+    let mut rows = fetch_page(pool.clone(), checkpoint, page_max).await?;
     loop {
-        let rows: Vec<EventRow> = sqlx::query_as(READ_ALL)
-            .bind(checkpoint.transaction_id.to_string())
-            .bind(checkpoint.global_position as i64)
-            .bind("")
-            .bind(Vec::<String>::new())
-            .bind(config.page_events_max as i64)
-            .fetch_all(pool)
-            .await?;
         let fetched = rows.len();
-        if fetched == 0 {
-            return Ok(checkpoint);
+        let mut next_page = None;
+        if fetched > 0 {
+            let mut events = rows
+                .into_iter()
+                .map(RecordedEvent::try_from)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| RelayError::Corrupt(e.to_string()))?;
+            // The page's end in $all order is where reading resumes...
+            let page_end = events
+                .iter()
+                .map(RecordedEvent::all_position)
+                .max()
+                .expect("non-empty");
+            // ...but it is published in position order: within a stream,
+            // positions follow versions.
+            events.sort_by_key(|e| e.global_position);
+            if fetched == page_max {
+                // Read the next page while this one is published.
+                next_page = Some(tokio::spawn(fetch_page(pool.clone(), page_end, page_max)));
+            }
+            let last = events.len() - 1;
+            for (i, event) in events.iter().enumerate() {
+                if in_flight.len() >= in_flight_max {
+                    let (ack, end) = in_flight.pop_front().expect("non-empty");
+                    ack.await.map_err(jetstream_error)?;
+                    checkpoint = end.unwrap_or(checkpoint);
+                }
+                let subject = config.subject(&event.aggregate_type, &event.event_type);
+                let ack = js
+                    .send_publish(subject, message(event))
+                    .await
+                    .map_err(jetstream_error)?;
+                in_flight.push_back((ack, (i == last).then_some(page_end)));
+            }
+            metrics::counter!("dbswarm_relay_events_total").increment(fetched as u64);
         }
-        let mut events = rows
-            .into_iter()
-            .map(RecordedEvent::try_from)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| RelayError::Corrupt(e.to_string()))?;
-        // The page's end in $all order is the next checkpoint...
-        let page_end = events
-            .iter()
-            .map(RecordedEvent::all_position)
-            .max()
-            .expect("non-empty");
-        // ...but it is published in position order: within a stream,
-        // positions follow versions.
-        events.sort_by_key(|e| e.global_position);
-        publish_acknowledged(js, config, &events).await?;
-        sqlx::query(CHECKPOINT_SAVE)
-            .bind(RELAY_NAME)
-            .bind(page_end.transaction_id.to_string())
-            .bind(page_end.global_position as i64)
-            .execute(pool)
-            .await?;
-        checkpoint = page_end;
-        metrics::counter!("dbswarm_relay_events_total").increment(fetched as u64);
-        if fetched < config.page_events_max {
-            return Ok(checkpoint);
+        match next_page {
+            Some(next) => rows = next.await.map_err(|e| RelayError::JetStream(e.to_string()))??,
+            None => break,
         }
     }
+    for (ack, end) in in_flight {
+        ack.await.map_err(jetstream_error)?;
+        checkpoint = end.unwrap_or(checkpoint);
+    }
+    Ok(checkpoint)
 }
 
-/// Publishes `events` with a bounded number of acks in flight and returns
-/// once every one is acknowledged.
-async fn publish_acknowledged(
-    js: &jetstream::Context,
-    config: &RelayConfig,
-    events: &[RecordedEvent],
-) -> Result<(), RelayError> {
-    let mut in_flight: VecDeque<PublishAckFuture> = VecDeque::with_capacity(config.acks_in_flight_max);
-    for event in events {
-        if in_flight.len() >= config.acks_in_flight_max.max(1) {
-            let oldest = in_flight.pop_front().expect("non-empty");
-            oldest.await.map_err(jetstream_error)?;
-        }
-        let subject = config.subject(&event.aggregate_type, &event.event_type);
-        let ack = js
-            .send_publish(subject, message(event))
-            .await
-            .map_err(jetstream_error)?;
-        in_flight.push_back(ack);
-    }
-    for ack in in_flight {
-        ack.await.map_err(jetstream_error)?;
-    }
-    Ok(())
+async fn fetch_page(pool: PgPool, after: AllPosition, page_max: usize) -> Result<Vec<EventRow>, RelayError> {
+    Ok(sqlx::query_as(READ_ALL)
+        .bind(after.transaction_id.to_string())
+        .bind(after.global_position as i64)
+        .bind("")
+        .bind(Vec::<String>::new())
+        .bind(page_max as i64)
+        .fetch_all(&pool)
+        .await?)
 }
 
 /// The message for an event: its data as the payload, everything else in
 /// headers.
-fn message(event: &RecordedEvent) -> PublishMessage {
+pub fn message(event: &RecordedEvent) -> PublishMessage {
     let mut h = HeaderMap::new();
     let event_id = event.event_id.to_string();
     h.insert(headers::EVENT_ID, event_id.as_str());

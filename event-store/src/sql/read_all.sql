@@ -10,5 +10,7 @@ WHERE (transaction_id, global_position) > ($1::text::xid8, $2::int8)
   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
   AND ($3::text = '' OR starts_with(stream_id, $3::text))
   AND (cardinality($4::text[]) = 0 OR event_type = ANY($4::text[]))
-ORDER BY transaction_id, global_position
+-- Qualified: the bare name would mean the int8 output column and defeat
+-- the (transaction_id, global_position) index.
+ORDER BY events.transaction_id, events.global_position
 LIMIT $5

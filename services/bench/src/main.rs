@@ -18,7 +18,12 @@ use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-const BENCHES: &[&str] = &["append_throughput", "append_latency"];
+const BENCHES: &[&str] = &[
+    "append_throughput",
+    "append_latency",
+    "fanout_latency",
+    "relay_throughput",
+];
 
 /// Benchmarks of the dbswarm server (release build) against PostgreSQL.
 ///
@@ -27,7 +32,8 @@ const BENCHES: &[&str] = &["append_throughput", "append_latency"];
 /// database; starts and stops its own `dbswarm` server.
 #[derive(Parser)]
 struct Args {
-    /// Run only this benchmark: append_throughput or append_latency.
+    /// Run only this benchmark: append_throughput, append_latency,
+    /// fanout_latency or relay_throughput.
     #[arg(long)]
     only: Option<String>,
     /// Concurrent clients, each appending to its own stream.
@@ -60,14 +66,33 @@ async fn main() -> anyhow::Result<()> {
         bail!("unknown benchmark '{only}'; known: {}", BENCHES.join(", "));
     }
     let admin_url = admin_url()?;
-    let db = ScratchDb::create(&admin_url).await?;
-    let result = run(&args, &db).await;
-    db.drop_database(&admin_url).await?;
-    result
+    let wanted = |name: &str| args.only.as_deref().is_none_or(|only| only == name);
+    // Each phase on a database (and JetStream stream) of its own.
+    if wanted("append_throughput") || wanted("append_latency") {
+        let db = ScratchDb::create(&admin_url).await?;
+        let result = run(&args, &db).await;
+        db.drop_database(&admin_url).await?;
+        result?;
+    }
+    if wanted("fanout_latency") {
+        let db = ScratchDb::create(&admin_url).await?;
+        let result = fanout_latency(&args, &db).await;
+        db.drop_database(&admin_url).await?;
+        result?;
+    }
+    if wanted("relay_throughput") {
+        let db = ScratchDb::create(&admin_url).await?;
+        let result = relay_throughput(&args, &db).await;
+        db.drop_database(&admin_url).await?;
+        result?;
+    }
+    Ok(())
 }
 
+/// The event store alone: the relay is off, so that the figure is the
+/// append path's and not shared with publishing to JetStream.
 async fn run(args: &Args, db: &ScratchDb) -> anyhow::Result<()> {
-    let mut server = ServerProcess::start(&db.url)?;
+    let mut server = ServerProcess::start(db, false)?;
     let outcome = async {
         let clients = server.clients(args.clients, args.connections).await?;
         // Same pool setting as the server: no ping before each checkout.
@@ -153,6 +178,10 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
+fn nats_url() -> String {
+    std::env::var("DBSWARM_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:42230".into())
+}
+
 fn admin_url() -> anyhow::Result<String> {
     if let Ok(url) = std::env::var("DBSWARM_ADMIN_DATABASE_URL") {
         return Ok(url);
@@ -182,7 +211,21 @@ impl ScratchDb {
         })
     }
 
+    /// NATS names of this run's server, so runs never share a stream.
+    fn subject_prefix(&self) -> String {
+        format!("b{}", self.name.trim_start_matches("dbswarm_bench_"))
+    }
+
+    fn events_stream(&self) -> String {
+        format!("B{}_EVENTS", self.name.trim_start_matches("dbswarm_bench_"))
+    }
+
     async fn drop_database(&self, admin_url: &str) -> anyhow::Result<()> {
+        if let Ok(client) = async_nats::connect(nats_url()).await {
+            let _ = async_nats::jetstream::new(client)
+                .delete_stream(self.events_stream())
+                .await;
+        }
         let mut conn = PgConnection::connect(admin_url).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
@@ -202,13 +245,16 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn start(database_url: &str) -> anyhow::Result<ServerProcess> {
+    fn start(db: &ScratchDb, relay_enabled: bool) -> anyhow::Result<ServerProcess> {
         let binary: PathBuf = std::env::current_exe()?.with_file_name("dbswarm");
         let grpc_port = free_port()?;
         let http_port = free_port()?;
         let child = Command::new(&binary)
             .arg("serve")
-            .env("DBSWARM_DATABASE_URL", database_url)
+            .env("DBSWARM_DATABASE_URL", &db.url)
+            .env("DBSWARM_NATS_SUBJECT_PREFIX", db.subject_prefix())
+            .env("DBSWARM_EVENTS_STREAM_NAME", db.events_stream())
+            .env("DBSWARM_RELAY_ENABLED", relay_enabled.to_string())
             .env("DBSWARM_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
             .env("DBSWARM_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
             .env("RUST_LOG", "warn")
@@ -506,4 +552,226 @@ async fn insert_latency(
         }
     })
     .await
+}
+
+/// Waits (bounded) for the server's relay to create the events stream.
+async fn events_stream(
+    js: &async_nats::jetstream::Context,
+    db: &ScratchDb,
+) -> anyhow::Result<async_nats::jetstream::stream::Stream> {
+    for _ in 0..600 {
+        if let Ok(stream) = js.get_stream(db.events_stream()).await {
+            return Ok(stream);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the relay did not create {} within 30 s", db.events_stream())
+}
+
+const FANOUT_RATE_PER_S: f64 = 2000.0;
+
+/// From each append's response to its event's arrival at a JetStream
+/// consumer, at a fixed 2,000 events/s.
+async fn fanout_latency(args: &Args, db: &ScratchDb) -> anyhow::Result<()> {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    use futures_util::StreamExt;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    let mut server = ServerProcess::start(db, true)?;
+    let outcome = async {
+        let clients = server.clients(args.clients, args.connections).await?;
+        let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await?);
+        let stream = events_stream(&js, db).await?;
+        let consumer = stream
+            .create_consumer(pull::Config {
+                deliver_policy: DeliverPolicy::New,
+                ack_policy: AckPolicy::None,
+                ..Default::default()
+            })
+            .await?;
+        let total = (FANOUT_RATE_PER_S * args.latency_seconds as f64) as usize;
+        let arrived: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let receiver = {
+            let arrived = arrived.clone();
+            let mut messages = consumer.messages().await?;
+            tokio::spawn(async move {
+                let mut count = 0;
+                while count < total {
+                    let Some(Ok(message)) = messages.next().await else { break };
+                    let id = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(event_store::relay::headers::EVENT_ID))
+                        .map(|v| v.as_str().to_owned())
+                        .unwrap_or_default();
+                    arrived.lock().expect("lock").insert(id, Instant::now());
+                    count += 1;
+                }
+            })
+        };
+        eprintln!("fan-out: {total} appends at {FANOUT_RATE_PER_S} events/s through the relay to a JetStream consumer");
+        let answered: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let run = Uuid::new_v4().simple().to_string();
+        let sent = {
+            let answered = answered.clone();
+            let clients = clients.clone();
+            open_loop(FANOUT_RATE_PER_S, args.latency_seconds, 1024, move |k| {
+                let mut client = clients[k % clients.len()].clone();
+                let event = one_event(k);
+                let id = event.event_id.clone();
+                let answered = answered.clone();
+                let request = proto::AppendToStreamRequest {
+                    stream_id: format!("fan-{run}-{}", k % 64),
+                    expected_version: None,
+                    events: vec![event],
+                };
+                async move {
+                    client.append_to_stream(request).await?;
+                    answered.lock().expect("lock").insert(id, Instant::now());
+                    Ok(())
+                }
+            })
+            .await?
+        };
+        tokio::time::timeout(Duration::from_secs(60), receiver).await??;
+        let answered = answered.lock().expect("lock");
+        let arrived = arrived.lock().expect("lock");
+        let samples: Vec<f64> = answered
+            .iter()
+            .filter_map(|(id, at)| arrived.get(id).map(|got| got.saturating_duration_since(*at).as_secs_f64() * 1000.0))
+            .collect();
+        if samples.len() != total {
+            bail!("{} of {total} events arrived at the consumer", samples.len());
+        }
+        let fanout = percentiles(samples);
+        print(json!({
+            "name": "fanout_latency", "value": fanout.p99_ms, "unit": "ms",
+            "p50_ms": fanout.p50_ms, "p99_ms": fanout.p99_ms, "rate_per_s": FANOUT_RATE_PER_S,
+            "events": fanout.count, "target_p99_ms": 25,
+            "baseline_name": "append_latency_same_run", "baseline_value": sent.p50_ms,
+            "baseline_p99_ms": sent.p99_ms,
+            "ratio": round2(fanout.p99_ms / sent.p99_ms.max(0.01)),
+            "server_rss_mb_max": server.peak_rss_mb(),
+        }));
+        anyhow::Ok(())
+    }
+    .await;
+    server.stop();
+    outcome
+}
+
+const RELAY_BACKLOG_EVENTS: usize = 200_000;
+
+/// How fast the relay moves a backlog of stored events into JetStream,
+/// against publishing the very same messages straight to a stream of the
+/// same configuration with pipelined acks.
+async fn relay_throughput(args: &Args, db: &ScratchDb) -> anyhow::Result<()> {
+    eprintln!("relay: storing a backlog of {RELAY_BACKLOG_EVENTS} events (relay off)");
+    let mut writer = ServerProcess::start(db, false)?;
+    let filled = async {
+        let clients = writer.clients(8, 8).await?;
+        let per_client = RELAY_BACKLOG_EVENTS / clients.len();
+        let mut tasks = Vec::new();
+        for (c, client) in clients.into_iter().enumerate() {
+            let mut client = client;
+            tasks.push(tokio::spawn(async move {
+                for chunk in 0..per_client / 500 {
+                    let events = (0..500).map(|i| one_event(chunk * 500 + i)).collect();
+                    let request = proto::AppendToStreamRequest {
+                        stream_id: format!("backlog-{c}"),
+                        expected_version: None,
+                        events,
+                    };
+                    client.append_to_stream(request).await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    writer.stop();
+    filled?;
+
+    eprintln!("relay: moving the backlog into JetStream");
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await?);
+    let mut relaying = ServerProcess::start(db, true)?;
+    let measured = async {
+        let mut stream = events_stream(&js, db).await?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let (mut first, mut first_count) = (None, 0);
+        loop {
+            let messages = stream.info().await?.state.messages as usize;
+            if first.is_none() && messages > 0 {
+                (first, first_count) = (Some(Instant::now()), messages);
+            }
+            if messages >= RELAY_BACKLOG_EVENTS {
+                let started = first.expect("set above");
+                break anyhow::Ok(
+                    (RELAY_BACKLOG_EVENTS - first_count) as f64 / started.elapsed().as_secs_f64(),
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("the relay moved {messages} of {RELAY_BACKLOG_EVENTS} events in 600 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    .await;
+    let rss = relaying.peak_rss_mb();
+    relaying.stop();
+    let relayed = measured?;
+
+    eprintln!("baseline: the same messages published straight to JetStream");
+    let pool = PgPoolOptions::new().max_connections(2).connect(&db.url).await?;
+    let reader = event_store::Reader::new(pool.clone(), event_store::ReadConfig::default());
+    let mut events = reader.read_all(event_store::ReadAllQuery::default());
+    let config = event_store::relay::RelayConfig {
+        subject_prefix: format!("{}base", db.subject_prefix()),
+        stream_name: format!("{}_BASE", db.events_stream()),
+        ..Default::default()
+    };
+    let mut messages = Vec::with_capacity(RELAY_BACKLOG_EVENTS);
+    while let Some(event) = events.recv().await {
+        let event = event?;
+        messages.push((
+            config.subject(&event.aggregate_type, &event.event_type),
+            event_store::relay::message(&event),
+        ));
+    }
+    pool.close().await;
+    event_store::relay::ensure_events_stream(&js, &config).await?;
+    let started = Instant::now();
+    let mut in_flight = std::collections::VecDeque::with_capacity(config.acks_in_flight_max);
+    for (subject, message) in messages {
+        if in_flight.len() >= config.acks_in_flight_max {
+            let ack: async_nats::jetstream::context::PublishAckFuture =
+                in_flight.pop_front().expect("non-empty");
+            ack.await?;
+        }
+        in_flight.push_back(js.send_publish(subject, message).await?);
+    }
+    for ack in in_flight {
+        ack.await?;
+    }
+    let direct = RELAY_BACKLOG_EVENTS as f64 / started.elapsed().as_secs_f64();
+    let _ = js.delete_stream(&config.stream_name).await;
+    let _ = args;
+
+    print(json!({
+        "name": "jetstream_publish", "value": round(direct), "unit": "events/s",
+        "events": RELAY_BACKLOG_EVENTS, "acks_in_flight_max": config.acks_in_flight_max,
+    }));
+    print(json!({
+        "name": "relay_throughput", "value": round(relayed), "unit": "events/s",
+        "events": RELAY_BACKLOG_EVENTS, "target_ratio": 0.8,
+        "baseline_name": "jetstream_publish", "baseline_value": round(direct),
+        "ratio": round2(relayed / direct),
+        "server_rss_mb_max": rss,
+    }));
+    Ok(())
 }

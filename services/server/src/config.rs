@@ -102,6 +102,9 @@ pub struct Settings {
     /// Events buffered per reader for a slow client [default: 256].
     #[arg(long, env = "DBSWARM_READ_BUFFER_EVENTS_MAX", value_name = "N")]
     pub read_buffer_events_max: Option<usize>,
+    /// Contend for the relay (PostgreSQL -> JetStream) on this server [default: true].
+    #[arg(long, env = "DBSWARM_RELAY_ENABLED", value_name = "BOOL")]
+    pub relay_enabled: Option<bool>,
     /// First token of every NATS subject dbswarm uses [default: dbswarm].
     #[arg(long, env = "DBSWARM_NATS_SUBJECT_PREFIX", value_name = "TOKEN")]
     pub nats_subject_prefix: Option<String>,
@@ -129,6 +132,12 @@ pub struct Settings {
     /// Relay wake-up when no commit notification arrives, ms [default: 1000].
     #[arg(long, env = "DBSWARM_RELAY_POLL_INTERVAL_MS", value_name = "MS")]
     pub relay_poll_interval_ms: Option<u64>,
+    /// Relay's wait after a commit notification, to take several commits per step, ms [default: 2].
+    #[arg(long, env = "DBSWARM_RELAY_STEP_DELAY_MS", value_name = "MS")]
+    pub relay_step_delay_ms: Option<u64>,
+    /// Relay stores its checkpoint at most this often, ms [default: 200].
+    #[arg(long, env = "DBSWARM_RELAY_CHECKPOINT_INTERVAL_MS", value_name = "MS")]
+    pub relay_checkpoint_interval_ms: Option<u64>,
     /// Report a transaction holding the event horizon back after this long, s [default: 30].
     #[arg(long, env = "DBSWARM_HORIZON_WARN_AFTER_S", value_name = "S")]
     pub horizon_warn_after_s: Option<u64>,
@@ -156,6 +165,7 @@ pub struct Config {
     pub append: AppendConfig,
     pub read: ReadConfig,
     pub relay: RelayConfig,
+    pub relay_enabled: bool,
     pub log_format: LogFormat,
 }
 
@@ -188,6 +198,7 @@ impl Settings {
             append_committers,
             read_page_events_max,
             read_buffer_events_max,
+            relay_enabled,
             nats_subject_prefix,
             events_stream_name,
             events_stream_replicas,
@@ -197,6 +208,8 @@ impl Settings {
             relay_acks_in_flight_max,
             relay_page_events_max,
             relay_poll_interval_ms,
+            relay_step_delay_ms,
+            relay_checkpoint_interval_ms,
             horizon_warn_after_s,
             log_format,
         )
@@ -408,6 +421,7 @@ impl Config {
             append,
             read,
             relay,
+            relay_enabled: s.relay_enabled.unwrap_or(true),
             log_format,
         })
     }
@@ -475,6 +489,16 @@ fn relay_config(s: &Settings) -> Result<RelayConfig, ConfigError> {
             s.relay_poll_interval_ms,
             d.poll_interval_ms,
             600_000,
+        )?,
+        step_delay_ms: match s.relay_step_delay_ms.unwrap_or(d.step_delay_ms) {
+            ms if ms > 1000 => return Err(invalid("relay_step_delay_ms", format!("{ms} is over 1000"))),
+            ms => ms,
+        },
+        checkpoint_interval_ms: positive(
+            "relay_checkpoint_interval_ms",
+            s.relay_checkpoint_interval_ms,
+            d.checkpoint_interval_ms,
+            60_000,
         )?,
         horizon_warn_after_s: positive(
             "horizon_warn_after_s",

@@ -110,16 +110,18 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     tasks.spawn(async move { grpc.await.map_err(|e| e.to_string()) });
     tasks.spawn(async move { http.await.map_err(|e| e.to_string()) });
     tasks.spawn(sample_pool_usage(pool.clone(), stopped.clone()));
-    let relay = event_store::relay::run_relay(
-        pool.clone(),
-        async_nats::jetstream::new(nats),
-        config.relay.clone(),
-        stopped,
-    );
-    tasks.spawn(async move {
-        relay.await;
-        Ok(())
-    });
+    if config.relay_enabled {
+        let relay = event_store::relay::run_relay(
+            pool.clone(),
+            async_nats::jetstream::new(nats),
+            config.relay.clone(),
+            stopped,
+        );
+        tasks.spawn(async move {
+            relay.await;
+            Ok(())
+        });
+    }
     tracing::info!(%grpc_addr, %http_addr, "dbswarm serving");
     Ok(RunningServer {
         grpc_addr,
