@@ -13,7 +13,8 @@ pub mod relay;
 pub use append::{AppendConfig, AppendOutcome, Appender, EventPosition, StreamOutcome};
 pub use error::StoreError;
 pub use read::{
-    AllPosition, Direction, EventReceiver, ReadAllQuery, ReadConfig, ReadStreamQuery, Reader, RecordedEvent,
+    AllPosition, CommitSignal, Direction, EventReceiver, ReadAllQuery, ReadConfig, ReadStreamQuery, Reader,
+    RecordedEvent, watch_commits,
 };
 
 /// The migrations of dbswarm's own database (`migrations/` at the repo root).

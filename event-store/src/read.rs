@@ -4,7 +4,10 @@
 use chrono::{DateTime, Utc};
 use domain::{EventData, StreamId, verify_contiguous};
 use sqlx::PgPool;
-use tokio::sync::mpsc;
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::error::StoreError;
@@ -255,8 +258,21 @@ impl Reader {
     ) -> Result<(), StoreError> {
         let mut after = query.after.unwrap_or_default();
         let mut remaining = query.limit.unwrap_or(u64::MAX);
-        while remaining > 0 {
-            let page = remaining.min(self.config.page_events_max as u64);
+        self.drain_all(query, &mut after, &mut remaining, sender).await?;
+        Ok(())
+    }
+
+    /// Sends what is released after `after` (moving it), until caught up,
+    /// `remaining` is spent, or the client is gone.
+    async fn drain_all(
+        &self,
+        query: &ReadAllQuery,
+        after: &mut AllPosition,
+        remaining: &mut u64,
+        sender: &mpsc::Sender<Result<RecordedEvent, StoreError>>,
+    ) -> Result<Drained, StoreError> {
+        while *remaining > 0 {
+            let page = (*remaining).min(self.config.page_events_max as u64);
             let rows: Vec<EventRow> = sqlx::query_as(READ_ALL)
                 .bind(after.transaction_id.to_string())
                 .bind(after.global_position as i64)
@@ -269,22 +285,180 @@ impl Reader {
             for row in rows {
                 let event = RecordedEvent::try_from(row)?;
                 // Read-side invariant: $all only moves forwards.
-                if event.all_position() <= after {
+                if event.all_position() <= *after {
                     return Err(StoreError::Corrupt(format!(
                         "$all went backwards: {:?} after {after:?}",
                         event.all_position()
                     )));
                 }
-                after = event.all_position();
+                *after = event.all_position();
                 if sender.send(Ok(event)).await.is_err() {
-                    return Ok(());
+                    return Ok(Drained::ClientGone);
                 }
             }
-            remaining -= fetched;
+            *remaining -= fetched;
             if fetched < page {
-                break;
+                return Ok(Drained::CaughtUp);
             }
         }
-        Ok(())
+        Ok(Drained::CaughtUp)
+    }
+
+    /// A catch-up subscription to $all: history, then each new commit, read
+    /// from the store in $all order, so the switch from history to live has
+    /// no gap and no duplicate. Ends only when the client goes away.
+    pub fn subscribe_all(&self, query: ReadAllQuery, commits: CommitSignal) -> EventReceiver {
+        let (sender, receiver) = mpsc::channel(self.config.buffer_events_max.max(1));
+        let reader = self.clone();
+        tokio::spawn(async move {
+            let mut commits = commits;
+            let mut after = query.after.unwrap_or_default();
+            loop {
+                let mut unlimited = u64::MAX;
+                match reader
+                    .drain_all(&query, &mut after, &mut unlimited, &sender)
+                    .await
+                {
+                    Ok(Drained::ClientGone) => return,
+                    Ok(Drained::CaughtUp) => {}
+                    Err(e) => {
+                        let _ = sender.send(Err(e)).await;
+                        return;
+                    }
+                }
+                if !commits.wait(&sender).await {
+                    return;
+                }
+            }
+        });
+        receiver
+    }
+
+    /// A catch-up subscription to one stream from `from_version` (which
+    /// need not exist yet), in version order.
+    pub fn subscribe_to_stream(
+        &self,
+        stream_id: StreamId,
+        from_version: u64,
+        commits: CommitSignal,
+    ) -> EventReceiver {
+        let (sender, receiver) = mpsc::channel(self.config.buffer_events_max.max(1));
+        let reader = self.clone();
+        tokio::spawn(async move {
+            let mut commits = commits;
+            let mut next = from_version.max(1);
+            loop {
+                match reader.drain_stream(&stream_id, &mut next, &sender).await {
+                    Ok(Drained::ClientGone) => return,
+                    Ok(Drained::CaughtUp) => {}
+                    Err(e) => {
+                        let _ = sender.send(Err(e)).await;
+                        return;
+                    }
+                }
+                if !commits.wait(&sender).await {
+                    return;
+                }
+            }
+        });
+        receiver
+    }
+
+    async fn drain_stream(
+        &self,
+        stream_id: &StreamId,
+        next: &mut u64,
+        sender: &mpsc::Sender<Result<RecordedEvent, StoreError>>,
+    ) -> Result<Drained, StoreError> {
+        let stream = stream_id.as_str();
+        loop {
+            let page = self.config.page_events_max as u64;
+            let rows: Vec<EventRow> = sqlx::query_as(READ_STREAM_FORWARDS)
+                .bind(stream)
+                .bind(*next as i64)
+                .bind(page as i64)
+                .fetch_all(&self.pool)
+                .await?;
+            let fetched = rows.len() as u64;
+            for row in rows {
+                let event = RecordedEvent::try_from(row)?;
+                verify_contiguous(stream, Some(*next - 1), event.event_version, true)?;
+                *next = event.event_version + 1;
+                if sender.send(Ok(event)).await.is_err() {
+                    return Ok(Drained::ClientGone);
+                }
+            }
+            if fetched < page {
+                return Ok(Drained::CaughtUp);
+            }
+        }
+    }
+}
+
+/// How a drain of the store ended.
+enum Drained {
+    CaughtUp,
+    ClientGone,
+}
+
+/// Wakes subscriptions when events commit: a counter bumped on every
+/// `NOTIFY dbswarm_events` (see [`watch_commits`]). Subscriptions also wake
+/// every `fallback_poll`, so a lost notification delays, never loses.
+#[derive(Clone)]
+pub struct CommitSignal {
+    commits: watch::Receiver<u64>,
+    fallback_poll: Duration,
+}
+
+impl CommitSignal {
+    pub fn new(commits: watch::Receiver<u64>, fallback_poll: Duration) -> Self {
+        CommitSignal {
+            commits,
+            fallback_poll,
+        }
+    }
+
+    /// Waits for a commit or the fallback poll (true). False when the
+    /// client went away, or the server is stopping (the client is told so).
+    async fn wait(&mut self, sender: &mpsc::Sender<Result<RecordedEvent, StoreError>>) -> bool {
+        tokio::select! {
+            changed = self.commits.changed() => {
+                if changed.is_err() {
+                    // The commit listener is gone: the server is stopping.
+                    let _ = sender.send(Err(StoreError::ShuttingDown)).await;
+                    return false;
+                }
+                true
+            }
+            _ = tokio::time::sleep(self.fallback_poll) => true,
+            _ = sender.closed() => false,
+        }
+    }
+}
+
+/// Listens for `NOTIFY dbswarm_events` and bumps `commits` on each, until
+/// `stop`; reconnects (with a pause) when the connection is lost.
+pub async fn watch_commits(pool: PgPool, commits: watch::Sender<u64>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let listened = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(crate::relay::EVENTS_CHANNEL).await?;
+            loop {
+                listener.recv().await?;
+                while listener.next_buffered().is_some() {}
+                commits.send_modify(|n| *n = n.wrapping_add(1));
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        };
+        tokio::select! {
+            result = listened => {
+                if let Err(error) = result {
+                    tracing::warn!(%error, "commit listener lost; reconnecting");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+        }
     }
 }

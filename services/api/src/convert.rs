@@ -229,6 +229,28 @@ pub fn read_all(wire: proto::ReadAllRequest, limits: &Limits) -> Result<ReadAllQ
     })
 }
 
+pub fn subscribe(wire: proto::SubscribeRequest, limits: &Limits) -> Result<ReadAllQuery, ValidationError> {
+    read_all(
+        proto::ReadAllRequest {
+            after: wire.after,
+            stream_prefix: wire.stream_prefix,
+            event_types: wire.event_types,
+            limit: 0,
+        },
+        limits,
+    )
+}
+
+pub fn subscribe_to_stream(
+    wire: proto::SubscribeToStreamRequest,
+    limits: &Limits,
+) -> Result<(StreamId, u64), ValidationError> {
+    if wire.from_version > i64::MAX as u64 {
+        return Err(ValidationError::new("from_version", "is out of range"));
+    }
+    Ok((StreamId::parse(&wire.stream_id, limits)?, wire.from_version))
+}
+
 pub fn recorded_event(event: RecordedEvent) -> proto::RecordedEvent {
     let (content_type, data) = match event.data {
         EventData::Json(text) => (proto::ContentType::Json, text.into_bytes()),

@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::time::Instant;
 
 use domain::Limits;
-use event_store::{Appender, EventReceiver, Reader};
+use event_store::{Appender, CommitSignal, EventReceiver, Reader};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -17,14 +17,16 @@ use crate::status::{store_error_status, validation_status};
 pub struct EventStoreService {
     appender: Appender,
     reader: Reader,
+    commits: CommitSignal,
     limits: Limits,
 }
 
 impl EventStoreService {
-    pub fn new(appender: Appender, reader: Reader, limits: Limits) -> Self {
+    pub fn new(appender: Appender, reader: Reader, commits: CommitSignal, limits: Limits) -> Self {
         EventStoreService {
             appender,
             reader,
+            commits,
             limits,
         }
     }
@@ -135,6 +137,46 @@ impl EventStore for EventStoreService {
                 }))
             });
         observe("ReadAll", started, &result);
+        result
+    }
+
+    type SubscribeStream = EventStream<proto::ReadAllResponse>;
+
+    async fn subscribe(
+        &self,
+        request: Request<proto::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let started = Instant::now();
+        let result = convert::subscribe(request.into_inner(), &self.limits)
+            .map_err(validation_status)
+            .map(|query| {
+                let receiver = self.reader.subscribe_all(query, self.commits.clone());
+                Response::new(event_stream(receiver, |event| proto::ReadAllResponse {
+                    event: Some(event),
+                }))
+            });
+        observe("Subscribe", started, &result);
+        result
+    }
+
+    type SubscribeToStreamStream = EventStream<proto::ReadStreamResponse>;
+
+    async fn subscribe_to_stream(
+        &self,
+        request: Request<proto::SubscribeToStreamRequest>,
+    ) -> Result<Response<Self::SubscribeToStreamStream>, Status> {
+        let started = Instant::now();
+        let result = convert::subscribe_to_stream(request.into_inner(), &self.limits)
+            .map_err(validation_status)
+            .map(|(stream_id, from_version)| {
+                let receiver = self
+                    .reader
+                    .subscribe_to_stream(stream_id, from_version, self.commits.clone());
+                Response::new(event_stream(receiver, |event| proto::ReadStreamResponse {
+                    event: Some(event),
+                }))
+            });
+        observe("SubscribeToStream", started, &result);
         result
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use api::EventStoreService;
 use api::proto::event_store_server::EventStoreServer;
-use event_store::{Appender, Reader};
+use event_store::{Appender, CommitSignal, Reader};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
@@ -77,7 +77,9 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let nats = connect_nats(&config).await?;
     let (appender, committers) = Appender::start(pool.clone(), config.append);
     let reader = Reader::new(pool.clone(), config.read);
-    let event_store = EventStoreService::new(appender, reader, config.limits).into_server();
+    let (commits_tx, commits_rx) = watch::channel(0u64);
+    let commits = CommitSignal::new(commits_rx, Duration::from_millis(config.relay.poll_interval_ms));
+    let event_store = EventStoreService::new(appender, reader, commits, config.limits).into_server();
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -110,6 +112,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     tasks.spawn(async move { grpc.await.map_err(|e| e.to_string()) });
     tasks.spawn(async move { http.await.map_err(|e| e.to_string()) });
     tasks.spawn(sample_pool_usage(pool.clone(), stopped.clone()));
+    let watching = event_store::watch_commits(pool.clone(), commits_tx, stopped.clone());
+    tasks.spawn(async move {
+        watching.await;
+        Ok(())
+    });
     if config.relay_enabled {
         let relay = event_store::relay::run_relay(
             pool.clone(),

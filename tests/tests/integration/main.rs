@@ -7,4 +7,5 @@ mod concurrency;
 mod read;
 mod relay;
 mod server;
+mod subscribe;
 mod telemetry;
