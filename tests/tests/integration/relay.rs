@@ -236,3 +236,59 @@ async fn one_relay_across_two_servers_and_the_other_takes_over() {
     follower.stop().await;
     db.drop_database().await;
 }
+
+/// NATS goes away while events are appended: appends keep working (the
+/// store is the truth) and once NATS is back every event arrives, once.
+#[tokio::test]
+async fn events_appended_while_nats_is_down_arrive_when_it_returns() {
+    let mut nats = PrivateNats::start().await;
+    let db = TestDb::create().await;
+    let mut settings = settings_for(&db);
+    settings.nats_url = Some(nats.url());
+    let mut server = TestServer::start(settings).await;
+    let ten = || (0..10).map(|_| json_event("E", json!({}))).collect::<Vec<_>>();
+    server
+        .client
+        .append_to_stream(append_request("s", None, ten()))
+        .await
+        .unwrap();
+
+    let suffix = db.name.trim_start_matches("dbswarm_test_").to_owned();
+    let stream_of = |url: String| {
+        let suffix = suffix.clone();
+        async move {
+            let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+            for _ in 0..200 {
+                if let Ok(stream) = js.get_stream(format!("T{suffix}_EVENTS")).await {
+                    return stream;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            panic!("no events stream");
+        }
+    };
+    let mut stream = stream_of(nats.url()).await;
+    relayed_messages(&mut stream, 10).await;
+
+    nats.stop().await;
+    for _ in 0..3 {
+        server
+            .client
+            .append_to_stream(append_request("s", None, ten()))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    nats.restart().await;
+
+    let mut stream = stream_of(nats.url()).await;
+    let messages = relayed_messages(&mut stream, 40).await;
+    let versions: Vec<String> = messages
+        .iter()
+        .map(|m| header(m, headers::EVENT_VERSION))
+        .collect();
+    assert_eq!(versions, (1..=40).map(|v| v.to_string()).collect::<Vec<_>>());
+    server.stop().await;
+    db.drop_database().await;
+    nats.stop().await;
+}
