@@ -14,6 +14,8 @@
 //! commit) and, as a fallback, by a slow poll.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -200,6 +202,7 @@ pub async fn run_relay(
     pool: PgPool,
     js: jetstream::Context,
     config: RelayConfig,
+    leading: Arc<AtomicBool>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -208,7 +211,9 @@ pub async fn run_relay(
         if stop_requested {
             break;
         }
-        match lead(&pool, &js, &config, &mut stop).await {
+        let led = lead(&pool, &js, &config, &leading, &mut stop).await;
+        leading.store(false, Ordering::SeqCst);
+        match led {
             Ok(()) => backoff.reset(),
             Err(error) => {
                 metrics::counter!("dbswarm_relay_errors_total").increment(1);
@@ -229,6 +234,7 @@ async fn lead(
     pool: &PgPool,
     js: &jetstream::Context,
     config: &RelayConfig,
+    leading: &AtomicBool,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), RelayError> {
     let poll = Duration::from_millis(config.poll_interval_ms);
@@ -248,6 +254,7 @@ async fn lead(
         }
     }
     metrics::gauge!("dbswarm_relay_leader").set(1.0);
+    leading.store(true, Ordering::SeqCst);
     tracing::info!("relay leadership acquired");
     ensure_events_stream(js, config).await?;
 
@@ -437,6 +444,60 @@ pub fn message(event: &RecordedEvent) -> PublishMessage {
         .message_id(event_id)
 }
 
+/// The running transaction that holds the $all horizon back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OldestTransaction {
+    pub pid: i32,
+    pub database: String,
+    pub state: String,
+    pub age_seconds: f64,
+}
+
+/// Where the relay stands, from the store (any server can answer).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelayStatus {
+    pub checkpoint: Option<AllPosition>,
+    pub lag_events: u64,
+    pub lag_seconds: f64,
+    pub oldest_transaction: Option<OldestTransaction>,
+}
+
+pub async fn relay_status(pool: &PgPool) -> Result<RelayStatus, RelayError> {
+    let stored: Option<(i64, i64)> = sqlx::query_as(CHECKPOINT_LOAD)
+        .bind(RELAY_NAME)
+        .fetch_optional(pool)
+        .await?;
+    let checkpoint = stored.map(|(transaction_id, global_position)| AllPosition {
+        transaction_id: transaction_id as u64,
+        global_position: global_position as u64,
+    });
+    let from = checkpoint.unwrap_or_default();
+    let (lag_events, lag_seconds): (i64, f64) = sqlx::query_as(RELAY_LAG)
+        .bind(from.transaction_id.to_string())
+        .bind(from.global_position as i64)
+        .fetch_one(pool)
+        .await?;
+    Ok(RelayStatus {
+        checkpoint,
+        lag_events: lag_events as u64,
+        lag_seconds,
+        oldest_transaction: oldest_transaction(pool).await?,
+    })
+}
+
+async fn oldest_transaction(pool: &PgPool) -> Result<Option<OldestTransaction>, RelayError> {
+    let oldest: Option<(i32, String, String, f64)> =
+        sqlx::query_as(OLDEST_TRANSACTION).fetch_optional(pool).await?;
+    Ok(
+        oldest.map(|(pid, database, state, age_seconds)| OldestTransaction {
+            pid,
+            database,
+            state,
+            age_seconds,
+        }),
+    )
+}
+
 async fn report_lag(pool: &PgPool, checkpoint: AllPosition) -> Result<(), RelayError> {
     let (events, seconds): (i64, f64) = sqlx::query_as(RELAY_LAG)
         .bind(checkpoint.transaction_id.to_string())
@@ -450,18 +511,17 @@ async fn report_lag(pool: &PgPool, checkpoint: AllPosition) -> Result<(), RelayE
 
 /// Reports the transaction that holds the horizon (and so the relay) back.
 async fn report_horizon(pool: &PgPool, config: &RelayConfig) -> Result<(), RelayError> {
-    let oldest: Option<(i32, String, String, f64)> =
-        sqlx::query_as(OLDEST_TRANSACTION).fetch_optional(pool).await?;
-    let age_seconds = oldest.as_ref().map_or(0.0, |o| o.3);
+    let oldest = oldest_transaction(pool).await?;
+    let age_seconds = oldest.as_ref().map_or(0.0, |o| o.age_seconds);
     metrics::gauge!("dbswarm_horizon_oldest_transaction_seconds").set(age_seconds);
-    if let Some((pid, datname, state, age)) = oldest
-        && age >= config.horizon_warn_after_s as f64
+    if let Some(oldest) = oldest
+        && oldest.age_seconds >= config.horizon_warn_after_s as f64
     {
         tracing::warn!(
-            pid,
-            database = %datname,
-            state = %state,
-            age_seconds = age,
+            pid = oldest.pid,
+            database = %oldest.database,
+            state = %oldest.state,
+            age_seconds = oldest.age_seconds,
             "a long-running transaction holds the event horizon back: no event committed after it started is relayed until it ends"
         );
     }

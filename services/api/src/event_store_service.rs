@@ -40,7 +40,7 @@ impl EventStoreService {
 }
 
 /// Records the request count (by method and code) and latency.
-fn observe<T>(method: &'static str, started: Instant, result: &Result<T, Status>) {
+pub(crate) fn observe<T>(method: &'static str, started: Instant, result: &Result<T, Status>) {
     let code = match result {
         Ok(_) => "Ok".to_owned(),
         Err(status) => format!("{:?}", status.code()),

@@ -13,10 +13,12 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("dbswarm_descriptor");
 }
 
+mod admin_service;
 mod convert;
 mod event_store_service;
 mod status;
 
+pub use admin_service::AdminService;
 pub use convert::EVENT_TYPE_FILTERS_MAX;
 pub use event_store_service::EventStoreService;
 pub use status::{store_error_status, validation_status};

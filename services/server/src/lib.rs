@@ -7,8 +7,12 @@ pub mod telemetry;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use api::EventStoreService;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use api::proto::admin_server::AdminServer;
 use api::proto::event_store_server::EventStoreServer;
+use api::{AdminService, EventStoreService};
 use event_store::{Appender, CommitSignal, Reader};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -81,10 +85,14 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let commits = CommitSignal::new(commits_rx, Duration::from_millis(config.relay.poll_interval_ms));
     let event_store = EventStoreService::new(appender, reader, commits, config.limits).into_server();
 
+    let relay_leading = Arc::new(AtomicBool::new(false));
+    let admin = AdminService::new(pool.clone(), relay_leading.clone()).into_server();
+
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<EventStoreServer<EventStoreService>>()
         .await;
+    health_reporter.set_serving::<AdminServer<AdminService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(api::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -101,6 +109,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         .add_service(health_service)
         .add_service(reflection)
         .add_service(event_store)
+        .add_service(admin)
         .serve_with_incoming_shutdown(
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             until_stopped(stopped.clone()),
@@ -122,6 +131,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             pool.clone(),
             async_nats::jetstream::new(nats),
             config.relay.clone(),
+            relay_leading,
             stopped,
         );
         tasks.spawn(async move {

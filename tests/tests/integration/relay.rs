@@ -292,3 +292,70 @@ async fn events_appended_while_nats_is_down_arrive_when_it_returns() {
     db.drop_database().await;
     nats.stop().await;
 }
+
+#[tokio::test]
+async fn relay_status_shows_leadership_lag_and_the_transaction_holding_the_horizon() {
+    use api::proto::admin_client::AdminClient;
+    let db = TestDb::create().await;
+    let mut server = TestServer::start(settings_for(&db)).await;
+    let mut admin = AdminClient::connect(server.channel_url()).await.unwrap();
+    server
+        .client
+        .append_to_stream(append_request("s", None, vec![json_event("E", json!({}))]))
+        .await
+        .unwrap();
+    let mut stream = db.events_stream().await;
+    relayed_messages(&mut stream, 1).await;
+
+    // caught up: this server leads, the checkpoint is stored, no lag
+    let mut status = admin
+        .get_relay_status(api::proto::GetRelayStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..50 {
+        if status.this_server_leads && status.checkpoint.is_some() && status.lag_events == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        status = admin
+            .get_relay_status(api::proto::GetRelayStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+    }
+    assert!(status.this_server_leads);
+    assert!(status.checkpoint.is_some());
+    assert_eq!(status.lag_events, 0);
+
+    // a transaction that has written (has an id) and stays open
+    let pool = db.pool().await;
+    let mut slow = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *slow)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    server
+        .client
+        .append_to_stream(append_request("s", None, vec![json_event("E", json!({}))]))
+        .await
+        .unwrap();
+    let status = admin
+        .get_relay_status(api::proto::GetRelayStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let oldest = status
+        .oldest_transaction
+        .expect("the open transaction is reported");
+    assert!(oldest.age_seconds >= 1.0, "{oldest:?}");
+    assert!(
+        status.lag_events >= 1,
+        "the new event waits behind the open transaction"
+    );
+    slow.rollback().await.unwrap();
+    pool.close().await;
+    server.stop().await;
+    db.drop_database().await;
+}
