@@ -4,13 +4,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use event_store::relay;
+use domain::ValidationError;
+use event_store::{consumer, relay};
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
 use crate::event_store_service::observe;
 use crate::proto;
 use crate::proto::admin_server::Admin;
+use crate::status::validation_status;
 
 pub struct AdminService {
     pool: PgPool,
@@ -63,5 +65,91 @@ impl Admin for AdminService {
             });
         observe("GetRelayStatus", started, &result);
         result
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<proto::ListDeadLettersRequest>,
+    ) -> Result<Response<proto::ListDeadLettersResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let result = async {
+            let limit = match request.limit {
+                0 => 100,
+                n if n > DEAD_LETTERS_PAGE_MAX => {
+                    return Err(validation_status(ValidationError::new(
+                        "limit",
+                        format!("{n} is over {DEAD_LETTERS_PAGE_MAX}"),
+                    )));
+                }
+                n => n,
+            };
+            let rows = consumer::list_dead_letters(
+                &self.pool,
+                &request.consumer,
+                request.after_id,
+                i64::from(limit),
+            )
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot read dead letters: {e}")))?;
+            Ok(Response::new(proto::ListDeadLettersResponse {
+                dead_letters: rows.into_iter().map(dead_letter).collect(),
+            }))
+        }
+        .await;
+        observe("ListDeadLetters", started, &result);
+        result
+    }
+
+    async fn replay_dead_letter(
+        &self,
+        request: Request<proto::ReplayDeadLetterRequest>,
+    ) -> Result<Response<proto::ReplayDeadLetterResponse>, Status> {
+        let started = Instant::now();
+        let id = request.into_inner().id;
+        let result = async {
+            let requested = consumer::request_replay(&self.pool, id)
+                .await
+                .map_err(|e| Status::unavailable(format!("cannot request the replay: {e}")))?;
+            if requested {
+                return Ok(Response::new(proto::ReplayDeadLetterResponse {}));
+            }
+            let known = consumer::list_dead_letters(&self.pool, "", id - 1, 1)
+                .await
+                .map_err(|e| Status::unavailable(format!("cannot read dead letters: {e}")))?
+                .into_iter()
+                .any(|d| d.id == id);
+            Err(if known {
+                Status::failed_precondition(format!("dead letter {id} was already replayed"))
+            } else {
+                Status::not_found(format!("there is no dead letter {id}"))
+            })
+        }
+        .await;
+        observe("ReplayDeadLetter", started, &result);
+        result
+    }
+}
+
+/// Most dead letters one `ListDeadLetters` returns.
+const DEAD_LETTERS_PAGE_MAX: u32 = 1000;
+
+fn rfc3339(at: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .unwrap_or_default()
+}
+
+fn dead_letter(d: consumer::DeadLetter) -> proto::DeadLetter {
+    proto::DeadLetter {
+        id: d.id,
+        consumer: d.consumer,
+        event_id: d.event_id.to_string(),
+        stream_id: d.stream_id,
+        event_version: d.event_version as u64,
+        error: d.error,
+        deliveries: d.deliveries,
+        created_at: rfc3339(Some(d.created_at)),
+        replay_requested_at: rfc3339(d.replay_requested_at),
+        replayed_at: rfc3339(d.replayed_at),
     }
 }

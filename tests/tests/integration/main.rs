@@ -4,6 +4,7 @@
 mod append;
 mod bad_input;
 mod concurrency;
+mod consumer;
 mod read;
 mod relay;
 mod server;
