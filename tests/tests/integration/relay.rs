@@ -359,3 +359,31 @@ async fn relay_status_shows_leadership_lag_and_the_transaction_holding_the_horiz
     server.stop().await;
     db.drop_database().await;
 }
+
+/// 1 KB names with every kind of separator: one token each, bounded.
+#[tokio::test]
+async fn kilobyte_hostile_names_stay_single_bounded_tokens() {
+    let db = TestDb::create().await;
+    let mut settings = settings_for(&db);
+    settings.stream_id_bytes_max = Some(2048);
+    settings.event_type_bytes_max = Some(1024);
+    let mut server = TestServer::start(settings).await;
+    let stream_id = format!("{}-x", "a.b *>".repeat(171));
+    let event_type = format!("T{}", ".:-_".repeat(255));
+    assert!(stream_id.len() > 1000 && event_type.len() > 1000);
+    server
+        .client
+        .append_to_stream(append_request(&stream_id, None, vec![json_event(&event_type, json!({}))]))
+        .await
+        .unwrap();
+    let mut stream = db.events_stream().await;
+    let message = relayed_messages(&mut stream, 1).await.remove(0);
+    let tokens: Vec<&str> = message.subject.as_str().split('.').collect();
+    assert_eq!(tokens.len(), 4, "{}", message.subject);
+    assert!(tokens[2].len() <= 64 && tokens[3].len() <= 64, "{}", message.subject);
+    assert!(!message.subject.contains(['*', '>', ' ']));
+    assert_eq!(header(&message, headers::STREAM_ID), stream_id);
+    assert_eq!(header(&message, headers::EVENT_TYPE), event_type);
+    server.stop().await;
+    db.drop_database().await;
+}
