@@ -64,6 +64,8 @@ pub struct RelayConfig {
     pub subject_prefix: String,
     /// JetStream stream that captures `<prefix>.evt.>`.
     pub stream_name: String,
+    /// Work-queue stream of commands to agents, `<prefix>.task.>`.
+    pub tasks_stream_name: String,
     pub stream_replicas: usize,
     /// 0 = keep messages without an age limit.
     pub stream_max_age_s: u64,
@@ -93,6 +95,7 @@ impl Default for RelayConfig {
         RelayConfig {
             subject_prefix: "dbswarm".into(),
             stream_name: "DBSWARM_EVENTS".into(),
+            tasks_stream_name: "DBSWARM_TASKS".into(),
             stream_replicas: 1,
             stream_max_age_s: 0,
             stream_max_bytes: -1,
@@ -116,6 +119,33 @@ impl RelayConfig {
             token(aggregate_type),
             token(event_type)
         )
+    }
+
+    /// The subject of a command to an agent.
+    pub fn task_subject(&self, agent: &str, operation: &str) -> String {
+        format!(
+            "{}.task.{}.{}",
+            self.subject_prefix,
+            token(agent),
+            token(operation)
+        )
+    }
+
+    /// The subject of a notification (`info`, `warning`, `critical`, ...).
+    pub fn notify_subject(&self, severity: &str) -> String {
+        format!("{}.notify.{}", self.subject_prefix, token(severity))
+    }
+
+    fn tasks_stream_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.tasks_stream_name.clone(),
+            subjects: vec![format!("{}.task.>", self.subject_prefix)],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::WorkQueue,
+            num_replicas: self.stream_replicas,
+            duplicate_window: Duration::from_secs(self.duplicate_window_s),
+            ..Default::default()
+        }
     }
 
     fn stream_config(&self) -> stream::Config {
@@ -195,6 +225,62 @@ pub async fn ensure_events_stream(js: &jetstream::Context, config: &RelayConfig)
     Ok(())
 }
 
+/// Creates the agents' work-queue stream, or checks an existing one: its
+/// retention and subjects cannot change in place, so a difference is refused.
+pub async fn ensure_tasks_stream(js: &jetstream::Context, config: &RelayConfig) -> Result<(), RelayError> {
+    let wanted = config.tasks_stream_config();
+    let mut stream = js
+        .get_or_create_stream(wanted.clone())
+        .await
+        .map_err(jetstream_error)?;
+    let actual = stream.info().await.map_err(jetstream_error)?.config.clone();
+    if actual.retention != wanted.retention || actual.subjects != wanted.subjects {
+        return Err(RelayError::StreamMismatch {
+            stream: config.tasks_stream_name.clone(),
+            field: "retention/subjects",
+            actual: format!("{:?} {:?}", actual.retention, actual.subjects),
+            wanted: format!("{:?} {:?}", wanted.retention, wanted.subjects),
+        });
+    }
+    Ok(())
+}
+
+/// Sends a command to an agent on `<prefix>.task.<agent>.<operation>`,
+/// once: the task id is the message id, so a resend is dropped.
+pub async fn publish_task(
+    js: &jetstream::Context,
+    config: &RelayConfig,
+    agent: &str,
+    operation: &str,
+    task_id: uuid::Uuid,
+    payload: bytes::Bytes,
+) -> Result<bool, RelayError> {
+    let message = PublishMessage::build()
+        .payload(payload)
+        .message_id(task_id.to_string());
+    let ack = js
+        .send_publish(config.task_subject(agent, operation), message)
+        .await
+        .map_err(jetstream_error)?
+        .await
+        .map_err(jetstream_error)?;
+    Ok(!ack.duplicate)
+}
+
+/// Publishes a notification on `<prefix>.notify.<severity>` (core NATS:
+/// whoever listens now gets it).
+pub async fn notify(
+    client: &async_nats::Client,
+    config: &RelayConfig,
+    severity: &str,
+    payload: bytes::Bytes,
+) -> Result<(), RelayError> {
+    client
+        .publish(config.notify_subject(severity), payload)
+        .await
+        .map_err(jetstream_error)
+}
+
 /// Runs the relay until `stop` turns true: waits for leadership, then
 /// relays. Errors are logged and retried with a bounded backoff; the relay
 /// never takes the server down.
@@ -257,6 +343,7 @@ async fn lead(
     leading.store(true, Ordering::SeqCst);
     tracing::info!("relay leadership acquired");
     ensure_events_stream(js, config).await?;
+    ensure_tasks_stream(js, config).await?;
 
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(EVENTS_CHANNEL).await?;

@@ -101,6 +101,7 @@ pub fn settings_for(db: &TestDb) -> Settings {
         http_addr: Some("127.0.0.1:0".into()),
         nats_subject_prefix: Some(format!("t{suffix}")),
         events_stream_name: Some(format!("T{suffix}_EVENTS")),
+        tasks_stream_name: Some(format!("T{suffix}_TASKS")),
         relay_poll_interval_ms: Some(200),
         ..Settings::default()
     }

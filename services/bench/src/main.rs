@@ -254,6 +254,10 @@ impl ServerProcess {
             .env("DBSWARM_DATABASE_URL", &db.url)
             .env("DBSWARM_NATS_SUBJECT_PREFIX", db.subject_prefix())
             .env("DBSWARM_EVENTS_STREAM_NAME", db.events_stream())
+            .env(
+                "DBSWARM_TASKS_STREAM_NAME",
+                format!("{}_TASKS", db.events_stream()),
+            )
             .env("DBSWARM_RELAY_ENABLED", relay_enabled.to_string())
             .env("DBSWARM_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
             .env("DBSWARM_HTTP_ADDR", format!("127.0.0.1:{http_port}"))

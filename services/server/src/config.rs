@@ -111,7 +111,10 @@ pub struct Settings {
     /// JetStream stream the relay publishes events to [default: DBSWARM_EVENTS].
     #[arg(long, env = "DBSWARM_EVENTS_STREAM_NAME", value_name = "NAME")]
     pub events_stream_name: Option<String>,
-    /// Replicas of the events stream [default: 1].
+    /// JetStream work-queue stream of commands to agents [default: DBSWARM_TASKS].
+    #[arg(long, env = "DBSWARM_TASKS_STREAM_NAME", value_name = "NAME")]
+    pub tasks_stream_name: Option<String>,
+    /// Replicas of the events and tasks streams [default: 1].
     #[arg(long, env = "DBSWARM_EVENTS_STREAM_REPLICAS", value_name = "N")]
     pub events_stream_replicas: Option<usize>,
     /// Age after which JetStream drops relayed events, s; 0 = never [default: 0].
@@ -201,6 +204,7 @@ impl Settings {
             relay_enabled,
             nats_subject_prefix,
             events_stream_name,
+            tasks_stream_name,
             events_stream_replicas,
             events_stream_max_age_s,
             events_stream_max_bytes,
@@ -454,6 +458,11 @@ fn relay_config(s: &Settings) -> Result<RelayConfig, ConfigError> {
             &d.subject_prefix,
         )?,
         stream_name: nats_name("events_stream_name", s.events_stream_name.clone(), &d.stream_name)?,
+        tasks_stream_name: nats_name(
+            "tasks_stream_name",
+            s.tasks_stream_name.clone(),
+            &d.tasks_stream_name,
+        )?,
         stream_replicas: positive(
             "events_stream_replicas",
             s.events_stream_replicas,

@@ -373,17 +373,102 @@ async fn kilobyte_hostile_names_stay_single_bounded_tokens() {
     assert!(stream_id.len() > 1000 && event_type.len() > 1000);
     server
         .client
-        .append_to_stream(append_request(&stream_id, None, vec![json_event(&event_type, json!({}))]))
+        .append_to_stream(append_request(
+            &stream_id,
+            None,
+            vec![json_event(&event_type, json!({}))],
+        ))
         .await
         .unwrap();
     let mut stream = db.events_stream().await;
     let message = relayed_messages(&mut stream, 1).await.remove(0);
     let tokens: Vec<&str> = message.subject.as_str().split('.').collect();
     assert_eq!(tokens.len(), 4, "{}", message.subject);
-    assert!(tokens[2].len() <= 64 && tokens[3].len() <= 64, "{}", message.subject);
+    assert!(
+        tokens[2].len() <= 64 && tokens[3].len() <= 64,
+        "{}",
+        message.subject
+    );
     assert!(!message.subject.contains(['*', '>', ' ']));
     assert_eq!(header(&message, headers::STREAM_ID), stream_id);
     assert_eq!(header(&message, headers::EVENT_TYPE), event_type);
     server.stop().await;
     db.drop_database().await;
+}
+
+/// Commands to agents go through a work-queue stream: once each (the task
+/// id is the message id) and gone once acknowledged.
+#[tokio::test]
+async fn tasks_are_queued_once_and_removed_when_done() {
+    use async_nats::jetstream::consumer::pull;
+    use futures_util::StreamExt;
+    let db = TestDb::create().await;
+    let server = TestServer::start(settings_for(&db)).await;
+    let suffix = db.name.trim_start_matches("dbswarm_test_").to_owned();
+    let config = event_store::relay::RelayConfig {
+        subject_prefix: format!("t{suffix}"),
+        stream_name: format!("T{suffix}_EVENTS"),
+        tasks_stream_name: format!("T{suffix}_TASKS"),
+        ..Default::default()
+    };
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    let mut tasks = None;
+    for _ in 0..200 {
+        if let Ok(stream) = js.get_stream(&config.tasks_stream_name).await {
+            tasks = Some(stream);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut tasks = tasks.expect("the relay leader creates the tasks stream");
+
+    let task_id = uuid::Uuid::new_v4();
+    let payload = bytes_of(r#"{"table":"users"}"#);
+    let first = event_store::relay::publish_task(&js, &config, "schema", "plan.v1", task_id, payload.clone())
+        .await
+        .unwrap();
+    let again = event_store::relay::publish_task(&js, &config, "schema", "plan.v1", task_id, payload)
+        .await
+        .unwrap();
+    assert!(first && !again, "the resend is dropped");
+    assert_eq!(tasks.info().await.unwrap().state.messages, 1);
+
+    let consumer = tasks
+        .create_consumer(pull::Config {
+            durable_name: Some("schema-agent".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut batch = consumer
+        .fetch()
+        .max_messages(10)
+        .expires(std::time::Duration::from_millis(500))
+        .messages()
+        .await
+        .unwrap();
+    let message = batch.next().await.unwrap().unwrap();
+    assert_eq!(
+        message.subject.as_str(),
+        format!("t{suffix}.task.schema.plan~2Ev1")
+    );
+    message.ack().await.unwrap();
+    // acks are asynchronous on the server: give it a moment
+    for _ in 0..50 {
+        if tasks.info().await.unwrap().state.messages == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        tasks.info().await.unwrap().state.messages,
+        0,
+        "done tasks leave the queue"
+    );
+    server.stop().await;
+    db.drop_database().await;
+}
+
+fn bytes_of(text: &str) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(text.as_bytes())
 }
