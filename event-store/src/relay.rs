@@ -73,8 +73,10 @@ pub struct RelayConfig {
     pub stream_max_bytes: i64,
     /// How long JetStream remembers message ids for deduplication.
     pub duplicate_window_s: u64,
-    /// Publishes awaiting their acknowledgement at once.
+    /// Publishes awaiting their acknowledgement at once...
     pub acks_in_flight_max: usize,
+    /// ...and their payload + metadata bytes at most.
+    pub in_flight_bytes_max: usize,
     /// Events read (and published) per step page.
     pub page_events_max: usize,
     /// Fallback wake-up when no notification arrives.
@@ -100,8 +102,9 @@ impl Default for RelayConfig {
             stream_max_age_s: 0,
             stream_max_bytes: -1,
             duplicate_window_s: 120,
-            acks_in_flight_max: 1000,
-            page_events_max: 1000,
+            acks_in_flight_max: 4000,
+            in_flight_bytes_max: 64 * 1024 * 1024,
+            page_events_max: 2000,
             poll_interval_ms: 1000,
             step_delay_ms: 2,
             checkpoint_interval_ms: 200,
@@ -427,8 +430,9 @@ pub async fn relay_released(
     mut checkpoint: AllPosition,
 ) -> Result<AllPosition, RelayError> {
     let in_flight_max = config.acks_in_flight_max.max(1);
-    let mut in_flight: VecDeque<(PublishAckFuture, Option<AllPosition>)> =
+    let mut in_flight: VecDeque<(PublishAckFuture, Option<AllPosition>, usize)> =
         VecDeque::with_capacity(in_flight_max);
+    let mut bytes_in_flight = 0usize;
     let page_max = config.page_events_max;
     let mut rows = fetch_page(pool.clone(), checkpoint, page_max).await?;
     loop {
@@ -455,17 +459,23 @@ pub async fn relay_released(
             }
             let last = events.len() - 1;
             for (i, event) in events.iter().enumerate() {
-                if in_flight.len() >= in_flight_max {
-                    let (ack, end) = in_flight.pop_front().expect("non-empty");
+                let size = event.data.len() + event.metadata.len();
+                while !in_flight.is_empty()
+                    && (in_flight.len() >= in_flight_max
+                        || bytes_in_flight + size > config.in_flight_bytes_max)
+                {
+                    let (ack, end, acked_size) = in_flight.pop_front().expect("non-empty");
                     ack.await.map_err(jetstream_error)?;
                     checkpoint = end.unwrap_or(checkpoint);
+                    bytes_in_flight -= acked_size;
                 }
+                bytes_in_flight += size;
                 let subject = config.subject(&event.aggregate_type, &event.event_type);
                 let ack = js
                     .send_publish(subject, message(event))
                     .await
                     .map_err(jetstream_error)?;
-                in_flight.push_back((ack, (i == last).then_some(page_end)));
+                in_flight.push_back((ack, (i == last).then_some(page_end), size));
             }
             metrics::counter!("dbswarm_relay_events_total").increment(fetched as u64);
         }
@@ -474,7 +484,7 @@ pub async fn relay_released(
             None => break,
         }
     }
-    for (ack, end) in in_flight {
+    for (ack, end, _) in in_flight {
         ack.await.map_err(jetstream_error)?;
         checkpoint = end.unwrap_or(checkpoint);
     }

@@ -126,10 +126,13 @@ pub struct Settings {
     /// How long JetStream drops a republished event id, s [default: 120].
     #[arg(long, env = "DBSWARM_NATS_DUPLICATE_WINDOW_S", value_name = "S")]
     pub nats_duplicate_window_s: Option<u64>,
-    /// Relay publishes awaiting their JetStream ack at once [default: 1000].
+    /// Relay publishes awaiting their JetStream ack at once [default: 4000].
     #[arg(long, env = "DBSWARM_RELAY_ACKS_IN_FLIGHT_MAX", value_name = "N")]
     pub relay_acks_in_flight_max: Option<usize>,
-    /// Events the relay reads and publishes per page [default: 1000].
+    /// Payload + metadata bytes of relay publishes awaiting their ack [default: 67108864].
+    #[arg(long, env = "DBSWARM_RELAY_IN_FLIGHT_BYTES_MAX", value_name = "BYTES")]
+    pub relay_in_flight_bytes_max: Option<usize>,
+    /// Events the relay reads and publishes per page [default: 2000].
     #[arg(long, env = "DBSWARM_RELAY_PAGE_EVENTS_MAX", value_name = "N")]
     pub relay_page_events_max: Option<usize>,
     /// Relay wake-up when no commit notification arrives, ms [default: 1000].
@@ -210,6 +213,7 @@ impl Settings {
             events_stream_max_bytes,
             nats_duplicate_window_s,
             relay_acks_in_flight_max,
+            relay_in_flight_bytes_max,
             relay_page_events_max,
             relay_poll_interval_ms,
             relay_step_delay_ms,
@@ -486,6 +490,12 @@ fn relay_config(s: &Settings) -> Result<RelayConfig, ConfigError> {
             s.relay_acks_in_flight_max,
             d.acks_in_flight_max,
             100_000,
+        )?,
+        in_flight_bytes_max: positive(
+            "relay_in_flight_bytes_max",
+            s.relay_in_flight_bytes_max,
+            d.in_flight_bytes_max,
+            1 << 34,
         )?,
         page_events_max: positive(
             "relay_page_events_max",
