@@ -35,6 +35,7 @@ const CHECKPOINT_LOAD: &str = include_str!("sql/relay_checkpoint_load.sql");
 const CHECKPOINT_SAVE: &str = include_str!("sql/relay_checkpoint_save.sql");
 const RELAY_LAG: &str = include_str!("sql/relay_lag.sql");
 const OLDEST_TRANSACTION: &str = include_str!("sql/oldest_transaction.sql");
+const RECONCILE_WINDOW: &str = include_str!("sql/reconcile_window.sql");
 
 /// `pg_try_advisory_lock` key of the relay leadership ("dbswarmR").
 pub const RELAY_LOCK_KEY: i64 = 0x6462_7377_6172_6d52;
@@ -90,6 +91,10 @@ pub struct RelayConfig {
     pub checkpoint_interval_ms: u64,
     /// A transaction holding the horizon longer than this is reported.
     pub horizon_warn_after_s: u64,
+    /// How often the leader reconciles JetStream with the store; 0 = never.
+    pub reconcile_interval_s: u64,
+    /// Events (the most recently released) each reconciliation checks.
+    pub reconcile_window_events: usize,
 }
 
 impl Default for RelayConfig {
@@ -109,6 +114,8 @@ impl Default for RelayConfig {
             step_delay_ms: 2,
             checkpoint_interval_ms: 200,
             horizon_warn_after_s: 30,
+            reconcile_interval_s: 300,
+            reconcile_window_events: 10_000,
         }
     }
 }
@@ -354,12 +361,19 @@ async fn lead(
     let mut checkpoint = stored;
     let mut last_store = Instant::now();
     let mut last_report = Instant::now() - Duration::from_secs(3600);
+    let mut last_reconcile = Instant::now();
     let checkpoint_interval = Duration::from_millis(config.checkpoint_interval_ms);
     loop {
         checkpoint = relay_released(pool, js, config, checkpoint).await?;
         if checkpoint != stored && last_store.elapsed() >= checkpoint_interval {
             store_checkpoint(pool, checkpoint).await?;
             (stored, last_store) = (checkpoint, Instant::now());
+        }
+        if config.reconcile_interval_s > 0
+            && last_reconcile.elapsed() >= Duration::from_secs(config.reconcile_interval_s)
+        {
+            reconcile(pool, js, config, config.reconcile_window_events).await?;
+            last_reconcile = Instant::now();
         }
         if last_report.elapsed() >= poll {
             report_lag(pool, checkpoint).await?;
@@ -539,6 +553,99 @@ pub fn message(event: &RecordedEvent) -> PublishMessage {
         .payload(payload)
         .headers(h)
         .message_id(event_id)
+}
+
+/// Republishes what JetStream lost: of the last `window_events` events the
+/// relay released, those no message in the events stream carries (read
+/// with a headers-only consumer from the window's first timestamp on).
+/// JetStream can lose messages it acknowledged (a crash before fsync), or
+/// a message can be deleted; consumers fill such gaps from the store, and
+/// this repairs the stream for everyone else. The republished copy gets
+/// the message id `<event id>~reconciled`: the original id may still sit
+/// in the duplicate window, and a second reconciliation must not repeat it.
+/// Returns how many events were republished.
+pub async fn reconcile(
+    pool: &PgPool,
+    js: &jetstream::Context,
+    config: &RelayConfig,
+    window_events: usize,
+) -> Result<usize, RelayError> {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    use futures_util::StreamExt;
+
+    let checkpoint = load_checkpoint(pool).await?;
+    let rows: Vec<EventRow> = sqlx::query_as(RECONCILE_WINDOW)
+        .bind(checkpoint.transaction_id.to_string())
+        .bind(checkpoint.global_position as i64)
+        .bind(window_events as i64)
+        .fetch_all(pool)
+        .await?;
+    let mut window = rows
+        .into_iter()
+        .map(RecordedEvent::try_from)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| RelayError::Corrupt(e.to_string()))?;
+    let Some(earliest) = window.iter().map(|e| e.created_at).min() else {
+        return Ok(0);
+    };
+    // Messages are stamped when published, after the event's commit.
+    let start = time::OffsetDateTime::from_unix_timestamp(earliest.timestamp() - 1)
+        .map_err(|e| RelayError::Corrupt(e.to_string()))?;
+    let stream = js
+        .get_stream(&config.stream_name)
+        .await
+        .map_err(jetstream_error)?;
+    let mut consumer = stream
+        .create_consumer(pull::Config {
+            deliver_policy: DeliverPolicy::ByStartTime { start_time: start },
+            ack_policy: AckPolicy::None,
+            headers_only: true,
+            inactive_threshold: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await
+        .map_err(jetstream_error)?;
+    let mut pending = consumer.info().await.map_err(jetstream_error)?.num_pending;
+    let mut held = std::collections::HashSet::new();
+    while pending > 0 {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(pending.min(config.page_events_max as u64) as usize)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .map_err(jetstream_error)?;
+        let mut received = 0;
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(jetstream_error)?;
+            if let Some(id) = message.headers.as_ref().and_then(|h| h.get(headers::EVENT_ID)) {
+                held.insert(id.as_str().to_owned());
+            }
+            received += 1;
+        }
+        if received == 0 {
+            break;
+        }
+        pending = pending.saturating_sub(received);
+    }
+    window.retain(|e| !held.contains(&e.event_id.to_string()));
+    window.sort_by_key(|e| e.global_position);
+    for event in &window {
+        let message = message(event).message_id(format!("{}~reconciled", event.event_id));
+        js.send_publish(config.subject(&event.aggregate_type, &event.event_type), message)
+            .await
+            .map_err(jetstream_error)?
+            .await
+            .map_err(jetstream_error)?;
+    }
+    if !window.is_empty() {
+        metrics::counter!("dbswarm_relay_reconciled_total").increment(window.len() as u64);
+        tracing::warn!(
+            republished = window.len(),
+            "reconciliation republished events JetStream did not hold"
+        );
+    }
+    Ok(window.len())
 }
 
 /// The running transaction that holds the $all horizon back.

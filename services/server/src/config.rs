@@ -144,6 +144,12 @@ pub struct Settings {
     /// Relay stores its checkpoint at most this often, ms [default: 200].
     #[arg(long, env = "DBSWARM_RELAY_CHECKPOINT_INTERVAL_MS", value_name = "MS")]
     pub relay_checkpoint_interval_ms: Option<u64>,
+    /// How often the relay leader reconciles JetStream with the store, s; 0 = never [default: 300].
+    #[arg(long, env = "DBSWARM_RELAY_RECONCILE_INTERVAL_S", value_name = "S")]
+    pub relay_reconcile_interval_s: Option<u64>,
+    /// Most recently relayed events each reconciliation checks [default: 10000].
+    #[arg(long, env = "DBSWARM_RELAY_RECONCILE_WINDOW_EVENTS", value_name = "N")]
+    pub relay_reconcile_window_events: Option<usize>,
     /// Report a transaction holding the event horizon back after this long, s [default: 30].
     #[arg(long, env = "DBSWARM_HORIZON_WARN_AFTER_S", value_name = "S")]
     pub horizon_warn_after_s: Option<u64>,
@@ -218,6 +224,8 @@ impl Settings {
             relay_poll_interval_ms,
             relay_step_delay_ms,
             relay_checkpoint_interval_ms,
+            relay_reconcile_interval_s,
+            relay_reconcile_window_events,
             horizon_warn_after_s,
             log_format,
         )
@@ -518,6 +526,13 @@ fn relay_config(s: &Settings) -> Result<RelayConfig, ConfigError> {
             s.relay_checkpoint_interval_ms,
             d.checkpoint_interval_ms,
             60_000,
+        )?,
+        reconcile_interval_s: s.relay_reconcile_interval_s.unwrap_or(d.reconcile_interval_s),
+        reconcile_window_events: positive(
+            "relay_reconcile_window_events",
+            s.relay_reconcile_window_events,
+            d.reconcile_window_events,
+            1_000_000,
         )?,
         horizon_warn_after_s: positive(
             "horizon_warn_after_s",

@@ -472,3 +472,57 @@ async fn tasks_are_queued_once_and_removed_when_done() {
 fn bytes_of(text: &str) -> bytes::Bytes {
     bytes::Bytes::copy_from_slice(text.as_bytes())
 }
+
+/// JetStream lost a message (here deleted behind everyone's back): the
+/// reconciliation finds the event missing and republishes it, once.
+#[tokio::test]
+async fn reconciliation_republishes_what_jetstream_lost_once() {
+    let db = TestDb::create().await;
+    let mut server = TestServer::start(settings_for(&db)).await;
+    let events: Vec<_> = (0..5).map(|i| json_event("Step", json!({"i": i}))).collect();
+    let lost_id = events[1].event_id.clone();
+    server
+        .client
+        .append_to_stream(append_request("lossy", None, events))
+        .await
+        .unwrap();
+    let mut stream = db.events_stream().await;
+    relayed_messages(&mut stream, 5).await;
+    assert!(stream.delete_message(2).await.unwrap());
+
+    // wait until the relay stored its checkpoint past the five events
+    let pool = db.pool().await;
+    for _ in 0..100 {
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM relay_checkpoints")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if stored == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let suffix = db.name.trim_start_matches("dbswarm_test_");
+    let config = event_store::relay::RelayConfig {
+        subject_prefix: format!("t{suffix}"),
+        stream_name: format!("T{suffix}_EVENTS"),
+        tasks_stream_name: format!("T{suffix}_TASKS"),
+        ..Default::default()
+    };
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    let republished = event_store::relay::reconcile(&pool, &js, &config, 100)
+        .await
+        .unwrap();
+    assert_eq!(republished, 1);
+    let again = event_store::relay::reconcile(&pool, &js, &config, 100)
+        .await
+        .unwrap();
+    assert_eq!(again, 0, "a second reconciliation finds nothing missing");
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let copy = stream.get_raw_message(last).await.unwrap();
+    assert_eq!(header(&copy, headers::EVENT_ID), lost_id);
+    assert_eq!(header(&copy, headers::EVENT_VERSION), "2");
+    pool.close().await;
+    server.stop().await;
+    db.drop_database().await;
+}
