@@ -13,7 +13,7 @@
 //! Steps are woken by LISTEN/NOTIFY (`dbswarm_events`, sent by a trigger on
 //! commit) and, as a fallback, by a slow poll.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -447,6 +447,7 @@ pub async fn relay_released(
     let mut in_flight: VecDeque<(PublishAckFuture, Option<AllPosition>, usize)> =
         VecDeque::with_capacity(in_flight_max);
     let mut bytes_in_flight = 0usize;
+    let mut subjects = SubjectCache::default();
     let page_max = config.page_events_max;
     let mut rows = fetch_page(pool.clone(), checkpoint, page_max).await?;
     loop {
@@ -484,7 +485,7 @@ pub async fn relay_released(
                     bytes_in_flight -= acked_size;
                 }
                 bytes_in_flight += size;
-                let subject = config.subject(&event.aggregate_type, &event.event_type);
+                let subject = subjects.subject(config, &event.aggregate_type, &event.event_type);
                 let ack = js
                     .send_publish(subject, message(event))
                     .await
@@ -503,6 +504,45 @@ pub async fn relay_released(
         checkpoint = end.unwrap_or(checkpoint);
     }
     Ok(checkpoint)
+}
+
+/// Encoded subjects by aggregate type and event type: a relay publishes
+/// the same few subjects over and over.
+#[derive(Default)]
+struct SubjectCache {
+    by_aggregate: HashMap<String, HashMap<String, async_nats::Subject>>,
+    entries: usize,
+}
+
+/// Subjects remembered at most; beyond, the cache starts over.
+const SUBJECT_CACHE_ENTRIES_MAX: usize = 4096;
+
+impl SubjectCache {
+    fn subject(
+        &mut self,
+        config: &RelayConfig,
+        aggregate_type: &str,
+        event_type: &str,
+    ) -> async_nats::Subject {
+        if let Some(subject) = self
+            .by_aggregate
+            .get(aggregate_type)
+            .and_then(|m| m.get(event_type))
+        {
+            return subject.clone();
+        }
+        if self.entries >= SUBJECT_CACHE_ENTRIES_MAX {
+            self.by_aggregate.clear();
+            self.entries = 0;
+        }
+        let subject = async_nats::Subject::from(config.subject(aggregate_type, event_type));
+        self.by_aggregate
+            .entry(aggregate_type.to_owned())
+            .or_default()
+            .insert(event_type.to_owned(), subject.clone());
+        self.entries += 1;
+        subject
+    }
 }
 
 async fn fetch_page(pool: PgPool, after: AllPosition, page_max: usize) -> Result<Vec<EventRow>, RelayError> {

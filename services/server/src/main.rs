@@ -2,6 +2,11 @@
 
 use std::path::PathBuf;
 
+/// The relay and the gRPC paths allocate many small buffers per event;
+/// mimalloc measured markedly cheaper than glibc malloc for that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use server::{Config, Settings};
