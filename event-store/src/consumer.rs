@@ -253,14 +253,8 @@ impl<H: EventHandler> EventConsumer<H> {
 
     /// Applies versions `last + 1 .. next` of a stream from the store.
     async fn fill_gap(&mut self, stream_id: &str, last: u64, next: u64) -> Result<(), String> {
-        let stream = domain::StreamId::parse(
-            stream_id,
-            &domain::Limits {
-                stream_id_bytes_max: usize::MAX,
-                ..domain::Limits::default()
-            },
-        )
-        .map_err(|e| e.to_string())?;
+        let stream =
+            stored_stream_id(stream_id).ok_or_else(|| format!("'{stream_id}' is not a stream id"))?;
         let mut missing = self
             .reader
             .read_stream(ReadStreamQuery {
@@ -337,6 +331,16 @@ impl<H: EventHandler> EventConsumer<H> {
     }
 }
 
+/// A stream id that was valid when stored: only its form is checked again,
+/// not today's length limit (which may have been lowered since).
+fn stored_stream_id(raw: &str) -> Option<domain::StreamId> {
+    let any_length = domain::Limits {
+        stream_id_bytes_max: usize::MAX,
+        ..domain::Limits::default()
+    };
+    domain::StreamId::parse(raw, &any_length).ok()
+}
+
 /// The event a relayed message carries (see `relay::message`).
 pub fn event_from_message(message: &async_nats::Message) -> Option<RecordedEvent> {
     let h = message.headers.as_ref()?;
@@ -344,14 +348,7 @@ pub fn event_from_message(message: &async_nats::Message) -> Option<RecordedEvent
     let number = |name: &str| text(name)?.parse::<u64>().ok();
     let uuid = |name: &str| text(name).and_then(|v| Uuid::parse_str(&v).ok());
     let stream_id = text(headers::STREAM_ID)?;
-    let stream = domain::StreamId::parse(
-        &stream_id,
-        &domain::Limits {
-            stream_id_bytes_max: usize::MAX,
-            ..domain::Limits::default()
-        },
-    )
-    .ok()?;
+    let stream = stored_stream_id(&stream_id)?;
     let data = match text(headers::CONTENT_TYPE).as_deref() {
         Some("application/octet-stream") => EventData::Binary(message.payload.to_vec()),
         _ => EventData::Json(String::from_utf8(message.payload.to_vec()).ok()?),

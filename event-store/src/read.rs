@@ -311,25 +311,8 @@ impl Reader {
         let (sender, receiver) = mpsc::channel(self.config.buffer_events_max.max(1));
         let reader = self.clone();
         tokio::spawn(async move {
-            let mut commits = commits;
-            let mut after = query.after.unwrap_or_default();
-            loop {
-                let mut unlimited = u64::MAX;
-                match reader
-                    .drain_all(&query, &mut after, &mut unlimited, &sender)
-                    .await
-                {
-                    Ok(Drained::ClientGone) => return,
-                    Ok(Drained::CaughtUp) => {}
-                    Err(e) => {
-                        let _ = sender.send(Err(e)).await;
-                        return;
-                    }
-                }
-                if !commits.wait(&sender).await {
-                    return;
-                }
-            }
+            let after = query.after.unwrap_or_default();
+            reader.follow(Cursor::All { query, after }, commits, sender).await;
         });
         receiver
     }
@@ -345,23 +328,43 @@ impl Reader {
         let (sender, receiver) = mpsc::channel(self.config.buffer_events_max.max(1));
         let reader = self.clone();
         tokio::spawn(async move {
-            let mut commits = commits;
-            let mut next = from_version.max(1);
-            loop {
-                match reader.drain_stream(&stream_id, &mut next, &sender).await {
-                    Ok(Drained::ClientGone) => return,
-                    Ok(Drained::CaughtUp) => {}
-                    Err(e) => {
-                        let _ = sender.send(Err(e)).await;
-                        return;
-                    }
+            let next = from_version.max(1);
+            reader
+                .follow(Cursor::Stream { stream_id, next }, commits, sender)
+                .await;
+        });
+        receiver
+    }
+
+    /// Drains, waits for the next commit, drains again, until the client
+    /// goes away, the server stops, or a read fails (the error goes to the
+    /// client).
+    async fn follow(
+        &self,
+        mut cursor: Cursor,
+        mut commits: CommitSignal,
+        sender: mpsc::Sender<Result<RecordedEvent, StoreError>>,
+    ) {
+        loop {
+            let drained = match &mut cursor {
+                Cursor::All { query, after } => {
+                    let mut unlimited = u64::MAX;
+                    self.drain_all(query, after, &mut unlimited, &sender).await
                 }
-                if !commits.wait(&sender).await {
+                Cursor::Stream { stream_id, next } => self.drain_stream(stream_id, next, &sender).await,
+            };
+            match drained {
+                Ok(Drained::ClientGone) => return,
+                Ok(Drained::CaughtUp) => {}
+                Err(e) => {
+                    let _ = sender.send(Err(e)).await;
                     return;
                 }
             }
-        });
-        receiver
+            if !commits.wait(&sender).await {
+                return;
+            }
+        }
     }
 
     async fn drain_stream(
@@ -393,6 +396,12 @@ impl Reader {
             }
         }
     }
+}
+
+/// Where a subscription is: what it reads and how far it has sent.
+enum Cursor {
+    All { query: ReadAllQuery, after: AllPosition },
+    Stream { stream_id: StreamId, next: u64 },
 }
 
 /// How a drain of the store ended.

@@ -416,19 +416,30 @@ async fn store_checkpoint(pool: &PgPool, checkpoint: AllPosition) -> Result<(), 
     Ok(())
 }
 
-async fn load_checkpoint(pool: &PgPool) -> Result<AllPosition, RelayError> {
+/// The stored checkpoint; `None` before the first one.
+async fn stored_checkpoint(pool: &PgPool) -> Result<Option<AllPosition>, RelayError> {
     let row: Option<(i64, i64)> = sqlx::query_as(CHECKPOINT_LOAD)
         .bind(RELAY_NAME)
         .fetch_optional(pool)
         .await?;
-    Ok(
-        row.map_or_else(AllPosition::default, |(transaction_id, global_position)| {
-            AllPosition {
-                transaction_id: transaction_id as u64,
-                global_position: global_position as u64,
-            }
-        }),
-    )
+    Ok(row.map(|(transaction_id, global_position)| AllPosition {
+        transaction_id: transaction_id as u64,
+        global_position: global_position as u64,
+    }))
+}
+
+async fn load_checkpoint(pool: &PgPool) -> Result<AllPosition, RelayError> {
+    Ok(stored_checkpoint(pool).await?.unwrap_or_default())
+}
+
+/// Events stored after `from`, and the age of the oldest of them, seconds.
+async fn lag(pool: &PgPool, from: AllPosition) -> Result<(u64, f64), RelayError> {
+    let (events, seconds): (i64, f64) = sqlx::query_as(RELAY_LAG)
+        .bind(from.transaction_id.to_string())
+        .bind(from.global_position as i64)
+        .fetch_one(pool)
+        .await?;
+    Ok((events as u64, seconds))
 }
 
 /// Publishes everything released after `checkpoint`, page by page, and
@@ -707,23 +718,11 @@ pub struct RelayStatus {
 }
 
 pub async fn relay_status(pool: &PgPool) -> Result<RelayStatus, RelayError> {
-    let stored: Option<(i64, i64)> = sqlx::query_as(CHECKPOINT_LOAD)
-        .bind(RELAY_NAME)
-        .fetch_optional(pool)
-        .await?;
-    let checkpoint = stored.map(|(transaction_id, global_position)| AllPosition {
-        transaction_id: transaction_id as u64,
-        global_position: global_position as u64,
-    });
-    let from = checkpoint.unwrap_or_default();
-    let (lag_events, lag_seconds): (i64, f64) = sqlx::query_as(RELAY_LAG)
-        .bind(from.transaction_id.to_string())
-        .bind(from.global_position as i64)
-        .fetch_one(pool)
-        .await?;
+    let checkpoint = stored_checkpoint(pool).await?;
+    let (lag_events, lag_seconds) = lag(pool, checkpoint.unwrap_or_default()).await?;
     Ok(RelayStatus {
         checkpoint,
-        lag_events: lag_events as u64,
+        lag_events,
         lag_seconds,
         oldest_transaction: oldest_transaction(pool).await?,
     })
@@ -743,11 +742,7 @@ async fn oldest_transaction(pool: &PgPool) -> Result<Option<OldestTransaction>, 
 }
 
 async fn report_lag(pool: &PgPool, checkpoint: AllPosition) -> Result<(), RelayError> {
-    let (events, seconds): (i64, f64) = sqlx::query_as(RELAY_LAG)
-        .bind(checkpoint.transaction_id.to_string())
-        .bind(checkpoint.global_position as i64)
-        .fetch_one(pool)
-        .await?;
+    let (events, seconds) = lag(pool, checkpoint).await?;
     metrics::gauge!("dbswarm_relay_lag_events").set(events as f64);
     metrics::gauge!("dbswarm_relay_lag_seconds").set(seconds);
     Ok(())

@@ -47,17 +47,21 @@ impl TestDb {
         }
     }
 
+    /// NATS names of servers on this database: each test database gets
+    /// its own subject prefix and streams, named after it.
+    pub fn relay_config(&self) -> event_store::relay::RelayConfig {
+        let suffix = self.name.trim_start_matches("dbswarm_test_");
+        event_store::relay::RelayConfig {
+            subject_prefix: format!("t{suffix}"),
+            stream_name: format!("T{suffix}_EVENTS"),
+            tasks_stream_name: format!("T{suffix}_TASKS"),
+            ..Default::default()
+        }
+    }
+
     /// The JetStream events stream of servers on this database.
     pub async fn events_stream(&self) -> async_nats::jetstream::stream::Stream {
-        let suffix = self.name.trim_start_matches("dbswarm_test_");
-        let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
-        for _ in 0..200 {
-            if let Ok(stream) = js.get_stream(format!("T{suffix}_EVENTS")).await {
-                return stream;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the relay did not create the events stream within 10 s");
+        wait_for_stream(&nats_url(), &self.relay_config().stream_name).await
     }
 
     /// Drops the database and the test's events stream.
@@ -93,15 +97,15 @@ pub fn nats_url() -> String {
 /// stream (named after the database), and servers on one database share
 /// them, as servers of one deployment do.
 pub fn settings_for(db: &TestDb) -> Settings {
-    let suffix = db.name.trim_start_matches("dbswarm_test_");
+    let names = db.relay_config();
     Settings {
         database_url: Some(db.url.clone()),
         nats_url: Some(nats_url()),
         grpc_addr: Some("127.0.0.1:0".into()),
         http_addr: Some("127.0.0.1:0".into()),
-        nats_subject_prefix: Some(format!("t{suffix}")),
-        events_stream_name: Some(format!("T{suffix}_EVENTS")),
-        tasks_stream_name: Some(format!("T{suffix}_TASKS")),
+        nats_subject_prefix: Some(names.subject_prefix),
+        events_stream_name: Some(names.stream_name),
+        tasks_stream_name: Some(names.tasks_stream_name),
         relay_poll_interval_ms: Some(200),
         ..Settings::default()
     }
@@ -346,4 +350,17 @@ impl Drop for PrivateNats {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Waits (bounded) until the relay leader has created stream `name` on the
+/// NATS server at `url`.
+pub async fn wait_for_stream(url: &str, name: &str) -> async_nats::jetstream::stream::Stream {
+    let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+    for _ in 0..200 {
+        if let Ok(stream) = js.get_stream(name).await {
+            return stream;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the relay did not create stream {name} within 10 s");
 }

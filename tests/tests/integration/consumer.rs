@@ -58,7 +58,7 @@ async fn start_consumer(
     let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
     let stream = db.events_stream().await;
     let stream_name = stream.cached_info().config.name.clone();
-    let prefix = format!("t{}", db.name.trim_start_matches("dbswarm_test_"));
+    let prefix = db.relay_config().subject_prefix;
     let mut config = ConsumerConfig::new(name, format!("{prefix}.evt.>"));
     config.max_deliver = 3;
     config.backoff_ms = vec![50];

@@ -32,7 +32,7 @@ async fn relayed_events_carry_their_identity_in_order_on_encoded_subjects() {
 
     let mut stream = db.events_stream().await;
     let messages = relayed_messages(&mut stream, 3).await;
-    let prefix = format!("t{}", db.name.trim_start_matches("dbswarm_test_"));
+    let prefix = db.relay_config().subject_prefix;
     // the category of "we.ird *>-1" is "we.ird *>": dots, space and
     // wildcards are escaped, never extra tokens or wildcards
     assert_eq!(
@@ -253,21 +253,8 @@ async fn events_appended_while_nats_is_down_arrive_when_it_returns() {
         .await
         .unwrap();
 
-    let suffix = db.name.trim_start_matches("dbswarm_test_").to_owned();
-    let stream_of = |url: String| {
-        let suffix = suffix.clone();
-        async move {
-            let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
-            for _ in 0..200 {
-                if let Ok(stream) = js.get_stream(format!("T{suffix}_EVENTS")).await {
-                    return stream;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            panic!("no events stream");
-        }
-    };
-    let mut stream = stream_of(nats.url()).await;
+    let stream_name = db.relay_config().stream_name;
+    let mut stream = wait_for_stream(&nats.url(), &stream_name).await;
     relayed_messages(&mut stream, 10).await;
 
     nats.stop().await;
@@ -281,7 +268,7 @@ async fn events_appended_while_nats_is_down_arrive_when_it_returns() {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     nats.restart().await;
 
-    let mut stream = stream_of(nats.url()).await;
+    let mut stream = wait_for_stream(&nats.url(), &stream_name).await;
     let messages = relayed_messages(&mut stream, 40).await;
     let versions: Vec<String> = messages
         .iter()
@@ -404,23 +391,9 @@ async fn tasks_are_queued_once_and_removed_when_done() {
     use futures_util::StreamExt;
     let db = TestDb::create().await;
     let server = TestServer::start(settings_for(&db)).await;
-    let suffix = db.name.trim_start_matches("dbswarm_test_").to_owned();
-    let config = event_store::relay::RelayConfig {
-        subject_prefix: format!("t{suffix}"),
-        stream_name: format!("T{suffix}_EVENTS"),
-        tasks_stream_name: format!("T{suffix}_TASKS"),
-        ..Default::default()
-    };
+    let config = db.relay_config();
     let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
-    let mut tasks = None;
-    for _ in 0..200 {
-        if let Ok(stream) = js.get_stream(&config.tasks_stream_name).await {
-            tasks = Some(stream);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let mut tasks = tasks.expect("the relay leader creates the tasks stream");
+    let mut tasks = wait_for_stream(&nats_url(), &config.tasks_stream_name).await;
 
     let task_id = uuid::Uuid::new_v4();
     let payload = bytes_of(r#"{"table":"users"}"#);
@@ -450,7 +423,7 @@ async fn tasks_are_queued_once_and_removed_when_done() {
     let message = batch.next().await.unwrap().unwrap();
     assert_eq!(
         message.subject.as_str(),
-        format!("t{suffix}.task.schema.plan~2Ev1")
+        format!("{}.task.schema.plan~2Ev1", config.subject_prefix)
     );
     message.ack().await.unwrap();
     // acks are asynchronous on the server: give it a moment
@@ -502,13 +475,7 @@ async fn reconciliation_republishes_what_jetstream_lost_once() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let suffix = db.name.trim_start_matches("dbswarm_test_");
-    let config = event_store::relay::RelayConfig {
-        subject_prefix: format!("t{suffix}"),
-        stream_name: format!("T{suffix}_EVENTS"),
-        tasks_stream_name: format!("T{suffix}_TASKS"),
-        ..Default::default()
-    };
+    let config = db.relay_config();
     let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
     let republished = event_store::relay::reconcile(&pool, &js, &config, 100)
         .await
