@@ -24,6 +24,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database error: {0}")]
     Database(String),
+    /// A snapshot refused on save (version 0 or ahead of its stream, schema
+    /// version 0, state too large); nothing was written.
+    #[error("invalid snapshot: {0}")]
+    InvalidSnapshot(String),
 }
 
 impl From<sqlx::Error> for StoreError {

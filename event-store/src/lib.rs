@@ -10,13 +10,15 @@ pub mod consumer;
 mod error;
 mod read;
 pub mod relay;
+pub mod snapshot;
 
 pub use append::{AppendConfig, AppendOutcome, Appender, EventPosition, StreamOutcome};
 pub use error::StoreError;
 pub use read::{
-    AllPosition, CommitSignal, Direction, EventReceiver, ReadAllQuery, ReadConfig, ReadStreamQuery, Reader,
-    RecordedEvent, watch_commits,
+    AllPage, AllPosition, CommitSignal, Direction, EventReceiver, ReadAllQuery, ReadConfig, ReadStreamQuery,
+    Reader, RecordedEvent, watch_commits,
 };
+pub use snapshot::{Aggregate, AggregateLoader, Loaded, Snapshot, SnapshotStore};
 
 /// The migrations of dbswarm's own database (`migrations/` at the repo root).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

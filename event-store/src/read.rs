@@ -15,6 +15,8 @@ use crate::error::StoreError;
 const STREAM_VERSION: &str = include_str!("sql/stream_version.sql");
 const READ_STREAM_FORWARDS: &str = include_str!("sql/read_stream_forwards.sql");
 const READ_STREAM_BACKWARDS: &str = include_str!("sql/read_stream_backwards.sql");
+const HORIZON: &str = include_str!("sql/horizon.sql");
+const READ_ALL_PAGE: &str = include_str!("sql/read_all_page.sql");
 pub(crate) const READ_ALL: &str = include_str!("sql/read_all.sql");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +146,13 @@ impl TryFrom<EventRow> for RecordedEvent {
             created_at: row.created_at,
         })
     }
+}
+
+/// A page of `$all` (see [`Reader::read_all_page`]).
+#[derive(Debug)]
+pub struct AllPage {
+    pub events: Vec<RecordedEvent>,
+    pub scanned_to: AllPosition,
 }
 
 pub type EventReceiver = mpsc::Receiver<Result<RecordedEvent, StoreError>>;
@@ -304,6 +313,49 @@ impl Reader {
         Ok(Drained::CaughtUp)
     }
 
+    /// One page of `$all` after `after` for a batch consumer (projections):
+    /// at most `limit` events of `event_types` (all types when empty), and
+    /// `scanned_to`, the position up to which nothing else of those types
+    /// will ever appear. When the page is not full that is the horizon
+    /// itself, so a filter that matches little still moves its reader on.
+    pub async fn read_all_page(
+        &self,
+        after: AllPosition,
+        event_types: &[String],
+        limit: usize,
+    ) -> Result<AllPage, StoreError> {
+        let horizon: i64 = sqlx::query_scalar(HORIZON).fetch_one(&self.pool).await?;
+        let rows: Vec<EventRow> = sqlx::query_as(READ_ALL_PAGE)
+            .bind(after.transaction_id.to_string())
+            .bind(after.global_position as i64)
+            .bind(horizon.to_string())
+            .bind(event_types)
+            .bind(limit.max(1) as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        let full = rows.len() >= limit.max(1);
+        let mut events = Vec::with_capacity(rows.len());
+        let mut last = after;
+        for row in rows {
+            let event = RecordedEvent::try_from(row)?;
+            // Read-side invariant: $all only moves forwards.
+            if event.all_position() <= last {
+                return Err(StoreError::Corrupt(format!(
+                    "$all went backwards: {:?} after {last:?}",
+                    event.all_position()
+                )));
+            }
+            last = event.all_position();
+            events.push(event);
+        }
+        let horizon = AllPosition {
+            transaction_id: horizon as u64,
+            global_position: 0,
+        };
+        let scanned_to = if full { last } else { last.max(horizon) };
+        Ok(AllPage { events, scanned_to })
+    }
+
     /// A catch-up subscription to $all: history, then each new commit, read
     /// from the store in $all order, so the switch from history to live has
     /// no gap and no duplicate. Ends only when the client goes away.
@@ -424,6 +476,15 @@ impl CommitSignal {
         CommitSignal {
             commits,
             fallback_poll,
+        }
+    }
+
+    /// Waits for a commit or the fallback poll; false when the commit
+    /// listener is gone (the server is stopping).
+    pub async fn changed(&mut self) -> bool {
+        tokio::select! {
+            changed = self.commits.changed() => changed.is_ok(),
+            _ = tokio::time::sleep(self.fallback_poll) => true,
         }
     }
 

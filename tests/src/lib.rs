@@ -92,6 +92,11 @@ pub fn nats_url() -> String {
     std::env::var("DBSWARM_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:42230".into())
 }
 
+/// The shared test Redis (the read-model cache).
+pub fn redis_url() -> String {
+    std::env::var("DBSWARM_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:63800".into())
+}
+
 /// Settings for a server on `db` with ephemeral ports. NATS is shared by
 /// all tests, so each database gets its own subject prefix and events
 /// stream (named after the database), and servers on one database share
@@ -101,6 +106,7 @@ pub fn settings_for(db: &TestDb) -> Settings {
     Settings {
         database_url: Some(db.url.clone()),
         nats_url: Some(nats_url()),
+        redis_url: Some(redis_url()),
         grpc_addr: Some("127.0.0.1:0".into()),
         http_addr: Some("127.0.0.1:0".into()),
         nats_subject_prefix: Some(names.subject_prefix),
@@ -363,4 +369,109 @@ pub async fn wait_for_stream(url: &str, name: &str) -> async_nats::jetstream::st
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the relay did not create stream {name} within 10 s");
+}
+
+/// A redis-server of its own, for tests that stop, restart, freeze or
+/// flush Redis (never the shared test Redis). Nothing is persisted: a
+/// restart comes back empty.
+pub struct PrivateRedis {
+    child: Option<std::process::Child>,
+    pub port: u16,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = PrivateRedis { child: None, port };
+        redis.launch().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn launch(&mut self) {
+        let binary = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("redis-server");
+        let child = std::process::Command::new(binary)
+            .args(["--save", "", "--appendonly", "no", "--port"])
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts (make test installs it)");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("private redis-server did not listen within 10 s");
+    }
+
+    /// Kills it (nothing to flush: it persists nothing).
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.launch().await;
+    }
+
+    /// SIGSTOP: connections stay open and nothing answers (a hung Redis),
+    /// and its data survive until `thaw`.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after `freeze`.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("private redis-server runs");
+        let status = std::process::Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} redis-server");
+    }
+
+    /// A connection of the test's own, to inspect or flush.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the private redis-server")
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // A frozen process dies of SIGKILL too.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

@@ -16,9 +16,11 @@ pub mod proto {
 mod admin_service;
 mod convert;
 mod event_store_service;
+mod projections_service;
 mod status;
 
 pub use admin_service::AdminService;
 pub use convert::EVENT_TYPE_FILTERS_MAX;
 pub use event_store_service::EventStoreService;
-pub use status::{store_error_status, validation_status};
+pub use projections_service::ProjectionsService;
+pub use status::{projection_error_status, store_error_status, validation_status};

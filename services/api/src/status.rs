@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use domain::{AppendError, ExpectedVersion, ValidationError};
 use event_store::StoreError;
+use projections::ProjectionError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -73,6 +74,7 @@ pub fn store_error_status(e: StoreError) -> Status {
         ),
         StoreError::Append(AppendError::VersionOverflow { .. }) => Status::out_of_range(message),
         StoreError::StreamNotFound(_) => Status::not_found(message),
+        StoreError::InvalidSnapshot(_) => Status::invalid_argument(message),
         StoreError::Overloaded { .. } => Status::resource_exhausted(message),
         StoreError::Contention { .. } => Status::aborted(message),
         StoreError::CommitOutcomeUnknown(_) | StoreError::ShuttingDown | StoreError::Unavailable(_) => {
@@ -82,5 +84,28 @@ pub fn store_error_status(e: StoreError) -> Status {
             tracing::error!(error = %message, "internal error");
             Status::internal(message)
         }
+    }
+}
+
+pub fn projection_error_status(e: ProjectionError) -> Status {
+    let message = e.to_string();
+    match e {
+        ProjectionError::Definition(definition) => Status::with_error_details(
+            Code::InvalidArgument,
+            message,
+            ErrorDetails::with_bad_request(
+                definition
+                    .problems
+                    .into_iter()
+                    .map(|problem| tonic_types::FieldViolation::new("definition_json", problem))
+                    .collect::<Vec<_>>(),
+            ),
+        ),
+        ProjectionError::NotFound(_) => Status::not_found(message),
+        ProjectionError::Conflict(_) => Status::failed_precondition(message),
+        ProjectionError::InvalidQuery(_) => Status::invalid_argument(message),
+        ProjectionError::Store(store) => store_error_status(store),
+        ProjectionError::Unavailable(_) => Status::unavailable(message),
+        ProjectionError::Database(_) => Status::internal(message),
     }
 }

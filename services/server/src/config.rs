@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use domain::Limits;
 use event_store::relay::RelayConfig;
 use event_store::{AppendConfig, ReadConfig};
+use projections::RuntimeConfig;
+use projections::cache::CacheConfig;
 use serde::Deserialize;
 
 /// Largest request the server accepts, whatever the configuration says.
@@ -48,7 +50,7 @@ pub struct Settings {
     /// NATS URL (JetStream enabled) the relay publishes events to.
     #[arg(long, env = "DBSWARM_NATS_URL", value_name = "URL")]
     pub nats_url: Option<String>,
-    /// Redis URL of the query cache; validated now, used by read models.
+    /// Redis URL of the read-model query cache (a cache only: queries are answered without it).
     #[arg(long, env = "DBSWARM_REDIS_URL", value_name = "URL")]
     pub redis_url: Option<String>,
     /// Address of the gRPC server [default: 127.0.0.1:50051].
@@ -153,6 +155,24 @@ pub struct Settings {
     /// Report a transaction holding the event horizon back after this long, s [default: 30].
     #[arg(long, env = "DBSWARM_HORIZON_WARN_AFTER_S", value_name = "S")]
     pub horizon_warn_after_s: Option<u64>,
+    /// Run the projection runners (read models) on this server [default: true].
+    #[arg(long, env = "DBSWARM_PROJECTIONS_ENABLED", value_name = "BOOL")]
+    pub projections_enabled: Option<bool>,
+    /// Events a projection applies per transaction [default: 1000].
+    #[arg(long, env = "DBSWARM_PROJECTION_BATCH_EVENTS_MAX", value_name = "N")]
+    pub projection_batch_events_max: Option<usize>,
+    /// Rows per read-model query page at most [default: 1000].
+    #[arg(long, env = "DBSWARM_PROJECTION_PAGE_ROWS_MAX", value_name = "N")]
+    pub projection_page_rows_max: Option<usize>,
+    /// Cache read-model queries in Redis (redis_url) [default: true].
+    #[arg(long, env = "DBSWARM_CACHE_ENABLED", value_name = "BOOL")]
+    pub cache_enabled: Option<bool>,
+    /// Lifetime of a cached answer, ms: the staleness bound should an invalidation be lost [default: 5000].
+    #[arg(long, env = "DBSWARM_CACHE_TTL_MS", value_name = "MS")]
+    pub cache_ttl_ms: Option<u64>,
+    /// Deadline of each Redis round trip, ms; past it the query goes to PostgreSQL [default: 50].
+    #[arg(long, env = "DBSWARM_CACHE_OP_TIMEOUT_MS", value_name = "MS")]
+    pub cache_op_timeout_ms: Option<u64>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "DBSWARM_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -178,6 +198,10 @@ pub struct Config {
     pub read: ReadConfig,
     pub relay: RelayConfig,
     pub relay_enabled: bool,
+    pub projections_enabled: bool,
+    pub projections: RuntimeConfig,
+    /// `url` is None when the cache is off.
+    pub cache: CacheConfig,
     pub log_format: LogFormat,
 }
 
@@ -227,6 +251,12 @@ impl Settings {
             relay_reconcile_interval_s,
             relay_reconcile_window_events,
             horizon_warn_after_s,
+            projections_enabled,
+            projection_batch_events_max,
+            projection_page_rows_max,
+            cache_enabled,
+            cache_ttl_ms,
+            cache_op_timeout_ms,
             log_format,
         )
     }
@@ -415,20 +445,52 @@ impl Config {
                 ));
             }
         };
+        let database_url = url(
+            "database_url",
+            s.database_url,
+            "postgres://postgres@127.0.0.1:54320/dbswarm",
+            &["postgres", "postgresql"],
+        )?;
+        let redis_url = url(
+            "redis_url",
+            s.redis_url,
+            "redis://127.0.0.1:63790",
+            &["redis", "rediss"],
+        )?;
+        let projection_defaults = RuntimeConfig::default();
+        let projections = RuntimeConfig {
+            batch_events_max: positive(
+                "projection_batch_events_max",
+                s.projection_batch_events_max,
+                projection_defaults.batch_events_max,
+                100_000,
+            )?,
+            page_rows_max: positive(
+                "projection_page_rows_max",
+                s.projection_page_rows_max,
+                projection_defaults.page_rows_max,
+                100_000,
+            )?,
+            ..projection_defaults
+        };
+        let cache_defaults = CacheConfig::default();
+        let cache = CacheConfig {
+            url: s.cache_enabled.unwrap_or(true).then(|| redis_url.clone()),
+            ttl_ms: positive("cache_ttl_ms", s.cache_ttl_ms, cache_defaults.ttl_ms, 86_400_000)?,
+            op_timeout_ms: positive(
+                "cache_op_timeout_ms",
+                s.cache_op_timeout_ms,
+                cache_defaults.op_timeout_ms,
+                60_000,
+            )?,
+            // Keys are per database: servers of different databases may share a Redis.
+            key_prefix: format!("dbswarm:{}:", database_name(&database_url)),
+            ..cache_defaults
+        };
         Ok(Config {
-            database_url: url(
-                "database_url",
-                s.database_url,
-                "postgres://postgres@127.0.0.1:54320/dbswarm",
-                &["postgres", "postgresql"],
-            )?,
+            database_url,
             nats_url: url("nats_url", s.nats_url, "nats://127.0.0.1:42220", &["nats", "tls"])?,
-            redis_url: url(
-                "redis_url",
-                s.redis_url,
-                "redis://127.0.0.1:63790",
-                &["redis", "rediss"],
-            )?,
+            redis_url,
             grpc_addr: addr("grpc_addr", s.grpc_addr, "127.0.0.1:50051")?,
             http_addr: addr("http_addr", s.http_addr, "127.0.0.1:8080")?,
             db_pool_connections_max,
@@ -438,9 +500,18 @@ impl Config {
             read,
             relay,
             relay_enabled: s.relay_enabled.unwrap_or(true),
+            projections_enabled: s.projections_enabled.unwrap_or(true),
+            projections,
+            cache,
             log_format,
         })
     }
+}
+
+/// The database name in a PostgreSQL URL (the path, without parameters).
+fn database_name(url: &str) -> &str {
+    let without_query = url.split(['?', '#']).next().unwrap_or(url);
+    without_query.rsplit_once('/').map_or("", |(_, name)| name)
 }
 
 /// A NATS subject token or stream name: letters, digits, `_` and `-`.

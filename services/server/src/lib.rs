@@ -12,8 +12,11 @@ use std::sync::atomic::AtomicBool;
 
 use api::proto::admin_server::AdminServer;
 use api::proto::event_store_server::EventStoreServer;
-use api::{AdminService, EventStoreService};
+use api::proto::projections_server::ProjectionsServer;
+use api::{AdminService, EventStoreService, ProjectionsService};
 use event_store::{Appender, CommitSignal, Reader};
+use projections::Projections;
+use projections::cache::ReadCache;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
@@ -44,6 +47,8 @@ pub enum StartError {
     Reflection(String),
     #[error("server task failed: {0}")]
     Task(String),
+    #[error("cannot install the built-in read models: {0}")]
+    Projections(projections::ProjectionError),
 }
 
 /// A started server. Dropping it does not stop it; call `shutdown`.
@@ -83,7 +88,21 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let reader = Reader::new(pool.clone(), config.read);
     let (commits_tx, commits_rx) = watch::channel(0u64);
     let commits = CommitSignal::new(commits_rx, Duration::from_millis(config.relay.poll_interval_ms));
-    let event_store = EventStoreService::new(appender, reader, commits, config.limits).into_server();
+    let cache = ReadCache::connect(config.cache.clone()).await;
+    let projections = Projections::new(
+        pool.clone(),
+        reader.clone(),
+        appender.clone(),
+        cache,
+        config.projections.clone(),
+        config.limits,
+    );
+    projections
+        .install_builtins()
+        .await
+        .map_err(StartError::Projections)?;
+    let projections_service = ProjectionsService::new(projections.clone()).into_server();
+    let event_store = EventStoreService::new(appender, reader, commits.clone(), config.limits).into_server();
 
     let relay_leading = Arc::new(AtomicBool::new(false));
     let admin = AdminService::new(pool.clone(), relay_leading.clone()).into_server();
@@ -93,6 +112,9 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         .set_serving::<EventStoreServer<EventStoreService>>()
         .await;
     health_reporter.set_serving::<AdminServer<AdminService>>().await;
+    health_reporter
+        .set_serving::<ProjectionsServer<ProjectionsService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(api::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -110,6 +132,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         .add_service(reflection)
         .add_service(event_store)
         .add_service(admin)
+        .add_service(projections_service)
         .serve_with_incoming_shutdown(
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             until_stopped(stopped.clone()),
@@ -126,6 +149,13 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         watching.await;
         Ok(())
     });
+    if config.projections_enabled {
+        let runners = projections.start(commits, stopped.clone());
+        tasks.spawn(async move {
+            let _ = runners.await;
+            Ok(())
+        });
+    }
     if config.relay_enabled {
         let relay = event_store::relay::run_relay(
             pool.clone(),

@@ -3,10 +3,13 @@
 
 mod append;
 mod bad_input;
+mod cache;
 mod concurrency;
 mod consumer;
+mod projections;
 mod read;
 mod relay;
 mod server;
+mod snapshot;
 mod subscribe;
 mod telemetry;

@@ -1,0 +1,14 @@
+-- How far a checkpoint is behind: events of its types committed after it
+-- (counted up to a bound, so a far-behind projection costs a bounded
+-- scan), and the age of the oldest of them.
+SELECT (SELECT count(*)
+        FROM (SELECT 1 FROM events e
+              WHERE (e.transaction_id, e.global_position) > ($1::text::xid8, $2::int8)
+                AND (cardinality($3::text[]) = 0 OR e.event_type = ANY($3::text[]))
+              LIMIT $4) AS pending) AS lag_events,
+       coalesce((SELECT extract(epoch FROM now() - e.created_at)::float8
+                 FROM events e
+                 WHERE (e.transaction_id, e.global_position) > ($1::text::xid8, $2::int8)
+                   AND (cardinality($3::text[]) = 0 OR e.event_type = ANY($3::text[]))
+                 ORDER BY e.transaction_id, e.global_position
+                 LIMIT 1), 0)::float8 AS lag_seconds
