@@ -8,6 +8,7 @@ mod concurrency;
 mod consumer;
 mod projections;
 mod read;
+mod read_models;
 mod relay;
 mod server;
 mod snapshot;
