@@ -158,6 +158,9 @@ pub struct Settings {
     /// Run the projection runners (read models) on this server [default: true].
     #[arg(long, env = "DBSWARM_PROJECTIONS_ENABLED", value_name = "BOOL")]
     pub projections_enabled: Option<bool>,
+    /// Directory of declarative projection definitions (*.json), defined at start.
+    #[arg(long, env = "DBSWARM_PROJECTIONS_DIR", value_name = "DIR")]
+    pub projections_dir: Option<PathBuf>,
     /// Events a projection applies per transaction [default: 1000].
     #[arg(long, env = "DBSWARM_PROJECTION_BATCH_EVENTS_MAX", value_name = "N")]
     pub projection_batch_events_max: Option<usize>,
@@ -199,6 +202,7 @@ pub struct Config {
     pub relay: RelayConfig,
     pub relay_enabled: bool,
     pub projections_enabled: bool,
+    pub projections_dir: Option<PathBuf>,
     pub projections: RuntimeConfig,
     /// `url` is None when the cache is off.
     pub cache: CacheConfig,
@@ -252,6 +256,7 @@ impl Settings {
             relay_reconcile_window_events,
             horizon_warn_after_s,
             projections_enabled,
+            projections_dir,
             projection_batch_events_max,
             projection_page_rows_max,
             cache_enabled,
@@ -501,6 +506,7 @@ impl Config {
             relay,
             relay_enabled: s.relay_enabled.unwrap_or(true),
             projections_enabled: s.projections_enabled.unwrap_or(true),
+            projections_dir: s.projections_dir,
             projections,
             cache,
             log_format,

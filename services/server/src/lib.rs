@@ -47,8 +47,8 @@ pub enum StartError {
     Reflection(String),
     #[error("server task failed: {0}")]
     Task(String),
-    #[error("cannot install the built-in read models: {0}")]
-    Projections(projections::ProjectionError),
+    #[error("cannot define projections: {0}")]
+    Projections(String),
 }
 
 /// A started server. Dropping it does not stop it; call `shutdown`.
@@ -100,7 +100,10 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     projections
         .install_builtins()
         .await
-        .map_err(StartError::Projections)?;
+        .map_err(|e| StartError::Projections(format!("built-in read models: {e}")))?;
+    if let Some(dir) = &config.projections_dir {
+        define_from_dir(&projections, dir).await?;
+    }
     let projections_service = ProjectionsService::new(projections.clone()).into_server();
     let event_store = EventStoreService::new(appender, reader, commits.clone(), config.limits).into_server();
 
@@ -178,6 +181,28 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         tasks,
         committers,
     })
+}
+
+/// Defines every `*.json` projection definition in `dir` (in name order).
+/// A bad file stops the start, named with its problems.
+async fn define_from_dir(projections: &Projections, dir: &std::path::Path) -> Result<(), StartError> {
+    let failed = |what: String| StartError::Projections(format!("projections_dir {}: {what}", dir.display()));
+    let entries = std::fs::read_dir(dir).map_err(|e| failed(e.to_string()))?;
+    let mut files: Vec<std::path::PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(|e| failed(format!("{}: {e}", file.display())))?;
+        let definition = projections::definition::Definition::from_json(&text)
+            .map_err(|e| failed(format!("{}: {e}", file.display())))?;
+        projections
+            .define(definition)
+            .await
+            .map_err(|e| failed(format!("{}: {e}", file.display())))?;
+    }
+    Ok(())
 }
 
 /// Connects to NATS. A NATS that is down does not stop the start: the

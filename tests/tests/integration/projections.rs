@@ -551,3 +551,91 @@ async fn builtin_read_models_catalogue_streams_and_audit_events() {
     server.stop().await;
     db.drop_database().await;
 }
+
+#[tokio::test]
+async fn projections_are_defined_from_files_and_a_bad_file_stops_the_start() {
+    let db = TestDb::create().await;
+    let dir = std::env::temp_dir().join(format!("dbswarm-projections-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("user_list.json"), user_list_definition().to_string()).unwrap();
+    std::fs::write(dir.join("notes.txt"), "not a definition, not read").unwrap();
+    let mut settings = settings_for(&db);
+    settings.projections_dir = Some(dir.clone());
+    let server = TestServer::start(settings.clone()).await;
+    let mut client = projections_client(&server).await;
+    let status = client
+        .get(proto::ProjectionRequest {
+            name: "user_list".into(),
+        })
+        .await
+        .expect("defined from the file")
+        .into_inner();
+    assert_eq!(status.live_generation, 1);
+    server.stop().await;
+
+    std::fs::write(
+        dir.join("broken.json"),
+        json!({"name": "Broken!", "key": {"column": "k", "type": "text"}, "handlers": {}}).to_string(),
+    )
+    .unwrap();
+    let error = match server::start(server::Config::from_settings(settings).unwrap()).await {
+        Ok(_) => panic!("a bad definition file must stop the start"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("broken.json"), "{error}");
+    assert!(
+        error.contains("projection name 'Broken!' is not a valid name"),
+        "{error}"
+    );
+    assert!(error.contains("no handlers"), "{error}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn reset_empties_the_read_model_and_applies_everything_again() {
+    let db = TestDb::create().await;
+    let mut server = TestServer::start(settings_for(&db)).await;
+    let mut client = projections_client(&server).await;
+    define(&mut client, &user_list_definition()).await;
+    let id = Uuid::new_v4();
+    append(
+        &mut server,
+        "user-r",
+        vec![
+            json_event("UserCreated", json!({"user_id": id, "email": "r@x", "name": "R"})),
+            json_event("UserLoggedIn", json!({"user_id": id})),
+        ],
+    )
+    .await;
+    wait_for_status(&mut client, "user_list", "catching up", caught_up).await;
+    let before = get_row(&mut client, "user_list", &id.to_string()).await.unwrap();
+    let reset = client
+        .reset(proto::ProjectionRequest {
+            name: "user_list".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reset.live_generation, 1, "reset works in place, unlike rebuild");
+    let status = wait_for_status(&mut client, "user_list", "re-applying", |s| {
+        caught_up(s) && s.generations[0].events_applied == 2
+    })
+    .await;
+    assert_eq!(status.generations.len(), 1);
+    let after = get_row(&mut client, "user_list", &id.to_string()).await.unwrap();
+    assert_eq!(after["logins"], before["logins"]);
+    assert_eq!(after["email"], before["email"]);
+    let unknown = client
+        .reset(proto::ProjectionRequest { name: "nope".into() })
+        .await
+        .expect_err("unknown projection");
+    assert_eq!(unknown.code(), Code::NotFound);
+    let empty = client
+        .pause(proto::ProjectionRequest { name: String::new() })
+        .await
+        .expect_err("no name");
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    server.stop().await;
+    db.drop_database().await;
+}
