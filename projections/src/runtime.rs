@@ -34,6 +34,7 @@ const GENERATION_INSERT: &str = include_str!("sql/generation_insert.sql");
 const GENERATIONS_OF: &str = include_str!("sql/generations_of.sql");
 const GENERATIONS_RUNNING: &str = include_str!("sql/generations_running.sql");
 const GENERATION_LOCK: &str = include_str!("sql/generation_lock.sql");
+const GENERATION_PEEK: &str = include_str!("sql/generation_peek.sql");
 const CHECKPOINT_SAVE: &str = include_str!("sql/checkpoint_save.sql");
 const GENERATION_FAIL: &str = include_str!("sql/generation_fail.sql");
 const GENERATION_SKIP: &str = include_str!("sql/generation_skip.sql");
@@ -838,12 +839,13 @@ impl Runner {
         scan_from: &mut AllPosition,
     ) -> Result<Step, ProjectionError> {
         let inner = &self.inner;
-        let mut tx = inner.pool.begin().await?;
+        // Look first without a lock: an idle or halted runner takes no
+        // transaction id, which would hold the cluster's $all horizon back.
         let (status, transaction_id, global_position, failed, paused): (String, i64, i64, bool, bool) =
-            sqlx::query_as(GENERATION_LOCK)
+            sqlx::query_as(GENERATION_PEEK)
                 .bind(&self.name)
                 .bind(self.generation)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&inner.pool)
                 .await?
                 .unwrap_or_else(|| ("retired".to_owned(), 0, 0, false, false));
         if status == "retired" {
@@ -861,21 +863,42 @@ impl Runner {
             *checkpoint = Some(stored);
             *scan_from = stored;
         }
-        // The page is read outside the lock's transaction snapshot on
-        // purpose: read_all_page takes its own horizon.
         let page = inner
             .reader
             .read_all_page(*scan_from, types, inner.config.batch_events_max)
             .await?;
         let full = page.events.len() >= inner.config.batch_events_max;
         if page.events.is_empty() {
-            tx.rollback().await?;
             *scan_from = page.scanned_to.max(*scan_from);
             if status == "building" {
                 self.switch_if_caught_up().await?;
             }
             // Moved on without a write: the next page starts further.
             return Ok(Step::Idle);
+        }
+        // The fence: the checkpoint must still be where the page was read
+        // from, and the generation still running, under the row lock.
+        let mut tx = inner.pool.begin().await?;
+        let (status, transaction_id, global_position, failed, paused): (String, i64, i64, bool, bool) =
+            sqlx::query_as(GENERATION_LOCK)
+                .bind(&self.name)
+                .bind(self.generation)
+                .fetch_optional(&mut *tx)
+                .await?
+                .unwrap_or_else(|| ("retired".to_owned(), 0, 0, false, false));
+        if status == "retired" {
+            return Ok(Step::Retired);
+        }
+        if failed || paused {
+            return Ok(Step::Halted);
+        }
+        let locked = AllPosition {
+            transaction_id: transaction_id as u64,
+            global_position: global_position as u64,
+        };
+        if Some(locked) != *checkpoint {
+            *checkpoint = None;
+            return Ok(Step::Progressed);
         }
         let started = std::time::Instant::now();
         let applied = match self.apply(&mut tx, statements, &page.events, false).await {
