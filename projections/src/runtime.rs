@@ -294,7 +294,8 @@ impl Projections {
             .fetch_one(&mut *tx)
             .await?;
         let current = self.generations(&mut tx, &name).await?;
-        if current.iter().any(|(_, _, d)| *d == json) {
+        // Generations come in order: the last is the one that will serve.
+        if current.last().is_some_and(|(_, _, d)| *d == json) {
             tx.rollback().await?;
             return self.status(&name).await;
         }
@@ -304,6 +305,17 @@ impl Projections {
                 retire(&mut tx, &name, *generation).await?;
                 dropped.push(*generation);
             }
+        }
+        if current
+            .iter()
+            .any(|(_, status, d)| status == "live" && *d == json)
+        {
+            // Back to the live definition: the rebuild is called off.
+            tx.commit().await?;
+            self.drop_tables(&name, &dropped).await;
+            self.wake();
+            tracing::info!(projection = %name, "projection rebuild called off: the live definition is wanted");
+            return self.status(&name).await;
         }
         let status = if live.is_none() { "live" } else { "building" };
         let generation: i32 = sqlx::query_scalar(GENERATION_INSERT)

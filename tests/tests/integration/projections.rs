@@ -639,3 +639,72 @@ async fn reset_empties_the_read_model_and_applies_everything_again() {
     server.stop().await;
     db.drop_database().await;
 }
+
+#[tokio::test]
+async fn a_changed_definition_is_built_beside_the_live_one_and_switched_to() {
+    let db = TestDb::create().await;
+    let mut server = TestServer::start(settings_for(&db)).await;
+    let mut client = projections_client(&server).await;
+    let v1 = json!({
+        "name": "people",
+        "key": {"column": "id", "type": "text", "path": "$.id"},
+        "columns": {"email": "text"},
+        "handlers": {"PersonAdded": {"op": "upsert", "set": {"email": "$.email"}}}
+    });
+    define(&mut client, &v1).await;
+    append(
+        &mut server,
+        "people-1",
+        vec![
+            json_event(
+                "PersonAdded",
+                json!({"id": "p1", "email": "p1@x", "city": "Oslo"}),
+            ),
+            json_event(
+                "PersonAdded",
+                json!({"id": "p2", "email": "p2@x", "city": "Rome"}),
+            ),
+        ],
+    )
+    .await;
+    wait_for_status(&mut client, "people", "catching up", caught_up).await;
+    // When the definition changes (a new column)
+    let mut v2 = v1.clone();
+    v2["columns"]["city"] = json!("text");
+    v2["handlers"]["PersonAdded"]["set"]["city"] = json!("$.city");
+    let status = define(&mut client, &v2).await;
+    assert_eq!(status.live_generation, 1);
+    // Then the new generation replaces the old once it has caught up
+    wait_for_status(&mut client, "people", "switch to generation 2", |s| {
+        s.live_generation == 2 && s.generations.len() == 1 && caught_up(s)
+    })
+    .await;
+    let row = get_row(&mut client, "people", "p2").await.unwrap();
+    assert_eq!(row["city"], "Rome");
+    // Defining it again changes nothing; going back and forth calls a
+    // rebuild off.
+    assert_eq!(define(&mut client, &v2).await.live_generation, 2);
+    client
+        .pause(proto::ProjectionRequest {
+            name: "people".into(),
+        })
+        .await
+        .unwrap();
+    let building = define(&mut client, &v1).await;
+    assert_eq!(building.generations.len(), 2, "{building:#?}");
+    let back = define(&mut client, &v2).await;
+    assert_eq!(back.live_generation, 2);
+    assert_eq!(back.generations.len(), 1, "{back:#?}");
+    client
+        .resume(proto::ProjectionRequest {
+            name: "people".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        get_row(&mut client, "people", "p1").await.unwrap()["city"],
+        "Oslo"
+    );
+    server.stop().await;
+    db.drop_database().await;
+}
