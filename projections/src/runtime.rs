@@ -326,7 +326,7 @@ impl Projections {
             .await?;
         create_table(&mut tx, &definition, generation).await?;
         if live.is_none() {
-            go_live(&mut tx, &name, generation).await?;
+            go_live(&mut tx, &name, generation, false).await?;
         }
         tx.commit().await?;
         self.drop_tables(&name, &dropped).await;
@@ -736,7 +736,12 @@ async fn retire(tx: &mut Transaction<'_, Postgres>, name: &str, generation: i32)
 }
 
 /// Makes `generation` the one the view shows (in the caller's transaction).
-async fn go_live(tx: &mut Transaction<'_, Postgres>, name: &str, generation: i32) -> Result<(), sqlx::Error> {
+async fn go_live(
+    tx: &mut Transaction<'_, Postgres>,
+    name: &str,
+    generation: i32,
+    replacing: bool,
+) -> Result<(), sqlx::Error> {
     sqlx::query(GENERATION_GO_LIVE)
         .bind(name)
         .bind(generation)
@@ -747,7 +752,7 @@ async fn go_live(tx: &mut Transaction<'_, Postgres>, name: &str, generation: i32
         .bind(generation)
         .execute(&mut **tx)
         .await?;
-    for statement in sqlgen::replace_view(name, generation) {
+    for statement in sqlgen::replace_view(name, generation, replacing) {
         sqlx::query(AssertSqlSafe(statement)).execute(&mut **tx).await?;
     }
     Ok(())
@@ -1088,7 +1093,7 @@ impl Runner {
         if let Some(old) = live {
             retire(&mut tx, name, old).await?;
         }
-        go_live(&mut tx, name, self.generation).await?;
+        go_live(&mut tx, name, self.generation, live.is_some()).await?;
         tx.commit().await?;
         self.inner
             .live

@@ -69,19 +69,18 @@ pub fn drop_table(projection: &str, generation: i32) -> String {
 /// Points the view at `generation`. DROP + CREATE (not CREATE OR REPLACE)
 /// because a new definition may have other columns; run inside the switch
 /// transaction, readers see the old view or the new one, never neither.
-pub fn replace_view(projection: &str, generation: i32) -> [String; 2] {
+/// `replacing` is false for a projection's first view (nothing to drop).
+pub fn replace_view(projection: &str, generation: i32, replacing: bool) -> Vec<String> {
     let view = qualified_view(projection);
-    [
-        format!("DROP VIEW IF EXISTS {view}"),
-        format!(
-            "CREATE VIEW {view} AS SELECT * FROM {}",
-            qualified_table(projection, generation)
-        ),
-    ]
-}
-
-pub fn drop_view(projection: &str) -> String {
-    format!("DROP VIEW IF EXISTS {}", qualified_view(projection))
+    let mut statements = Vec::new();
+    if replacing {
+        statements.push(format!("DROP VIEW IF EXISTS {view}"));
+    }
+    statements.push(format!(
+        "CREATE VIEW {view} AS SELECT * FROM {}",
+        qualified_table(projection, generation)
+    ));
+    statements
 }
 
 pub fn truncate(projection: &str, generation: i32) -> String {
