@@ -15,14 +15,19 @@ use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Semaphore;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
+
+mod read_models;
 
 const BENCHES: &[&str] = &[
     "append_throughput",
     "append_latency",
     "fanout_latency",
     "relay_throughput",
+    "projection_rebuild",
+    "query_uncached",
+    "query_cached",
 ];
 
 /// Benchmarks of the dbswarm server (release build) against PostgreSQL.
@@ -33,10 +38,12 @@ const BENCHES: &[&str] = &[
 #[derive(Parser)]
 struct Args {
     /// Run only this benchmark: append_throughput, append_latency,
-    /// fanout_latency or relay_throughput.
+    /// fanout_latency, relay_throughput, projection_rebuild, query_uncached
+    /// or query_cached.
     #[arg(long)]
     only: Option<String>,
-    /// Concurrent clients, each appending to its own stream.
+    /// Concurrent clients: each appending to its own stream (append
+    /// benchmarks), or asking for rows back to back (query benchmarks).
     #[arg(long, default_value_t = 64)]
     clients: usize,
     /// HTTP/2 connections the clients share (round robin), as an
@@ -52,6 +59,21 @@ struct Args {
     /// Seconds of the latency run.
     #[arg(long, default_value_t = 5)]
     latency_seconds: u64,
+    /// Stored events the projection_rebuild benchmark rebuilds a read model from.
+    #[arg(long, default_value_t = 1_000_000)]
+    rebuild_events: usize,
+    /// Alternating baseline/rebuild rounds of projection_rebuild; medians are reported.
+    #[arg(long, default_value_t = 2)]
+    rebuild_rounds: usize,
+    /// How projection_rebuild watches for the switch: `registry` (a cheap
+    /// SELECT of the projections table every 100 ms) or `grpc`
+    /// (Projections.Get every 100 ms, which counts the building
+    /// generation's lag on every call and so competes with the rebuild).
+    #[arg(long, default_value = "registry")]
+    rebuild_poll: String,
+    /// Users (UserCreated events) in the read model the query benchmarks ask.
+    #[arg(long, default_value_t = 100_000)]
+    query_users: usize,
 }
 
 #[tokio::main]
@@ -59,6 +81,16 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.rounds == 0 || args.clients == 0 || args.events == 0 {
         bail!("--rounds, --clients and --events must be at least 1");
+    }
+    if args.rebuild_events == 0
+        || args.rebuild_rounds == 0
+        || args.query_users == 0
+        || args.latency_seconds == 0
+    {
+        bail!("--rebuild-events, --rebuild-rounds, --query-users and --latency-seconds must be at least 1");
+    }
+    if !["registry", "grpc"].contains(&args.rebuild_poll.as_str()) {
+        bail!("--rebuild-poll is registry or grpc, not '{}'", args.rebuild_poll);
     }
     if let Some(only) = &args.only
         && !BENCHES.contains(&only.as_str())
@@ -86,13 +118,26 @@ async fn main() -> anyhow::Result<()> {
         db.drop_database(&admin_url).await?;
         result?;
     }
+    if wanted("projection_rebuild") {
+        let db = ScratchDb::create(&admin_url).await?;
+        let result = read_models::projection_rebuild(&args, &db).await;
+        db.drop_database(&admin_url).await?;
+        result?;
+    }
+    if wanted("query_uncached") || wanted("query_cached") {
+        let db = ScratchDb::create(&admin_url).await?;
+        let result = read_models::queries(&args, &db).await;
+        db.drop_database(&admin_url).await?;
+        result?;
+    }
     Ok(())
 }
 
-/// The event store alone: the relay is off, so that the figure is the
-/// append path's and not shared with publishing to JetStream.
+/// The event store alone: the relay and the projection runners are off,
+/// so that the figure is the append path's and not shared with publishing
+/// to JetStream or with the built-in read models projecting every event.
 async fn run(args: &Args, db: &ScratchDb) -> anyhow::Result<()> {
-    let mut server = ServerProcess::start(db, false)?;
+    let mut server = ServerProcess::start(db, Serve::EVENT_STORE)?;
     let outcome = async {
         let clients = server.clients(args.clients, args.connections).await?;
         // Same pool setting as the server: no ping before each checkout.
@@ -164,10 +209,16 @@ fn print(value: serde_json::Value) {
     println!("{value}");
 }
 
+/// The middle value; the mean of the two middle ones for an even count.
 fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
+    let middle = sorted.len() / 2;
+    if sorted.len().is_multiple_of(2) {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    } else {
+        sorted[middle]
+    }
 }
 
 fn round(x: f64) -> f64 {
@@ -180,6 +231,11 @@ fn round2(x: f64) -> f64 {
 
 fn nats_url() -> String {
     std::env::var("DBSWARM_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:42230".into())
+}
+
+/// The Redis of the query cache (`make bench`: the test instance).
+fn redis_url() -> String {
+    std::env::var("DBSWARM_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:63800".into())
 }
 
 fn admin_url() -> anyhow::Result<String> {
@@ -220,12 +276,20 @@ impl ScratchDb {
         format!("B{}_EVENTS", self.name.trim_start_matches("dbswarm_bench_"))
     }
 
+    /// Prefix of the query cache's Redis keys of a server on this
+    /// database (the server derives it from the database name).
+    fn cache_key_prefix(&self) -> String {
+        format!("dbswarm:{}:", self.name)
+    }
+
     async fn drop_database(&self, admin_url: &str) -> anyhow::Result<()> {
         if let Ok(client) = async_nats::connect(nats_url()).await {
             let _ = async_nats::jetstream::new(client)
                 .delete_stream(self.events_stream())
                 .await;
         }
+        // Best effort, bounded: the cache's tag versions have no expiry.
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.delete_cache_keys()).await;
         let mut conn = PgConnection::connect(admin_url).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
@@ -235,21 +299,72 @@ impl ScratchDb {
         .await?;
         Ok(())
     }
+
+    async fn delete_cache_keys(&self) -> anyhow::Result<()> {
+        let client = redis::Client::open(redis_url())?;
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        let pattern = format!("{}*", self.cache_key_prefix());
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut connection)
+                .await?;
+            if !keys.is_empty() {
+                let _: redis::Value = redis::cmd("DEL").arg(&keys).query_async(&mut connection).await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// What a phase's server runs besides the event store.
+#[derive(Debug, Clone, Copy)]
+struct Serve {
+    /// The relay to JetStream.
+    relay: bool,
+    /// The projection runners (the built-in read models and any defined).
+    projections: bool,
+    /// The Redis query cache with this entry lifetime, ms; None: off.
+    cache_ttl_ms: Option<u64>,
+}
+
+impl Serve {
+    /// The event store alone.
+    const EVENT_STORE: Serve = Serve {
+        relay: false,
+        projections: false,
+        cache_ttl_ms: None,
+    };
 }
 
 /// The release `dbswarm` binary, next to this one, as a child process.
+/// Dropping it stops the process (if `stop` has not), so that an error
+/// anywhere never leaves a server behind.
 struct ServerProcess {
     child: Child,
     grpc_url: String,
     http_port: u16,
+    stopped: bool,
 }
 
 impl ServerProcess {
-    fn start(db: &ScratchDb, relay_enabled: bool) -> anyhow::Result<ServerProcess> {
+    fn start(db: &ScratchDb, serve: Serve) -> anyhow::Result<ServerProcess> {
         let binary: PathBuf = std::env::current_exe()?.with_file_name("dbswarm");
         let grpc_port = free_port()?;
         let http_port = free_port()?;
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        if let Some(ttl_ms) = serve.cache_ttl_ms {
+            command.env("DBSWARM_CACHE_TTL_MS", ttl_ms.to_string());
+        }
+        let child = command
             .arg("serve")
             .env("DBSWARM_DATABASE_URL", &db.url)
             .env("DBSWARM_NATS_SUBJECT_PREFIX", db.subject_prefix())
@@ -258,7 +373,10 @@ impl ServerProcess {
                 "DBSWARM_TASKS_STREAM_NAME",
                 format!("{}_TASKS", db.events_stream()),
             )
-            .env("DBSWARM_RELAY_ENABLED", relay_enabled.to_string())
+            .env("DBSWARM_RELAY_ENABLED", serve.relay.to_string())
+            .env("DBSWARM_PROJECTIONS_ENABLED", serve.projections.to_string())
+            .env("DBSWARM_CACHE_ENABLED", serve.cache_ttl_ms.is_some().to_string())
+            .env("DBSWARM_REDIS_URL", redis_url())
             .env("DBSWARM_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
             .env("DBSWARM_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
             .env("RUST_LOG", "warn")
@@ -274,6 +392,7 @@ impl ServerProcess {
             child,
             grpc_url: format!("http://127.0.0.1:{grpc_port}"),
             http_port,
+            stopped: false,
         })
     }
 
@@ -284,14 +403,20 @@ impl ServerProcess {
         count: usize,
         connections: usize,
     ) -> anyhow::Result<Vec<EventStoreClient<Channel>>> {
+        let channels = self.channels(count, connections).await?;
+        Ok(channels.into_iter().map(EventStoreClient::new).collect())
+    }
+
+    /// `count` handles on `connections` HTTP/2 connections (round robin),
+    /// once the server accepts them.
+    async fn channels(&mut self, count: usize, connections: usize) -> anyhow::Result<Vec<Channel>> {
+        let endpoint = Endpoint::from_shared(self.grpc_url.clone())?;
         let deadline = Instant::now() + Duration::from_secs(60);
         let first = loop {
-            match EventStoreClient::connect(self.grpc_url.clone()).await {
-                Ok(client) => break client,
+            match endpoint.connect().await {
+                Ok(channel) => break channel,
                 Err(_) if Instant::now() < deadline => {
-                    if let Some(status) = self.child.try_wait()? {
-                        bail!("dbswarm exited during start: {status}");
-                    }
+                    self.check_running()?;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => bail!("dbswarm did not accept connections within 60 s: {e}"),
@@ -299,28 +424,42 @@ impl ServerProcess {
         };
         let mut shared = vec![first];
         for _ in 1..connections.clamp(1, count) {
-            shared.push(EventStoreClient::connect(self.grpc_url.clone()).await?);
+            shared.push(endpoint.connect().await?);
         }
         Ok((0..count).map(|i| shared[i % shared.len()].clone()).collect())
+    }
+
+    /// An error when the server process has exited.
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("dbswarm exited: {status} (its log is above)");
+        }
+        Ok(())
+    }
+
+    /// The server's /metrics text.
+    async fn metrics(&self) -> anyhow::Result<Metrics> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let read = async {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.http_port)).await?;
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .await?;
+            let mut body = String::new();
+            stream.read_to_string(&mut body).await?;
+            anyhow::Ok(body)
+        };
+        let body = tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .context("dbswarm's /metrics did not answer within 30 s")??;
+        Ok(Metrics(body))
     }
 
     /// The server's own view so far, from its metrics: mean events per
     /// group-commit batch and mean AppendToStream time inside the server.
     async fn server_means(&self) -> anyhow::Result<(f64, f64)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.http_port)).await?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body).await?;
-        let value = |name: &str| -> f64 {
-            body.lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.0)
-        };
+        let metrics = self.metrics().await?;
+        let value = |name: &str| metrics.value(name);
         let mean = |sum: f64, count: f64| if count > 0.0 { sum / count } else { 0.0 };
         let batch = mean(
             value("dbswarm_append_batch_events_sum"),
@@ -345,6 +484,10 @@ impl ServerProcess {
     }
 
     fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -358,6 +501,28 @@ impl ServerProcess {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A scrape of the server's Prometheus metrics.
+struct Metrics(String);
+
+impl Metrics {
+    /// The sample whose line starts with `name` (with its labels, as
+    /// rendered), or 0 when there is none.
+    fn value(&self, name: &str) -> f64 {
+        self.0
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
     }
 }
 
@@ -582,7 +747,14 @@ async fn fanout_latency(args: &Args, db: &ScratchDb) -> anyhow::Result<()> {
     use std::collections::HashMap;
     use std::sync::Mutex;
 
-    let mut server = ServerProcess::start(db, true)?;
+    // Projections off: the figure is the relay's, as before read models.
+    let mut server = ServerProcess::start(
+        db,
+        Serve {
+            relay: true,
+            ..Serve::EVENT_STORE
+        },
+    )?;
     let outcome = async {
         let clients = server.clients(args.clients, args.connections).await?;
         let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await?);
@@ -672,7 +844,7 @@ const RELAY_BACKLOG_EVENTS: usize = 200_000;
 /// same configuration with pipelined acks.
 async fn relay_throughput(args: &Args, db: &ScratchDb) -> anyhow::Result<()> {
     eprintln!("relay: storing a backlog of {RELAY_BACKLOG_EVENTS} events (relay off)");
-    let mut writer = ServerProcess::start(db, false)?;
+    let mut writer = ServerProcess::start(db, Serve::EVENT_STORE)?;
     let filled = async {
         let clients = writer.clients(8, 8).await?;
         let per_client = RELAY_BACKLOG_EVENTS / clients.len();
@@ -703,7 +875,13 @@ async fn relay_throughput(args: &Args, db: &ScratchDb) -> anyhow::Result<()> {
 
     eprintln!("relay: moving the backlog into JetStream");
     let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await?);
-    let mut relaying = ServerProcess::start(db, true)?;
+    let mut relaying = ServerProcess::start(
+        db,
+        Serve {
+            relay: true,
+            ..Serve::EVENT_STORE
+        },
+    )?;
     let measured = async {
         let mut stream = events_stream(&js, db).await?;
         let deadline = Instant::now() + Duration::from_secs(600);
