@@ -98,7 +98,9 @@ pub struct RuntimeConfig {
     /// How often an idle runner looks again without a commit notification,
     /// and how often the supervisor re-reads the registry.
     pub idle_poll_ms: u64,
-    /// Lag in events is counted up to this bound.
+    /// Lag in events is counted exactly up to this bound, and estimated
+    /// from global positions beyond it (a count of a million rows per
+    /// status request would slow the rebuild it reports on).
     pub lag_events_max: u64,
     /// Longest pause between retries after a database error.
     pub retry_backoff_ms_max: u64,
@@ -114,7 +116,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             batch_events_max: 1000,
             idle_poll_ms: 1000,
-            lag_events_max: 1_000_000,
+            lag_events_max: 10_000,
             retry_backoff_ms_max: 5000,
             page_rows_max: 1000,
             invalidate_keys_max: 256,
@@ -564,13 +566,19 @@ impl Projections {
                 )?,
             )?
             .event_types();
-            let (lag_events, lag_seconds): (i64, f64) = sqlx::query_as(PROJECTION_LAG)
+            let (counted, head_position, lag_seconds): (i64, i64, f64) = sqlx::query_as(PROJECTION_LAG)
                 .bind(position.transaction_id.to_string())
                 .bind(position.global_position as i64)
                 .bind(&types)
                 .bind(self.inner.config.lag_events_max as i64)
                 .fetch_one(&self.inner.pool)
                 .await?;
+            let lag_events = lag_estimate(
+                counted as u64,
+                self.inner.config.lag_events_max,
+                head_position as u64,
+                position,
+            );
             let failure = match (row.failed_event_id, row.failed_position, row.error, row.failed_at) {
                 (Some(event_id), Some(position), Some(error), Some(failed_at)) => Some(Failure {
                     event_id,
@@ -586,7 +594,7 @@ impl Projections {
                 definition,
                 position,
                 events_applied: row.events_applied as u64,
-                lag_events: lag_events as u64,
+                lag_events,
                 lag_seconds,
                 last_event_at: row.last_event_at,
                 failure,
@@ -704,6 +712,18 @@ impl Projections {
     }
 }
 
+/// Lag in events: the exact count when it is under the bound, else the
+/// distance in global positions (positions are dense but for rolled-back
+/// appends, and the types filter is ignored there), at least the bound.
+fn lag_estimate(counted: u64, bound: u64, head_position: u64, checkpoint: AllPosition) -> u64 {
+    if counted < bound {
+        return counted;
+    }
+    head_position
+        .saturating_sub(checkpoint.global_position)
+        .max(bound)
+}
+
 async fn lock_projection(
     tx: &mut Transaction<'_, Postgres>,
     name: &str,
@@ -785,9 +805,25 @@ struct Runner {
     definition: Arc<Definition>,
 }
 
+/// The next page, being read from the position it starts after.
+type Prefetched = (AllPosition, JoinHandle<Result<event_store::AllPage, StoreError>>);
+
 struct Statements {
+    generation: i32,
     merge: Arc<str>,
     delete: Arc<str>,
+    /// Upserts of uniform runs, by their column modes (few per definition).
+    uniform: Mutex<HashMap<Vec<i16>, Arc<str>>>,
+}
+
+impl Statements {
+    fn uniform(&self, definition: &Definition, modes: &[i16]) -> Arc<str> {
+        let mut cache = self.uniform.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .entry(modes.to_vec())
+            .or_insert_with(|| sqlgen::upsert_uniform(definition, self.generation, modes).into())
+            .clone()
+    }
 }
 
 impl Runner {
@@ -798,12 +834,15 @@ impl Runner {
         mut stop: watch::Receiver<bool>,
     ) {
         let statements = Statements {
+            generation: self.generation,
             merge: sqlgen::merge_patches(&self.definition, self.generation).into(),
             delete: sqlgen::delete_rows(&self.definition, self.generation).into(),
+            uniform: Mutex::new(HashMap::new()),
         };
         let types = self.definition.event_types();
         let mut checkpoint: Option<AllPosition> = None;
         let mut scan_from = AllPosition::default();
+        let mut prefetched: Option<Prefetched> = None;
         let mut failures = 0u32;
         tracing::debug!(projection = %self.name, generation = self.generation, "runner started");
         loop {
@@ -811,7 +850,13 @@ impl Runner {
                 return;
             }
             let step = self
-                .step(&statements, &types, &mut checkpoint, &mut scan_from)
+                .step(
+                    &statements,
+                    &types,
+                    &mut checkpoint,
+                    &mut scan_from,
+                    &mut prefetched,
+                )
                 .await;
             let wait_for_commit = match step {
                 Ok(Step::Progressed) => {
@@ -854,6 +899,7 @@ impl Runner {
         types: &[String],
         checkpoint: &mut Option<AllPosition>,
         scan_from: &mut AllPosition,
+        prefetched: &mut Option<Prefetched>,
     ) -> Result<Step, ProjectionError> {
         let inner = &self.inner;
         // Look first without a lock: an idle or halted runner takes no
@@ -880,11 +926,31 @@ impl Runner {
             *checkpoint = Some(stored);
             *scan_from = stored;
         }
-        let page = inner
-            .reader
-            .read_all_page(*scan_from, types, inner.config.batch_events_max)
-            .await?;
+        let page = match prefetched.take() {
+            Some((from, next)) if from == *scan_from => next
+                .await
+                .map_err(|e| ProjectionError::Database(format!("page read task failed: {e}")))??,
+            other => {
+                if let Some((_, stale)) = other {
+                    stale.abort();
+                }
+                inner
+                    .reader
+                    .read_all_page(*scan_from, types, inner.config.batch_events_max)
+                    .await?
+            }
+        };
         let full = page.events.len() >= inner.config.batch_events_max;
+        if full {
+            // Read the next page while this one is written: catching up
+            // (a rebuild) then costs about the slower of the two, not both.
+            let (reader, types, from) = (inner.reader.clone(), types.to_vec(), page.scanned_to);
+            let limit = inner.config.batch_events_max;
+            *prefetched = Some((
+                from,
+                tokio::spawn(async move { reader.read_all_page(from, &types, limit).await }),
+            ));
+        }
         if page.events.is_empty() {
             *scan_from = page.scanned_to.max(*scan_from);
             if status == "building" {
@@ -1113,8 +1179,10 @@ impl Runner {
     }
 }
 
-/// Writes a run: its deletes, then its patches in one MERGE. Keys are
-/// distinct within a run, so the order between rows does not matter.
+/// Writes a run: its deletes, then its patches in one statement (a plain
+/// upsert when every patch touches the same columns the same way, else one
+/// MERGE). Keys are distinct within a run, so the order between rows does
+/// not matter.
 async fn flush(
     tx: &mut PgConnection,
     statements: &Statements,
@@ -1148,24 +1216,44 @@ async fn flush(
         return Ok(());
     }
     let keys: Vec<&str> = patches.iter().map(|(k, _)| *k).collect();
-    let mut query = sqlx::query(AssertSqlSafe(statements.merge.clone())).bind(keys);
-    for column in 0..definition.columns().len() {
-        let mut modes: Vec<i16> = Vec::with_capacity(patches.len());
-        let mut values: Vec<Option<&str>> = Vec::with_capacity(patches.len());
-        for (_, ops) in &patches {
-            let (mode, value) = match &ops[column] {
-                None => (sqlgen::MODE_KEEP, None),
-                Some(ColumnOp::Set(v)) => (sqlgen::MODE_SET, v.as_deref()),
-                Some(ColumnOp::Add { delta, .. }) => (sqlgen::MODE_ADD, Some(delta.as_str())),
-                Some(ColumnOp::InsertOnly(v)) => (sqlgen::MODE_INSERT_ONLY, v.as_deref()),
-            };
-            modes.push(mode);
-            values.push(value);
+    let width = definition.columns().len();
+    let mode_of = |op: &Option<ColumnOp>| match op {
+        None => sqlgen::MODE_KEEP,
+        Some(ColumnOp::Set(_)) => sqlgen::MODE_SET,
+        Some(ColumnOp::Add { .. }) => sqlgen::MODE_ADD,
+        Some(ColumnOp::InsertOnly(_)) => sqlgen::MODE_INSERT_ONLY,
+    };
+    let first_modes: Vec<i16> = patches[0].1.iter().map(mode_of).collect();
+    let uniform = patches
+        .iter()
+        .all(|(_, ops)| ops.iter().map(mode_of).eq(first_modes.iter().copied()));
+    if uniform {
+        let sql = statements.uniform(definition, &first_modes);
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(keys);
+        for column in (0..width).filter(|&c| first_modes[c] != sqlgen::MODE_KEEP) {
+            let values: Vec<Option<&str>> = patches.iter().map(|(_, ops)| value_of(&ops[column])).collect();
+            query = query.bind(values);
         }
+        query.execute(&mut *tx).await?;
+        return Ok(());
+    }
+    let mut query = sqlx::query(AssertSqlSafe(statements.merge.clone())).bind(keys);
+    for column in 0..width {
+        let modes: Vec<i16> = patches.iter().map(|(_, ops)| mode_of(&ops[column])).collect();
+        let values: Vec<Option<&str>> = patches.iter().map(|(_, ops)| value_of(&ops[column])).collect();
         query = query.bind(modes).bind(values);
     }
     query.execute(&mut *tx).await?;
     Ok(())
+}
+
+/// The text bound for a column operation (NULL = None).
+fn value_of(op: &Option<ColumnOp>) -> Option<&str> {
+    match op {
+        None => None,
+        Some(ColumnOp::Set(v)) | Some(ColumnOp::InsertOnly(v)) => v.as_deref(),
+        Some(ColumnOp::Add { delta, .. }) => Some(delta),
+    }
 }
 
 /// Errors that belong to the data of an event (a value PostgreSQL refuses:
