@@ -1074,5 +1074,48 @@ impl Run {
     }
 }
 
+/// A page's events planned into runs, up to the first event that cannot be
+/// applied (if any). Pure, so that it can be done while the previous page
+/// is written.
+#[derive(Debug, Default)]
+pub struct PagePlan {
+    pub runs: Vec<Run>,
+    /// The index of the first event that cannot be applied, and why.
+    pub failure: Option<(usize, String)>,
+}
+
+impl PagePlan {
+    /// Events a handler took (up to the failure).
+    pub fn handled(&self) -> u64 {
+        self.runs.iter().map(|r| r.events() as u64).sum()
+    }
+}
+
+impl Definition {
+    pub fn plan_page(&self, events: &[RecordedEvent]) -> PagePlan {
+        let mut plan = PagePlan::default();
+        let mut run = Run::default();
+        for (i, event) in events.iter().enumerate() {
+            match self.plan(event) {
+                Ok(None) => {}
+                Ok(Some((key, op))) => {
+                    if !run.try_push(key.clone(), op.clone()) {
+                        plan.runs.push(std::mem::take(&mut run));
+                        run.try_push(key, op);
+                    }
+                }
+                Err(why) => {
+                    plan.failure = Some((i, why));
+                    break;
+                }
+            }
+        }
+        if !run.is_empty() {
+            plan.runs.push(run);
+        }
+        plan
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::cache::ReadCache;
-use crate::definition::{ColumnOp, Definition, DefinitionError, RowOp, Run};
+use crate::definition::{ColumnOp, Definition, DefinitionError, PagePlan, RowOp, Run};
 use crate::sqlgen;
 
 const PROJECTION_INSERT: &str = include_str!("sql/projection_insert.sql");
@@ -36,6 +36,9 @@ const GENERATIONS_RUNNING: &str = include_str!("sql/generations_running.sql");
 const GENERATION_LOCK: &str = include_str!("sql/generation_lock.sql");
 const GENERATION_PEEK: &str = include_str!("sql/generation_peek.sql");
 const CHECKPOINT_SAVE: &str = include_str!("sql/checkpoint_save.sql");
+const CHECKPOINT_ADVANCE: &str = include_str!("sql/checkpoint_advance.sql");
+/// How often an idle runner stores how far it has scanned.
+const IDLE_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 const GENERATION_FAIL: &str = include_str!("sql/generation_fail.sql");
 const GENERATION_SKIP: &str = include_str!("sql/generation_skip.sql");
 const FAILURES_CLEAR: &str = include_str!("sql/failures_clear.sql");
@@ -806,7 +809,10 @@ struct Runner {
 }
 
 /// The next page, being read from the position it starts after.
-type Prefetched = (AllPosition, JoinHandle<Result<event_store::AllPage, StoreError>>);
+type Prefetched = (
+    AllPosition,
+    JoinHandle<Result<(event_store::AllPage, PagePlan), StoreError>>,
+);
 
 struct Statements {
     generation: i32,
@@ -843,6 +849,7 @@ impl Runner {
         let mut checkpoint: Option<AllPosition> = None;
         let mut scan_from = AllPosition::default();
         let mut prefetched: Option<Prefetched> = None;
+        let mut idle_saved_at = std::time::Instant::now();
         let mut failures = 0u32;
         tracing::debug!(projection = %self.name, generation = self.generation, "runner started");
         loop {
@@ -856,6 +863,7 @@ impl Runner {
                     &mut checkpoint,
                     &mut scan_from,
                     &mut prefetched,
+                    &mut idle_saved_at,
                 )
                 .await;
             let wait_for_commit = match step {
@@ -900,6 +908,7 @@ impl Runner {
         checkpoint: &mut Option<AllPosition>,
         scan_from: &mut AllPosition,
         prefetched: &mut Option<Prefetched>,
+        idle_saved_at: &mut std::time::Instant,
     ) -> Result<Step, ProjectionError> {
         let inner = &self.inner;
         // Look first without a lock: an idle or halted runner takes no
@@ -926,7 +935,7 @@ impl Runner {
             *checkpoint = Some(stored);
             *scan_from = stored;
         }
-        let page = match prefetched.take() {
+        let (page, plan) = match prefetched.take() {
             Some((from, next)) if from == *scan_from => next
                 .await
                 .map_err(|e| ProjectionError::Database(format!("page read task failed: {e}")))??,
@@ -934,10 +943,12 @@ impl Runner {
                 if let Some((_, stale)) = other {
                     stale.abort();
                 }
-                inner
+                let page = inner
                     .reader
                     .read_all_page(*scan_from, types, inner.config.batch_events_max)
-                    .await?
+                    .await?;
+                let plan = self.definition.plan_page(&page.events);
+                (page, plan)
             }
         };
         let full = page.events.len() >= inner.config.batch_events_max;
@@ -945,16 +956,37 @@ impl Runner {
             // Read the next page while this one is written: catching up
             // (a rebuild) then costs about the slower of the two, not both.
             let (reader, types, from) = (inner.reader.clone(), types.to_vec(), page.scanned_to);
-            let limit = inner.config.batch_events_max;
+            let (definition, limit) = (self.definition.clone(), inner.config.batch_events_max);
             *prefetched = Some((
                 from,
-                tokio::spawn(async move { reader.read_all_page(from, &types, limit).await }),
+                tokio::spawn(async move {
+                    let page = reader.read_all_page(from, &types, limit).await?;
+                    let plan = definition.plan_page(&page.events);
+                    Ok((page, plan))
+                }),
             ));
         }
         if page.events.is_empty() {
             *scan_from = page.scanned_to.max(*scan_from);
             if status == "building" {
                 self.switch_if_caught_up().await?;
+            }
+            if Some(*scan_from) != *checkpoint && idle_saved_at.elapsed() >= IDLE_CHECKPOINT_INTERVAL {
+                // Store how far nothing of its types came, now and then:
+                // else the lag count of a projection whose types are rare
+                // scans everything since its last event.
+                *idle_saved_at = std::time::Instant::now();
+                let (from, to) = (checkpoint.unwrap_or_default(), *scan_from);
+                let moved = sqlx::query(CHECKPOINT_ADVANCE)
+                    .bind(&self.name)
+                    .bind(self.generation)
+                    .bind(to.transaction_id.to_string())
+                    .bind(to.global_position as i64)
+                    .bind(from.transaction_id.to_string())
+                    .bind(from.global_position as i64)
+                    .execute(&inner.pool)
+                    .await?;
+                *checkpoint = (moved.rows_affected() == 1).then_some(to);
             }
             // Moved on without a write: the next page starts further.
             return Ok(Step::Idle);
@@ -984,7 +1016,7 @@ impl Runner {
             return Ok(Step::Progressed);
         }
         let started = std::time::Instant::now();
-        let applied = match self.apply(&mut tx, statements, &page.events, false).await {
+        let applied = match self.apply_plan(&mut tx, statements, &plan).await {
             Ok(applied) => applied,
             Err(error) if is_data_error(&error) => {
                 // A statement refused a value: find the event, one by one.
@@ -995,7 +1027,7 @@ impl Runner {
                     .bind(self.generation)
                     .fetch_one(&mut *tx)
                     .await?;
-                self.apply(&mut tx, statements, &page.events, true).await?
+                self.apply_one_by_one(&mut tx, statements, &page.events).await?
             }
             Err(error) => return Err(error.into()),
         };
@@ -1051,74 +1083,72 @@ impl Runner {
         Ok(Step::Progressed)
     }
 
-    /// Applies `events` in the transaction, run by run; `one_by_one` puts
-    /// each event in a run and savepoint of its own, to name the event a
-    /// statement refuses.
-    async fn apply(
+    /// Writes a planned page in the transaction, run by run.
+    async fn apply_plan(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        statements: &Statements,
+        plan: &PagePlan,
+    ) -> Result<Applied, sqlx::Error> {
+        for run in &plan.runs {
+            flush(tx, statements, &self.definition, run).await?;
+        }
+        Ok(Applied {
+            handled: plan.handled(),
+            touched: plan
+                .runs
+                .iter()
+                .flat_map(|run| run.keys().map(str::to_owned))
+                .collect(),
+            failure: plan.failure.clone(),
+        })
+    }
+
+    /// Applies `events` one at a time, each in a savepoint, to name the
+    /// event whose row PostgreSQL refuses.
+    async fn apply_one_by_one(
         &self,
         tx: &mut Transaction<'_, Postgres>,
         statements: &Statements,
         events: &[RecordedEvent],
-        one_by_one: bool,
     ) -> Result<Applied, sqlx::Error> {
         let mut applied = Applied {
             handled: 0,
             touched: Vec::new(),
             failure: None,
         };
-        let mut run = Run::default();
-        let mut run_events = 0u64;
         for (i, event) in events.iter().enumerate() {
-            let planned = match self.definition.plan(event) {
+            let (key, op) = match self.definition.plan(event) {
                 Ok(None) => continue,
                 Ok(Some(planned)) => planned,
                 Err(why) => {
-                    flush(tx, statements, &self.definition, &run).await?;
-                    applied.handled += run_events;
-                    applied.touched.extend(run.keys().map(str::to_owned));
                     applied.failure = Some((i, why));
                     return Ok(applied);
                 }
             };
-            if one_by_one {
-                let mut single = Run::default();
-                single.try_push(planned.0, planned.1);
-                sqlx::query("SAVEPOINT projection_event")
-                    .execute(&mut **tx)
-                    .await?;
-                match flush(tx, statements, &self.definition, &single).await {
-                    Ok(()) => {
-                        sqlx::query("RELEASE SAVEPOINT projection_event")
-                            .execute(&mut **tx)
-                            .await?;
-                        applied.handled += 1;
-                        applied.touched.extend(single.keys().map(str::to_owned));
-                    }
-                    Err(error) if is_data_error(&error) => {
-                        sqlx::query("ROLLBACK TO SAVEPOINT projection_event")
-                            .execute(&mut **tx)
-                            .await?;
-                        applied.failure = Some((i, database_message(&error)));
-                        return Ok(applied);
-                    }
-                    Err(error) => return Err(error),
+            let mut single = Run::default();
+            single.try_push(key, op);
+            sqlx::query("SAVEPOINT projection_event")
+                .execute(&mut **tx)
+                .await?;
+            match flush(tx, statements, &self.definition, &single).await {
+                Ok(()) => {
+                    sqlx::query("RELEASE SAVEPOINT projection_event")
+                        .execute(&mut **tx)
+                        .await?;
+                    applied.handled += 1;
+                    applied.touched.extend(single.keys().map(str::to_owned));
                 }
-                continue;
+                Err(error) if is_data_error(&error) => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT projection_event")
+                        .execute(&mut **tx)
+                        .await?;
+                    applied.failure = Some((i, database_message(&error)));
+                    return Ok(applied);
+                }
+                Err(error) => return Err(error),
             }
-            let (key, op) = planned;
-            if !run.try_push(key.clone(), op.clone()) {
-                flush(tx, statements, &self.definition, &run).await?;
-                applied.handled += run_events;
-                applied.touched.extend(run.keys().map(str::to_owned));
-                run = Run::default();
-                run_events = 0;
-                run.try_push(key, op);
-            }
-            run_events += 1;
         }
-        flush(tx, statements, &self.definition, &run).await?;
-        applied.handled += run_events;
-        applied.touched.extend(run.keys().map(str::to_owned));
         Ok(applied)
     }
 
