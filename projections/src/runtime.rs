@@ -101,9 +101,9 @@ pub struct RuntimeConfig {
     /// How often an idle runner looks again without a commit notification,
     /// and how often the supervisor re-reads the registry.
     pub idle_poll_ms: u64,
-    /// Lag in events is counted exactly up to this bound, and estimated
-    /// from global positions beyond it (a count of a million rows per
-    /// status request would slow the rebuild it reports on).
+    /// Lag in events is counted exactly over this many events after the
+    /// checkpoint, and estimated from global positions beyond (a count of a
+    /// million rows per status request would slow the rebuild it reports on).
     pub lag_events_max: u64,
     /// Longest pause between retries after a database error.
     pub retry_backoff_ms_max: u64,
@@ -569,15 +569,17 @@ impl Projections {
                 )?,
             )?
             .event_types();
-            let (counted, head_position, lag_seconds): (i64, i64, f64) = sqlx::query_as(PROJECTION_LAG)
-                .bind(position.transaction_id.to_string())
-                .bind(position.global_position as i64)
-                .bind(&types)
-                .bind(self.inner.config.lag_events_max as i64)
-                .fetch_one(&self.inner.pool)
-                .await?;
+            let (scanned, matched, head_position, lag_seconds): (i64, i64, i64, f64) =
+                sqlx::query_as(PROJECTION_LAG)
+                    .bind(position.transaction_id.to_string())
+                    .bind(position.global_position as i64)
+                    .bind(&types)
+                    .bind(self.inner.config.lag_events_max as i64)
+                    .fetch_one(&self.inner.pool)
+                    .await?;
             let lag_events = lag_estimate(
-                counted as u64,
+                scanned as u64,
+                matched as u64,
                 self.inner.config.lag_events_max,
                 head_position as u64,
                 position,
@@ -715,16 +717,17 @@ impl Projections {
     }
 }
 
-/// Lag in events: the exact count when it is under the bound, else the
-/// distance in global positions (positions are dense but for rolled-back
-/// appends, and the types filter is ignored there), at least the bound.
-fn lag_estimate(counted: u64, bound: u64, head_position: u64, checkpoint: AllPosition) -> u64 {
-    if counted < bound {
-        return counted;
+/// Lag in events: exact when the window after the checkpoint held every
+/// event; else the distance in global positions (dense but for rolled-back
+/// appends) scaled by the share of the window that is of the projection's
+/// types, and at least what the window counted.
+fn lag_estimate(scanned: u64, matched: u64, window: u64, head_position: u64, checkpoint: AllPosition) -> u64 {
+    if scanned < window || scanned == 0 {
+        return matched;
     }
-    head_position
-        .saturating_sub(checkpoint.global_position)
-        .max(bound)
+    let distance = head_position.saturating_sub(checkpoint.global_position);
+    let scaled = (distance as u128 * matched as u128 / scanned as u128) as u64;
+    scaled.max(matched)
 }
 
 async fn lock_projection(
@@ -1305,5 +1308,26 @@ fn database_message(error: &sqlx::Error) -> String {
             db.code().unwrap_or_default()
         ),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_exact_within_the_window_and_scaled_beyond_it() {
+        let at = |global_position| AllPosition {
+            transaction_id: 1,
+            global_position,
+        };
+        // The whole rest fits the window: the count is the lag.
+        assert_eq!(lag_estimate(40, 7, 10_000, 1_040, at(1_000)), 7);
+        // A full window, every event of its types: the position distance.
+        assert_eq!(lag_estimate(10_000, 10_000, 10_000, 1_000_000, at(0)), 1_000_000);
+        // A full window, a tenth of its types: a tenth of the distance.
+        assert_eq!(lag_estimate(10_000, 1_000, 10_000, 1_000_000, at(0)), 100_000);
+        // Never less than what was counted.
+        assert_eq!(lag_estimate(10_000, 500, 10_000, 10_000, at(9_990)), 500);
     }
 }
