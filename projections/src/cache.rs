@@ -425,6 +425,24 @@ impl ReadCache {
         format!("{}epoch", self.inner.config.key_prefix)
     }
 
+    /// Lifetime of a tag's version key. Any lifetime is safe: a version
+    /// that expires comes back at a fresh random value, which no entry has
+    /// recorded, so its entries miss (never hit stale). It only bounds
+    /// Redis memory: one key per invalidated row would otherwise stay for
+    /// ever. The epoch has none: its expiry would void every entry at once.
+    fn tag_ttl_ms(&self) -> u64 {
+        self.inner.config.ttl_ms.saturating_mul(10).max(60_000)
+    }
+
+    /// `SET key <random> NX`, with the tag lifetime unless it is the epoch.
+    fn create_version(&self, pipe: &mut redis::Pipeline, key: &str) {
+        let command = pipe.cmd("SET").arg(key).arg(fresh_version()).arg("NX");
+        if key != self.epoch_key() {
+            command.arg("PX").arg(self.tag_ttl_ms());
+        }
+        command.ignore();
+    }
+
     fn connection(&self) -> Option<MultiplexedConnection> {
         self.inner
             .connection
@@ -545,7 +563,7 @@ impl ReadCache {
         let mut pipe = redis::pipe();
         if missing {
             for key in &keys.versions {
-                pipe.cmd("SET").arg(key).arg(fresh_version()).arg("NX").ignore();
+                self.create_version(&mut pipe, key);
             }
         }
         pipe.cmd("SET")
@@ -653,8 +671,11 @@ impl ReadCache {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for key in keys {
-            pipe.cmd("SET").arg(key).arg(fresh_version()).arg("NX").ignore();
+            self.create_version(&mut pipe, key);
             pipe.cmd("INCR").arg(key).ignore();
+            if *key != self.epoch_key() {
+                pipe.cmd("PEXPIRE").arg(key).arg(self.tag_ttl_ms()).ignore();
+            }
         }
         self.round_trip(op, pipe.exec_async(connection)).await
     }

@@ -470,3 +470,40 @@ async fn a_disabled_cache_always_loads() {
         assert_eq!(cache.status(), CacheStatus::Disabled);
     }
 }
+
+#[tokio::test]
+async fn tag_versions_expire_but_the_epoch_does_not_and_an_expired_version_never_serves_stale() {
+    let redis = PrivateRedis::start().await;
+    let config = config(&redis);
+    let prefix = config.key_prefix.clone();
+    let cache = ReadCache::connect(config).await;
+    let loader = Loader::default();
+    let row = tags(&["row:1"]);
+    assert_eq!(loader.get(&cache, "k", &row).await, "k#1");
+    cache.invalidate(&row).await;
+    let mut connection = redis.connection().await;
+    let pttl = |key: String| {
+        let mut command = redis::cmd("PTTL");
+        command.arg(key);
+        command
+    };
+    let tag_ttl: i64 = pttl(format!("{prefix}tag:row:1"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(tag_ttl > 0, "a tag version has a lifetime (PTTL {tag_ttl})");
+    let epoch_ttl: i64 = pttl(format!("{prefix}epoch"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(epoch_ttl, -1, "the epoch never expires");
+    // An expired version (deleted here) comes back fresh: a miss, not the old value.
+    assert_eq!(loader.get(&cache, "k", &row).await, "k#2");
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{prefix}tag:row:1"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(loader.get(&cache, "k", &row).await, "k#3");
+    assert_eq!(loader.get(&cache, "k", &row).await, "k#3");
+}
