@@ -8,6 +8,7 @@ pub mod limits;
 pub mod stream;
 pub mod subject;
 pub mod types;
+pub mod workflow;
 
 pub use limits::Limits;
 pub use stream::{

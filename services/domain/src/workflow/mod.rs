@@ -1,0 +1,7 @@
+//! Workflows (issue 5): plans validated against the agents' catalogue, and
+//! the workflow aggregate. Pure: the orchestrator that sends task commands
+//! and records results lives at the edge.
+
+pub mod plan;
+
+pub use plan::{Catalogue, OperationSpec, ParamSpec, ParamType, Plan, PlanError, PlanSpec, Task, TaskSpec};

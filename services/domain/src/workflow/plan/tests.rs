@@ -1,0 +1,165 @@
+//! Given a catalogue, when a plan is validated, then ...
+
+use super::*;
+use serde_json::json;
+
+fn param(param_type: ParamType, required: bool) -> ParamSpec {
+    ParamSpec { param_type, required }
+}
+
+fn catalogue() -> Catalogue {
+    let mut create_backup = OperationSpec::default();
+    create_backup
+        .params
+        .insert("database".into(), param(ParamType::String, true));
+    create_backup
+        .params
+        .insert("kind".into(), param(ParamType::String, false));
+    let mut apply = OperationSpec::default();
+    apply
+        .params
+        .insert("migration".into(), param(ParamType::String, true));
+    let mut rebuild = OperationSpec::default();
+    rebuild
+        .params
+        .insert("projection".into(), param(ParamType::String, true));
+    Catalogue::default()
+        .with("backup", "create", create_backup)
+        .with("backup", "delete", OperationSpec::default())
+        .with("schema", "apply", apply)
+        .with("schema", "rollback", OperationSpec::default())
+        .with("integrity", "check", OperationSpec::default())
+        .with("cache", "invalidate", OperationSpec::default())
+        .with("eventsourcing", "rebuild_projection", rebuild)
+}
+
+/// The seed's "Database Migration" shape: backup -> migration -> (validate,
+/// invalidate cache) -> rebuild projections.
+fn migration_plan() -> Value {
+    json!({
+        "name": "Database Migration",
+        "tasks": [
+            {"id": "pre_migration_backup", "agent": "backup", "operation": "create",
+             "params": {"database": "app"}, "timeout": "30m", "compensation": {"operation": "delete"}},
+            {"id": "run_migration", "agent": "schema", "operation": "apply",
+             "params": {"migration": "add_user_roles"}, "dependencies": ["pre_migration_backup"],
+             "retries": 2, "compensation": {"operation": "rollback"}},
+            {"id": "validate_data", "agent": "integrity", "operation": "check", "dependencies": ["run_migration"]},
+            {"id": "invalidate_cache", "agent": "cache", "operation": "invalidate", "dependencies": ["run_migration"]},
+            {"id": "rebuild_projections", "agent": "eventsourcing", "operation": "rebuild_projection",
+             "params": {"projection": "user_list"}, "dependencies": ["validate_data", "invalidate_cache"]}
+        ]
+    })
+}
+
+fn problems(plan: Value) -> String {
+    Plan::from_json(&plan.to_string(), &catalogue())
+        .expect_err("refused")
+        .problems
+        .join("\n")
+}
+
+#[test]
+fn the_migration_plan_is_accepted_in_dependency_order() {
+    let plan = Plan::from_json(&migration_plan().to_string(), &catalogue()).unwrap();
+    let ids: Vec<&str> = plan.tasks.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "pre_migration_backup",
+            "run_migration",
+            "validate_data",
+            "invalidate_cache",
+            "rebuild_projections"
+        ]
+    );
+    assert_eq!(plan.tasks[0].timeout_ms, 30 * 60 * 1000);
+    assert_eq!(plan.tasks[1].retries, 2);
+    assert_eq!(plan.tasks[4].dependencies, [2, 3]);
+    assert_eq!(plan.tasks[2].timeout_ms, TIMEOUT_MS_DEFAULT);
+}
+
+#[test]
+fn tasks_written_out_of_order_are_sorted_after_their_dependencies() {
+    let plan = Plan::from_json(
+        &json!({"tasks": [
+            {"id": "b", "agent": "cache", "operation": "invalidate", "dependencies": ["a"]},
+            {"id": "a", "agent": "integrity", "operation": "check"}
+        ]})
+        .to_string(),
+        &catalogue(),
+    )
+    .unwrap();
+    assert_eq!(plan.tasks[0].id, "a");
+    assert_eq!(plan.tasks[1].dependencies, [0]);
+}
+
+#[test]
+fn a_cycle_is_named() {
+    let all = problems(json!({"tasks": [
+        {"id": "a", "agent": "integrity", "operation": "check", "dependencies": ["c"]},
+        {"id": "b", "agent": "integrity", "operation": "check", "dependencies": ["a"]},
+        {"id": "c", "agent": "integrity", "operation": "check", "dependencies": ["b"]}
+    ]}));
+    assert!(all.contains("the dependencies form a cycle: "), "{all}");
+    for id in ["a", "b", "c"] {
+        assert!(all.contains(id), "{all}");
+    }
+}
+
+#[test]
+fn every_kind_of_problem_is_named_at_once() {
+    let all = problems(json!({"tasks": [
+        {"id": "x", "agent": "nobody", "operation": "run"},
+        {"id": "y", "agent": "backup", "operation": "explode"},
+        {"id": "z", "agent": "backup", "operation": "create", "params": {"database": 5, "compress": true},
+         "dependencies": ["missing", "z"], "timeout": "soon", "retries": 99},
+        {"id": "x", "agent": "schema", "operation": "apply"},
+        {"id": "bad id!", "agent": "cache", "operation": "invalidate", "timeout": 0}
+    ]}));
+    for expected in [
+        "task 'x': unknown agent 'nobody' (known: backup, cache, eventsourcing, integrity, schema)",
+        "task 'y': agent 'backup' has no operation 'explode' (it has: create, delete)",
+        "parameter 'database' of backup.create must be String, not 5",
+        "backup.create has no parameter 'compress' (it takes: database, kind)",
+        "task 'z' depends on 'missing', which is not in the plan",
+        "task 'z' depends on itself",
+        "timeout \"soon\" needs a unit",
+        "99 retries; at most 10",
+        "task id 'x' is used twice",
+        "schema.apply needs parameter 'migration'",
+        "task id 'bad id!' is not valid",
+        "timeout 0 ms is outside",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+    }
+}
+
+#[test]
+fn a_compensation_must_be_an_operation_of_the_same_agent() {
+    let all = problems(json!({"tasks": [
+        {"id": "a", "agent": "cache", "operation": "invalidate", "compensation": {"operation": "restore"}}
+    ]}));
+    assert!(
+        all.contains("task 'a' compensation: agent 'cache' has no operation 'restore'"),
+        "{all}"
+    );
+}
+
+#[test]
+fn empty_and_unreadable_plans_are_refused() {
+    assert!(problems(json!({"tasks": []})).contains("the plan has no tasks"));
+    assert!(problems(json!({"tasks": [], "steps": []})).contains("unknown field `steps`"));
+    let not_json = Plan::from_json("{", &catalogue()).unwrap_err();
+    assert!(not_json.problems[0].starts_with("not a plan:"));
+}
+
+#[test]
+fn timeouts_read_numbers_as_seconds_and_strings_with_units() {
+    assert_eq!(parse_timeout_ms(&json!(30)), Ok(30_000));
+    assert_eq!(parse_timeout_ms(&json!("250ms")), Ok(250));
+    assert_eq!(parse_timeout_ms(&json!("5m")), Ok(300_000));
+    assert_eq!(parse_timeout_ms(&json!("2h")), Ok(7_200_000));
+    assert!(parse_timeout_ms(&json!("1.5s")).is_err());
+    assert!(parse_timeout_ms(&json!(true)).is_err());
+}
