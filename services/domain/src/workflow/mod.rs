@@ -2,6 +2,11 @@
 //! the workflow aggregate. Pure: the orchestrator that sends task commands
 //! and records results lives at the edge.
 
+pub mod aggregate;
 pub mod plan;
 
+pub use aggregate::{
+    Clock, Priority, WorkflowCommand, WorkflowError, WorkflowEvent, WorkflowState, WorkflowStatus, decide,
+    evolve,
+};
 pub use plan::{Catalogue, OperationSpec, ParamSpec, ParamType, Plan, PlanError, PlanSpec, Task, TaskSpec};
