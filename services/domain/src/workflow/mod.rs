@@ -4,9 +4,11 @@
 
 pub mod aggregate;
 pub mod plan;
+pub mod planner;
 
 pub use aggregate::{
     Clock, Priority, WorkflowCommand, WorkflowError, WorkflowEvent, WorkflowState, WorkflowStatus, decide,
     evolve,
 };
 pub use plan::{Catalogue, OperationSpec, ParamSpec, ParamType, Plan, PlanError, PlanSpec, Task, TaskSpec};
+pub use planner::{PlannerError, plan_request};
