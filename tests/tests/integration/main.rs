@@ -14,3 +14,4 @@ mod server;
 mod snapshot;
 mod subscribe;
 mod telemetry;
+mod workflows;
