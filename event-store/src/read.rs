@@ -155,6 +155,19 @@ pub struct AllPage {
     pub scanned_to: AllPosition,
 }
 
+/// The event of `row`, checked to come after `after` (read-side invariant:
+/// `$all` only moves forwards).
+fn next_in_all(row: EventRow, after: AllPosition) -> Result<RecordedEvent, StoreError> {
+    let event = RecordedEvent::try_from(row)?;
+    if event.all_position() <= after {
+        return Err(StoreError::Corrupt(format!(
+            "$all went backwards: {:?} after {after:?}",
+            event.all_position()
+        )));
+    }
+    Ok(event)
+}
+
 pub type EventReceiver = mpsc::Receiver<Result<RecordedEvent, StoreError>>;
 
 #[derive(Clone)]
@@ -292,14 +305,7 @@ impl Reader {
                 .await?;
             let fetched = rows.len() as u64;
             for row in rows {
-                let event = RecordedEvent::try_from(row)?;
-                // Read-side invariant: $all only moves forwards.
-                if event.all_position() <= *after {
-                    return Err(StoreError::Corrupt(format!(
-                        "$all went backwards: {:?} after {after:?}",
-                        event.all_position()
-                    )));
-                }
+                let event = next_in_all(row, *after)?;
                 *after = event.all_position();
                 if sender.send(Ok(event)).await.is_err() {
                     return Ok(Drained::ClientGone);
@@ -337,14 +343,7 @@ impl Reader {
         let mut events = Vec::with_capacity(rows.len());
         let mut last = after;
         for row in rows {
-            let event = RecordedEvent::try_from(row)?;
-            // Read-side invariant: $all only moves forwards.
-            if event.all_position() <= last {
-                return Err(StoreError::Corrupt(format!(
-                    "$all went backwards: {:?} after {last:?}",
-                    event.all_position()
-                )));
-            }
+            let event = next_in_all(row, last)?;
             last = event.all_position();
             events.push(event);
         }

@@ -47,7 +47,6 @@ const GENERATION_RESET: &str = include_str!("sql/generation_reset.sql");
 const GENERATION_RETIRE: &str = include_str!("sql/generation_retire.sql");
 const GENERATION_GO_LIVE: &str = include_str!("sql/generation_go_live.sql");
 const PROJECTION_SET_LIVE: &str = include_str!("sql/projection_set_live.sql");
-const GENERATION_CAUGHT_UP: &str = include_str!("sql/generation_caught_up.sql");
 const PROJECTION_STATUS: &str = include_str!("sql/projection_status.sql");
 const PROJECTION_LAG: &str = include_str!("sql/projection_lag.sql");
 pub(crate) const PROJECTION_DEFINITION_LIVE: &str = include_str!("sql/projection_definition_live.sql");
@@ -294,10 +293,7 @@ impl Projections {
             .bind(&name)
             .execute(&mut *tx)
             .await?;
-        let (live, _paused): (Option<i32>, bool) = sqlx::query_as(PROJECTION_LOCK)
-            .bind(&name)
-            .fetch_one(&mut *tx)
-            .await?;
+        let (live, _paused) = lock_projection(&mut tx, &name).await?;
         let current = self.generations(&mut tx, &name).await?;
         // Generations come in order: the last is the one that will serve.
         if current.last().is_some_and(|(_, _, d)| *d == json) {
@@ -378,11 +374,7 @@ impl Projections {
                 "projection '{name}' has no live generation"
             )));
         };
-        let definition = Definition::try_from(
-            serde_json::from_value::<crate::definition::DefinitionSpec>(definition.clone()).map_err(|e| {
-                ProjectionError::Database(format!("stored definition of '{name}' does not parse: {e}"))
-            })?,
-        )?;
+        let definition = stored_definition(definition)?;
         let generation: i32 = sqlx::query_scalar(GENERATION_INSERT)
             .bind(name)
             .bind("building")
@@ -563,12 +555,7 @@ impl Projections {
                 transaction_id: row.transaction_id as u64,
                 global_position: row.global_position as u64,
             };
-            let types: Vec<String> = Definition::try_from(
-                serde_json::from_value::<crate::definition::DefinitionSpec>(definition.clone()).map_err(
-                    |e| ProjectionError::Database(format!("stored definition does not parse: {e}")),
-                )?,
-            )?
-            .event_types();
+            let types = stored_definition(&definition)?.event_types();
             let (scanned, matched, head_position, lag_seconds): (i64, i64, i64, f64) =
                 sqlx::query_as(PROJECTION_LAG)
                     .bind(position.transaction_id.to_string())
@@ -730,6 +717,14 @@ fn lag_estimate(scanned: u64, matched: u64, window: u64, head_position: u64, che
     scaled.max(matched)
 }
 
+/// A definition as the registry stores it (validated again: the rules may
+/// have changed since it was stored).
+fn stored_definition(json: &serde_json::Value) -> Result<Definition, ProjectionError> {
+    let spec: crate::definition::DefinitionSpec = serde_json::from_value(json.clone())
+        .map_err(|e| ProjectionError::Database(format!("stored definition does not parse: {e}")))?;
+    Ok(Definition::try_from(spec)?)
+}
+
 async fn lock_projection(
     tx: &mut Transaction<'_, Postgres>,
     name: &str,
@@ -782,6 +777,28 @@ async fn go_live(
         sqlx::query(AssertSqlSafe(statement)).execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+/// A generation as a runner sees it (`generation_peek.sql`,
+/// `generation_lock.sql`).
+struct GenerationRow {
+    status: String,
+    position: AllPosition,
+    failed: bool,
+    paused: bool,
+}
+
+impl GenerationRow {
+    /// Why the runner must not apply anything now, if it must not.
+    fn stop(&self) -> Option<Step> {
+        if self.status == "retired" {
+            Some(Step::Retired)
+        } else if self.failed || self.paused {
+            Some(Step::Halted)
+        } else {
+            None
+        }
+    }
 }
 
 /// What a runner's step ended with.
@@ -901,6 +918,34 @@ impl Runner {
         }
     }
 
+    /// The generation's registry row, read with `sql` (a peek, or the
+    /// locking read of the fence); a missing row reads as retired.
+    async fn generation_row<'c, E>(
+        &self,
+        sql: &'static str,
+        executor: E,
+    ) -> Result<GenerationRow, sqlx::Error>
+    where
+        E: sqlx::Executor<'c, Database = Postgres>,
+    {
+        let row: Option<(String, i64, i64, bool, bool)> = sqlx::query_as(sql)
+            .bind(&self.name)
+            .bind(self.generation)
+            .fetch_optional(executor)
+            .await?;
+        let (status, transaction_id, global_position, failed, paused) =
+            row.unwrap_or_else(|| ("retired".to_owned(), 0, 0, false, false));
+        Ok(GenerationRow {
+            status,
+            position: AllPosition {
+                transaction_id: transaction_id as u64,
+                global_position: global_position as u64,
+            },
+            failed,
+            paused,
+        })
+    }
+
     /// One batch. `checkpoint` is the stored checkpoint as last seen (None:
     /// read it); `scan_from` may be ahead of it when pages held nothing of
     /// this projection's types (not worth a write).
@@ -916,23 +961,11 @@ impl Runner {
         let inner = &self.inner;
         // Look first without a lock: an idle or halted runner takes no
         // transaction id, which would hold the cluster's $all horizon back.
-        let (status, transaction_id, global_position, failed, paused): (String, i64, i64, bool, bool) =
-            sqlx::query_as(GENERATION_PEEK)
-                .bind(&self.name)
-                .bind(self.generation)
-                .fetch_optional(&inner.pool)
-                .await?
-                .unwrap_or_else(|| ("retired".to_owned(), 0, 0, false, false));
-        if status == "retired" {
-            return Ok(Step::Retired);
+        let peeked = self.generation_row(GENERATION_PEEK, &inner.pool).await?;
+        if let Some(stop) = peeked.stop() {
+            return Ok(stop);
         }
-        if failed || paused {
-            return Ok(Step::Halted);
-        }
-        let stored = AllPosition {
-            transaction_id: transaction_id as u64,
-            global_position: global_position as u64,
-        };
+        let (status, stored) = (peeked.status, peeked.position);
         if *checkpoint != Some(stored) {
             // First step, or another runner moved it: go on from the store.
             *checkpoint = Some(stored);
@@ -997,24 +1030,12 @@ impl Runner {
         // The fence: the checkpoint must still be where the page was read
         // from, and the generation still running, under the row lock.
         let mut tx = inner.pool.begin().await?;
-        let (status, transaction_id, global_position, failed, paused): (String, i64, i64, bool, bool) =
-            sqlx::query_as(GENERATION_LOCK)
-                .bind(&self.name)
-                .bind(self.generation)
-                .fetch_optional(&mut *tx)
-                .await?
-                .unwrap_or_else(|| ("retired".to_owned(), 0, 0, false, false));
-        if status == "retired" {
-            return Ok(Step::Retired);
+        let locked = self.generation_row(GENERATION_LOCK, &mut *tx).await?;
+        if let Some(stop) = locked.stop() {
+            return Ok(stop);
         }
-        if failed || paused {
-            return Ok(Step::Halted);
-        }
-        let locked = AllPosition {
-            transaction_id: transaction_id as u64,
-            global_position: global_position as u64,
-        };
-        if Some(locked) != *checkpoint {
+        let status = locked.status;
+        if Some(locked.position) != *checkpoint {
             *checkpoint = None;
             return Ok(Step::Progressed);
         }
@@ -1176,19 +1197,10 @@ impl Runner {
         let name = &self.name;
         let mut tx = self.inner.pool.begin().await?;
         let (live, _) = lock_projection(&mut tx, name).await?;
-        let (status, _, _, failed, _): (String, i64, i64, bool, bool) = sqlx::query_as(GENERATION_LOCK)
-            .bind(name)
-            .bind(self.generation)
-            .fetch_one(&mut *tx)
-            .await?;
-        if status != "building" || failed {
+        let generation = self.generation_row(GENERATION_LOCK, &mut *tx).await?;
+        if generation.status != "building" || generation.failed {
             return Ok(());
         }
-        sqlx::query(GENERATION_CAUGHT_UP)
-            .bind(name)
-            .bind(self.generation)
-            .execute(&mut *tx)
-            .await?;
         if let Some(old) = live {
             retire(&mut tx, name, old).await?;
         }

@@ -265,6 +265,25 @@ pub fn header(message: &async_nats::jetstream::message::StreamMessage, name: &st
         .unwrap_or_default()
 }
 
+/// A port nothing listens on now (the OS's choice), for a private server.
+fn free_loopback_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// Waits (bounded: 10 s) until something accepts connections on `port`.
+async fn wait_listening(port: u16, what: &str) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not listen on port {port} within 10 s");
+}
+
 /// A nats-server of a test's own (JetStream on, loopback, a free port), for
 /// tests that stop and restart NATS without disturbing the shared one.
 pub struct PrivateNats {
@@ -275,11 +294,7 @@ pub struct PrivateNats {
 
 impl PrivateNats {
     pub async fn start() -> PrivateNats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_loopback_port();
         let dir = std::env::temp_dir().join(format!("dbswarm-nats-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut nats = PrivateNats {
@@ -312,16 +327,7 @@ impl PrivateNats {
             .spawn()
             .expect("nats-server starts (make test installs it)");
         self.child = Some(child);
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("private nats-server did not listen within 10 s");
+        wait_listening(self.port, "private nats-server").await;
     }
 
     /// Stops it gracefully (SIGTERM: JetStream flushes what it acknowledged).
@@ -381,11 +387,7 @@ pub struct PrivateRedis {
 
 impl PrivateRedis {
     pub async fn start() -> PrivateRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_loopback_port();
         let mut redis = PrivateRedis { child: None, port };
         redis.launch().await;
         redis
@@ -409,16 +411,7 @@ impl PrivateRedis {
             .spawn()
             .expect("redis-server starts (make test installs it)");
         self.child = Some(child);
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("private redis-server did not listen within 10 s");
+        wait_listening(self.port, "private redis-server").await;
     }
 
     /// Kills it (nothing to flush: it persists nothing).

@@ -57,8 +57,20 @@ pub async fn wait_for_status(
     what: &str,
     check: impl Fn(&proto::ProjectionStatus) -> bool,
 ) -> proto::ProjectionStatus {
-    let mut last = None;
-    for _ in 0..600 {
+    wait_until(client, name, what, Duration::from_secs(30), check).await
+}
+
+/// Polls the projection's status until `check` holds; panics with the last
+/// status after `timeout`.
+pub async fn wait_until(
+    client: &mut ProjectionsClient<Channel>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&proto::ProjectionStatus) -> bool,
+) -> proto::ProjectionStatus {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
         let status = client
             .get(proto::ProjectionRequest { name: name.into() })
             .await
@@ -67,10 +79,11 @@ pub async fn wait_for_status(
         if check(&status) {
             return status;
         }
-        last = Some(status);
+        if tokio::time::Instant::now() > deadline {
+            panic!("projection {name}: {what} did not happen within {timeout:?}; last status {status:#?}");
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("projection {name}: {what} did not happen within 30 s; last status {last:#?}");
 }
 
 pub fn caught_up(status: &proto::ProjectionStatus) -> bool {

@@ -14,7 +14,9 @@ use server::{Config, Settings};
 use tests::*;
 use tonic::transport::Channel;
 
-use crate::projections::{append, caught_up, define, get_row, projections_client, user_list_definition};
+use crate::projections::{
+    append, caught_up, define, get_row, projections_client, user_list_definition, wait_until,
+};
 
 const ACCOUNTS: u64 = 100;
 
@@ -59,30 +61,6 @@ async fn deposit_many(
         }
         append(server, &format!("deposits-{seq}"), events).await;
         seq = end;
-    }
-}
-
-async fn wait_until(
-    client: &mut ProjectionsClient<Channel>,
-    name: &str,
-    what: &str,
-    timeout: Duration,
-    check: impl Fn(&proto::ProjectionStatus) -> bool,
-) -> proto::ProjectionStatus {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let status = client
-            .get(proto::ProjectionRequest { name: name.into() })
-            .await
-            .unwrap()
-            .into_inner();
-        if check(&status) {
-            return status;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("projection {name}: {what} did not happen within {timeout:?}; last status {status:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -42,6 +42,14 @@ fn now() -> Clock {
     Clock { now_ms, jitter: 0.5 }
 }
 
+fn start(id: Uuid) -> WorkflowCommand {
+    WorkflowCommand::Start {
+        workflow_id: id.to_string(),
+        plan: plan(),
+        priority: Priority::Normal,
+    }
+}
+
 fn succeeded(task: &str) -> WorkflowCommand {
     WorkflowCommand::TaskSucceeded {
         task_id: task.into(),
@@ -63,32 +71,10 @@ async fn a_workflow_is_recorded_in_its_stream_and_concurrent_outcomes_count_once
     );
     let id = Uuid::new_v4();
     // Given a started workflow
-    let started = store
-        .execute(
-            id,
-            WorkflowCommand::Start {
-                workflow_id: id.to_string(),
-                plan: plan(),
-                priority: Priority::Normal,
-            },
-            now,
-        )
-        .await
-        .unwrap();
+    let started = store.execute(id, start(id), now).await.unwrap();
     assert_eq!(started.len(), 2, "started and its first task scheduled");
     // Starting it again is refused
-    let again = store
-        .execute(
-            id,
-            WorkflowCommand::Start {
-                workflow_id: id.to_string(),
-                plan: plan(),
-                priority: Priority::Normal,
-            },
-            now,
-        )
-        .await
-        .unwrap_err();
+    let again = store.execute(id, start(id), now).await.unwrap_err();
     assert!(matches!(again, SagaError::Workflow(_)), "{again}");
     store.execute(id, succeeded("backup"), now).await.unwrap();
     store.execute(id, succeeded("migrate"), now).await.unwrap();
