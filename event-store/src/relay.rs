@@ -256,18 +256,17 @@ pub async fn ensure_tasks_stream(js: &jetstream::Context, config: &RelayConfig) 
 }
 
 /// Sends a command to an agent on `<prefix>.task.<agent>.<operation>`,
-/// once: the task id is the message id, so a resend is dropped.
+/// once: `message_id` identifies the command, so a resend within the
+/// duplicate window is dropped. Returns false for such a duplicate.
 pub async fn publish_task(
     js: &jetstream::Context,
     config: &RelayConfig,
     agent: &str,
     operation: &str,
-    task_id: uuid::Uuid,
+    message_id: &str,
     payload: bytes::Bytes,
 ) -> Result<bool, RelayError> {
-    let message = PublishMessage::build()
-        .payload(payload)
-        .message_id(task_id.to_string());
+    let message = PublishMessage::build().payload(payload).message_id(message_id);
     let ack = js
         .send_publish(config.task_subject(agent, operation), message)
         .await

@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "../../proto/dbswarm/v1/event_store.proto",
                 "../../proto/dbswarm/v1/admin.proto",
                 "../../proto/dbswarm/v1/projections.proto",
+                "../../proto/dbswarm/v1/workflows.proto",
             ],
             &["../../proto"],
         )?;

@@ -113,7 +113,18 @@ pub fn settings_for(db: &TestDb) -> Settings {
         events_stream_name: Some(names.stream_name),
         tasks_stream_name: Some(names.tasks_stream_name),
         relay_poll_interval_ms: Some(200),
+        // The agents record their lifecycle as events: tests that count
+        // the events of $all run without them (see `with_workflows`).
+        workflows_enabled: Some(false),
         ..Settings::default()
+    }
+}
+
+/// `settings_for` with the agents and the workflow driver running.
+pub fn with_workflows(settings: Settings) -> Settings {
+    Settings {
+        workflows_enabled: Some(true),
+        ..settings
     }
 }
 

@@ -18,9 +18,11 @@ mod convert;
 mod event_store_service;
 mod projections_service;
 mod status;
+mod workflows_service;
 
 pub use admin_service::AdminService;
 pub use convert::EVENT_TYPE_FILTERS_MAX;
 pub use event_store_service::EventStoreService;
 pub use projections_service::ProjectionsService;
-pub use status::{projection_error_status, store_error_status, validation_status};
+pub use status::{projection_error_status, saga_error_status, store_error_status, validation_status};
+pub use workflows_service::WorkflowsService;

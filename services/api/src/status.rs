@@ -2,9 +2,11 @@
 
 use std::collections::HashMap;
 
+use domain::workflow::WorkflowError;
 use domain::{AppendError, ExpectedVersion, ValidationError};
 use event_store::StoreError;
 use projections::ProjectionError;
+use sagas::SagaError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -107,5 +109,26 @@ pub fn projection_error_status(e: ProjectionError) -> Status {
         ProjectionError::Store(store) => store_error_status(store),
         ProjectionError::Unavailable(_) => Status::unavailable(message),
         ProjectionError::Database(_) => Status::internal(message),
+    }
+}
+
+pub fn saga_error_status(e: SagaError) -> Status {
+    let message = e.to_string();
+    match e {
+        SagaError::Workflow(WorkflowError::AlreadyStarted(_)) => Status::already_exists(message),
+        SagaError::Workflow(WorkflowError::Finished { .. }) => Status::failed_precondition(message),
+        SagaError::Workflow(WorkflowError::NotStarted) | SagaError::NotFound(_) => Status::not_found(message),
+        SagaError::Workflow(WorkflowError::UnknownTask { .. }) => Status::invalid_argument(message),
+        SagaError::IdempotencyConflict { .. } => Status::already_exists(message),
+        SagaError::Unhealthy { .. } => Status::failed_precondition(message),
+        SagaError::NotServed { .. } => Status::unimplemented(message),
+        SagaError::Contention { .. } => Status::aborted(message),
+        SagaError::Invalid(e) => validation_status(e),
+        SagaError::Store(store) => store_error_status(store),
+        SagaError::Nats(_) => Status::unavailable(message),
+        SagaError::Corrupt { .. } | SagaError::Database(_) => {
+            tracing::error!(error = %message, "internal error");
+            Status::internal(message)
+        }
     }
 }

@@ -30,10 +30,35 @@ pub enum SagaError {
     Corrupt { workflow_id: Uuid, why: String },
     #[error("invalid workflow event: {0}")]
     Invalid(#[from] ValidationError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("agent '{agent}' is not healthy after waiting {waited_ms} ms: {why}")]
+    Unhealthy {
+        agent: String,
+        why: String,
+        waited_ms: u64,
+    },
+    #[error("no agent on this server serves {agent}.{operation} yet")]
+    NotServed { agent: String, operation: String },
+    #[error(
+        "idempotency key '{key}' already started workflow {workflow_id} with another plan; use a new key for a new request"
+    )]
+    IdempotencyConflict { key: String, workflow_id: Uuid },
 }
 
 pub fn workflow_stream(workflow_id: Uuid) -> String {
     format!("workflow-{workflow_id}")
+}
+
+/// What `execute` recorded, and the workflow after it.
+#[derive(Debug, Clone)]
+pub struct Executed {
+    pub events: Vec<WorkflowEvent>,
+    pub state: WorkflowState,
+    /// The stream version `state` is at.
+    pub version: u64,
 }
 
 #[derive(Clone)]
@@ -97,7 +122,7 @@ impl WorkflowStore {
         workflow_id: Uuid,
         command: WorkflowCommand,
         clock: impl Fn() -> Clock,
-    ) -> Result<Vec<WorkflowEvent>, SagaError> {
+    ) -> Result<Executed, SagaError> {
         for _ in 0..CONFLICT_ATTEMPTS_MAX {
             let (state, version) = self.load(workflow_id).await?;
             let is_start = matches!(command, WorkflowCommand::Start { .. });
@@ -106,7 +131,11 @@ impl WorkflowStore {
             }
             let events = decide(&state, command.clone(), clock())?;
             if events.is_empty() {
-                return Ok(events);
+                return Ok(Executed {
+                    events,
+                    state,
+                    version,
+                });
             }
             let expected = if version == 0 {
                 ExpectedVersion::NoStream
@@ -114,7 +143,15 @@ impl WorkflowStore {
                 ExpectedVersion::Exact(version)
             };
             match self.append(workflow_id, expected, &events).await {
-                Ok(()) => return Ok(events),
+                Ok(()) => {
+                    let version = version + events.len() as u64;
+                    let state = events.iter().fold(state, evolve);
+                    return Ok(Executed {
+                        events,
+                        state,
+                        version,
+                    });
+                }
                 Err(SagaError::Store(StoreError::Append(AppendError::WrongExpectedVersion { .. }))) => {
                     tracing::debug!(%workflow_id, "workflow changed meanwhile; deciding again");
                 }

@@ -5,11 +5,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use agents::AgentsConfig;
 use domain::Limits;
 use event_store::relay::RelayConfig;
 use event_store::{AppendConfig, ReadConfig};
 use projections::RuntimeConfig;
 use projections::cache::CacheConfig;
+use sagas::OrchestratorConfig;
 use serde::Deserialize;
 
 /// Largest request the server accepts, whatever the configuration says.
@@ -176,6 +178,30 @@ pub struct Settings {
     /// Deadline of each Redis round trip, ms; past it the query goes to PostgreSQL [default: 50].
     #[arg(long, env = "DBSWARM_CACHE_OP_TIMEOUT_MS", value_name = "MS")]
     pub cache_op_timeout_ms: Option<u64>,
+    /// Run the agents and the workflow driver on this server [default: true].
+    #[arg(long, env = "DBSWARM_WORKFLOWS_ENABLED", value_name = "BOOL")]
+    pub workflows_enabled: Option<bool>,
+    /// How often the workflow driver times out and retries what is due, ms [default: 100].
+    #[arg(long, env = "DBSWARM_WORKFLOW_TICK_INTERVAL_MS", value_name = "MS")]
+    pub workflow_tick_interval_ms: Option<u64>,
+    /// How long Execute waits for the agents a plan needs to be healthy, ms [default: 5000].
+    #[arg(long, env = "DBSWARM_WORKFLOW_HEALTH_WAIT_MS", value_name = "MS")]
+    pub workflow_health_wait_ms: Option<u64>,
+    /// Tasks each agent works on at once on this server [default: 4].
+    #[arg(long, env = "DBSWARM_AGENT_CONCURRENCY_MAX", value_name = "N")]
+    pub agent_concurrency_max: Option<usize>,
+    /// Task commands delivered to an agent and not finished at most (its priority queue) [default: 256].
+    #[arg(long, env = "DBSWARM_AGENT_QUEUE_MAX", value_name = "N")]
+    pub agent_queue_max: Option<usize>,
+    /// Tasks each agent starts per second on this server at most; 0 = no limit [default: 0].
+    #[arg(long, env = "DBSWARM_AGENT_TASKS_PER_S_MAX", value_name = "N")]
+    pub agent_tasks_per_s_max: Option<u32>,
+    /// A task command not acknowledged for this long goes to another agent instance, ms; running tasks extend it [default: 30000].
+    #[arg(long, env = "DBSWARM_AGENT_ACK_WAIT_MS", value_name = "MS")]
+    pub agent_ack_wait_ms: Option<u64>,
+    /// Agent heartbeat (and health check) interval, ms [default: 30000].
+    #[arg(long, env = "DBSWARM_AGENT_HEARTBEAT_INTERVAL_MS", value_name = "MS")]
+    pub agent_heartbeat_interval_ms: Option<u64>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "DBSWARM_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -206,6 +232,9 @@ pub struct Config {
     pub projections: RuntimeConfig,
     /// `url` is None when the cache is off.
     pub cache: CacheConfig,
+    pub workflows_enabled: bool,
+    pub orchestrator: OrchestratorConfig,
+    pub agents: AgentsConfig,
     pub log_format: LogFormat,
 }
 
@@ -262,6 +291,14 @@ impl Settings {
             cache_enabled,
             cache_ttl_ms,
             cache_op_timeout_ms,
+            workflows_enabled,
+            workflow_tick_interval_ms,
+            workflow_health_wait_ms,
+            agent_concurrency_max,
+            agent_queue_max,
+            agent_tasks_per_s_max,
+            agent_ack_wait_ms,
+            agent_heartbeat_interval_ms,
             log_format,
         )
     }
@@ -327,6 +364,8 @@ fn positive<T: Copy + PartialOrd + From<u8> + std::fmt::Display>(
 
 impl Config {
     pub fn from_settings(s: Settings) -> Result<Config, ConfigError> {
+        let orchestrator = orchestrator_config(&s)?;
+        let agents = agents_config(&s)?;
         let limit_defaults = Limits::default();
         let append_defaults = AppendConfig::default();
         let read_defaults = ReadConfig::default();
@@ -509,9 +548,74 @@ impl Config {
             projections_dir: s.projections_dir,
             projections,
             cache,
+            workflows_enabled: s.workflows_enabled.unwrap_or(true),
+            orchestrator,
+            agents,
             log_format,
         })
     }
+}
+
+fn orchestrator_config(s: &Settings) -> Result<OrchestratorConfig, ConfigError> {
+    let d = OrchestratorConfig::default();
+    Ok(OrchestratorConfig {
+        tick_interval_ms: positive(
+            "workflow_tick_interval_ms",
+            s.workflow_tick_interval_ms,
+            d.tick_interval_ms,
+            60_000,
+        )?,
+        health_wait_ms: match s.workflow_health_wait_ms {
+            Some(ms) if ms > 600_000 => {
+                return Err(invalid(
+                    "workflow_health_wait_ms",
+                    format!("{ms} is more than 600000"),
+                ));
+            }
+            Some(ms) => ms,
+            None => d.health_wait_ms,
+        },
+        ..d
+    })
+}
+
+fn agents_config(s: &Settings) -> Result<AgentsConfig, ConfigError> {
+    let d = AgentsConfig::default();
+    let queue_max = positive("agent_queue_max", s.agent_queue_max, d.queue_max, 10_000)?;
+    let concurrency_max = positive(
+        "agent_concurrency_max",
+        s.agent_concurrency_max,
+        d.concurrency_max,
+        256,
+    )?;
+    if concurrency_max > queue_max {
+        return Err(invalid(
+            "agent_concurrency_max",
+            format!(
+                "{concurrency_max} is more than agent_queue_max ({queue_max}): workers would wait for nothing"
+            ),
+        ));
+    }
+    let tasks_per_s_max = s.agent_tasks_per_s_max.unwrap_or(d.tasks_per_s_max);
+    if tasks_per_s_max > 100_000 {
+        return Err(invalid(
+            "agent_tasks_per_s_max",
+            format!("{tasks_per_s_max} is more than 100000 (0 means no limit)"),
+        ));
+    }
+    Ok(AgentsConfig {
+        concurrency_max,
+        queue_max,
+        tasks_per_s_max,
+        ack_wait_ms: positive("agent_ack_wait_ms", s.agent_ack_wait_ms, d.ack_wait_ms, 3_600_000)?,
+        heartbeat_interval_ms: positive(
+            "agent_heartbeat_interval_ms",
+            s.agent_heartbeat_interval_ms,
+            d.heartbeat_interval_ms,
+            86_400_000,
+        )?,
+        ..d
+    })
 }
 
 /// The database name in a PostgreSQL URL (the path, without parameters).

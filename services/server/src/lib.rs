@@ -13,7 +13,8 @@ use std::sync::atomic::AtomicBool;
 use api::proto::admin_server::AdminServer;
 use api::proto::event_store_server::EventStoreServer;
 use api::proto::projections_server::ProjectionsServer;
-use api::{AdminService, EventStoreService, ProjectionsService};
+use api::proto::workflows_server::WorkflowsServer;
+use api::{AdminService, EventStoreService, ProjectionsService, WorkflowsService};
 use event_store::{Appender, CommitSignal, Reader};
 use projections::Projections;
 use projections::cache::ReadCache;
@@ -105,6 +106,36 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         define_from_dir(&projections, dir).await?;
     }
     let projections_service = ProjectionsService::new(projections.clone()).into_server();
+    let directory = agents::Directory::default();
+    let orchestrator = sagas::Orchestrator::new(
+        sagas::WorkflowStore::new(appender.clone(), reader.clone(), config.limits),
+        pool.clone(),
+        nats.clone(),
+        config.relay.clone(),
+        Arc::new(directory.clone()),
+        config.orchestrator.clone(),
+    );
+    let workflows = WorkflowsService::new(
+        orchestrator.clone(),
+        reader.clone(),
+        commits.clone(),
+        projections.clone(),
+        config.limits,
+    )
+    .into_server();
+    let agents_runtime = agents::AgentsRuntime::new(
+        orchestrator.clone(),
+        directory,
+        appender.clone(),
+        config.limits,
+        agents::Dependencies {
+            pool: pool.clone(),
+            nats: nats.clone(),
+        },
+        config.relay.clone(),
+        config.agents.clone(),
+        uuid::Uuid::new_v4().to_string(),
+    );
     let event_store = EventStoreService::new(appender, reader, commits.clone(), config.limits).into_server();
 
     let relay_leading = Arc::new(AtomicBool::new(false));
@@ -117,6 +148,9 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     health_reporter.set_serving::<AdminServer<AdminService>>().await;
     health_reporter
         .set_serving::<ProjectionsServer<ProjectionsService>>()
+        .await;
+    health_reporter
+        .set_serving::<WorkflowsServer<WorkflowsService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(api::proto::FILE_DESCRIPTOR_SET)
@@ -136,6 +170,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         .add_service(event_store)
         .add_service(admin)
         .add_service(projections_service)
+        .add_service(workflows)
         .serve_with_incoming_shutdown(
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             until_stopped(stopped.clone()),
@@ -156,6 +191,18 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         let runners = projections.start(commits, stopped.clone());
         tasks.spawn(async move {
             let _ = runners.await;
+            Ok(())
+        });
+    }
+    if config.workflows_enabled {
+        let driver = orchestrator.run_driver(stopped.clone());
+        tasks.spawn(async move {
+            driver.await;
+            Ok(())
+        });
+        let agents = agents_runtime.run(agents::AgentsRuntime::swarm(), stopped.clone());
+        tasks.spawn(async move {
+            agents.await;
             Ok(())
         });
     }

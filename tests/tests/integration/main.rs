@@ -6,6 +6,7 @@ mod bad_input;
 mod cache;
 mod concurrency;
 mod consumer;
+mod orchestration;
 mod projections;
 mod read;
 mod read_models;

@@ -397,12 +397,20 @@ async fn tasks_are_queued_once_and_removed_when_done() {
 
     let task_id = uuid::Uuid::new_v4();
     let payload = bytes_of(r#"{"table":"users"}"#);
-    let first = event_store::relay::publish_task(&js, &config, "schema", "plan.v1", task_id, payload.clone())
-        .await
-        .unwrap();
-    let again = event_store::relay::publish_task(&js, &config, "schema", "plan.v1", task_id, payload)
-        .await
-        .unwrap();
+    let first = event_store::relay::publish_task(
+        &js,
+        &config,
+        "schema",
+        "plan.v1",
+        &task_id.to_string(),
+        payload.clone(),
+    )
+    .await
+    .unwrap();
+    let again =
+        event_store::relay::publish_task(&js, &config, "schema", "plan.v1", &task_id.to_string(), payload)
+            .await
+            .unwrap();
     assert!(first && !again, "the resend is dropped");
     assert_eq!(tasks.info().await.unwrap().state.messages, 1);
 

@@ -72,7 +72,7 @@ async fn a_workflow_is_recorded_in_its_stream_and_concurrent_outcomes_count_once
     let id = Uuid::new_v4();
     // Given a started workflow
     let started = store.execute(id, start(id), now).await.unwrap();
-    assert_eq!(started.len(), 2, "started and its first task scheduled");
+    assert_eq!(started.events.len(), 2, "started and its first task scheduled");
     // Starting it again is refused
     let again = store.execute(id, start(id), now).await.unwrap_err();
     assert!(matches!(again, SagaError::Workflow(_)), "{again}");
@@ -84,7 +84,7 @@ async fn a_workflow_is_recorded_in_its_stream_and_concurrent_outcomes_count_once
         store.execute(id, succeeded("invalidate"), now),
         store.execute(id, succeeded("invalidate"), now),
     );
-    let recorded = [a.unwrap(), b.unwrap(), c.unwrap()];
+    let recorded = [a.unwrap().events, b.unwrap().events, c.unwrap().events];
     // Then each is recorded once, and the task after both is scheduled once
     let scheduled_rebuild = recorded
         .iter()

@@ -1,14 +1,18 @@
-//! Workflows (issue 5): plans validated against the agents' catalogue, and
-//! the workflow aggregate. Pure: the orchestrator that sends task commands
-//! and records results lives at the edge.
+//! Workflows (issue 5): plans validated against the agents' catalogue, the
+//! workflow aggregate, the task commands agents receive, and the
+//! rule-based planner. Pure: the orchestrator that sends task commands and
+//! records results lives at the edge (crate `sagas`).
 
 pub mod aggregate;
+pub mod catalogue;
 pub mod plan;
 pub mod planner;
+pub mod task;
 
 pub use aggregate::{
-    Clock, Priority, WorkflowCommand, WorkflowError, WorkflowEvent, WorkflowState, WorkflowStatus, decide,
-    evolve,
+    Clock, CompensationStatus, Priority, TaskStatus, WorkflowCommand, WorkflowError, WorkflowEvent,
+    WorkflowState, WorkflowStatus, decide, evolve,
 };
 pub use plan::{Catalogue, OperationSpec, ParamSpec, ParamType, Plan, PlanError, PlanSpec, Task, TaskSpec};
 pub use planner::{PlannerError, plan_request};
+pub use task::{StopRequest, TaskCommand, TaskKind};

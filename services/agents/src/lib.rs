@@ -1,0 +1,26 @@
+//! The agents' common runtime (DESIGN.md section 8): every agent of the
+//! swarm runs here with the same lifecycle, limits and bookkeeping, and
+//! differs only in the operations it serves.
+//!
+//! Lifecycle: initializing → health check → ready, or recovering (checked
+//! again until healthy) → processing tasks → draining on shutdown →
+//! stopped. Each change, and a heartbeat every `heartbeat_interval_ms`, is
+//! an event in stream `agent-<name>` (the `agents` read model shows them).
+//!
+//! Tasks: each agent is a durable JetStream consumer of
+//! `<prefix>.task.<agent>.>`, shared by the agent's instances on every
+//! server. Commands wait in a priority queue (high-priority workflows'
+//! tasks are taken first), run at most `concurrency_max` at once and at most
+//! `tasks_per_s_max` started per second, each bounded by its deadline and
+//! stopped by a cancellation. Before working on a command the agent asks
+//! the orchestrator whether its attempt is still current (`begin`), which
+//! makes a duplicate delivery a no-op; the outcome goes back through the
+//! orchestrator, which matches it by attempt, so it is recorded once.
+
+mod directory;
+mod probe;
+mod runtime;
+
+pub use directory::{AgentStatus, Directory};
+pub use probe::Probe;
+pub use runtime::{AgentsConfig, AgentsRuntime, Dependencies, OpFuture, Operation, TaskContext};

@@ -1,0 +1,725 @@
+//! One runtime per agent: health, lifecycle events, the JetStream consumer
+//! of its task subjects, the priority queue and the workers.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::{self, AckKind};
+use domain::workflow::{Priority, StopRequest, TaskCommand, TaskKind};
+use domain::{
+    AppendRequest, EventData, EventType, ExpectedVersion, Limits, ProposedEvent, StreamAppend, StreamId,
+};
+use event_store::Appender;
+use event_store::relay::{self, RelayConfig};
+use futures_util::StreamExt;
+use sagas::{Orchestrator, STOP_SUBJECT, now_ms};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::directory::{AgentStatus, Directory};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentsConfig {
+    /// Tasks one agent works on at once (per server).
+    pub concurrency_max: usize,
+    /// Commands delivered but not finished at most (the consumer's
+    /// `max_ack_pending`): the queue in which priority orders them.
+    pub queue_max: usize,
+    /// Tasks one agent starts per second at most (per server); 0 = no limit.
+    pub tasks_per_s_max: u32,
+    /// A command not acknowledged for this long is redelivered (a running
+    /// task keeps extending it, so this is how fast a crash is noticed).
+    pub ack_wait_ms: u64,
+    /// Deliveries of one command at most.
+    pub max_deliver: i64,
+    /// A heartbeat event (and health check) this often.
+    pub heartbeat_interval_ms: u64,
+    /// While recovering, the health check is repeated this often.
+    pub recovery_interval_ms: u64,
+    /// On shutdown, running tasks get this long to finish.
+    pub drain_timeout_ms: u64,
+    /// Progress events of one task at most this often.
+    pub progress_interval_ms: u64,
+    /// Each health check's dependency calls get this long.
+    pub health_timeout_ms: u64,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        AgentsConfig {
+            concurrency_max: 4,
+            queue_max: 256,
+            tasks_per_s_max: 0,
+            ack_wait_ms: 30_000,
+            max_deliver: 10,
+            heartbeat_interval_ms: 30_000,
+            recovery_interval_ms: 1_000,
+            drain_timeout_ms: 10_000,
+            progress_interval_ms: 1_000,
+            health_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// What agents work with besides the orchestrator.
+#[derive(Clone)]
+pub struct Dependencies {
+    /// The event store's database.
+    pub pool: PgPool,
+    pub nats: async_nats::Client,
+}
+
+pub type OpFuture<'a> = Pin<Box<dyn Future<Output = Result<Value, String>> + Send + 'a>>;
+
+/// One operation of an agent. An `Err` is the task's failure message.
+pub trait Operation: Send + Sync {
+    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a>;
+}
+
+/// What an operation sees of the task it works on.
+pub struct TaskContext {
+    pub command: TaskCommand,
+    pub deps: Dependencies,
+    orchestrator: Orchestrator,
+    progress_interval: Duration,
+    last_progress: Mutex<Option<Instant>>,
+}
+
+impl TaskContext {
+    /// Reports progress on long work (as a `TaskProgressed` event), at most
+    /// every `progress_interval_ms`; a report that cannot be recorded is
+    /// only logged, the work goes on.
+    pub async fn progress(&self, percent: f64, message: impl Into<String>) {
+        {
+            let mut last = self.last_progress.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < self.progress_interval) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        if let Err(error) = self
+            .orchestrator
+            .progress(&self.command, percent, message.into())
+            .await
+        {
+            tracing::warn!(%error, task = %self.command.task_id, "cannot record progress");
+        }
+    }
+}
+
+/// An agent's name and operations.
+pub struct AgentSpec {
+    pub name: String,
+    pub operations: BTreeMap<String, Arc<dyn Operation>>,
+}
+
+/// Runs all agents until stopped.
+pub struct AgentsRuntime {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    orchestrator: Orchestrator,
+    directory: Directory,
+    appender: Appender,
+    limits: Limits,
+    deps: Dependencies,
+    js: jetstream::Context,
+    subjects: RelayConfig,
+    config: AgentsConfig,
+    server_id: String,
+    /// Tasks running on this server: their stop signals, by workflow and task.
+    running: Mutex<HashMap<(String, String), RunningTask>>,
+}
+
+struct RunningTask {
+    attempt: u32,
+    kind: TaskKind,
+    stop: watch::Sender<bool>,
+}
+
+impl AgentsRuntime {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        orchestrator: Orchestrator,
+        directory: Directory,
+        appender: Appender,
+        limits: Limits,
+        deps: Dependencies,
+        subjects: RelayConfig,
+        config: AgentsConfig,
+        server_id: String,
+    ) -> AgentsRuntime {
+        let js = jetstream::new(deps.nats.clone());
+        AgentsRuntime {
+            shared: Arc::new(Shared {
+                orchestrator,
+                directory,
+                appender,
+                limits,
+                deps,
+                js,
+                subjects,
+                config,
+                server_id,
+                running: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Every agent of the swarm with the operations built so far.
+    pub fn swarm() -> Vec<AgentSpec> {
+        domain::workflow::catalogue::AGENTS
+            .iter()
+            .map(|name| {
+                let mut operations: BTreeMap<String, Arc<dyn Operation>> = BTreeMap::new();
+                operations.insert(
+                    domain::workflow::catalogue::PROBE.to_owned(),
+                    Arc::new(crate::probe::Probe {
+                        agent: (*name).to_owned(),
+                    }),
+                );
+                AgentSpec {
+                    name: (*name).to_owned(),
+                    operations,
+                }
+            })
+            .collect()
+    }
+
+    /// Runs `agents` until `stop` turns true, then drains them.
+    pub async fn run(self, agents: Vec<AgentSpec>, stop: watch::Receiver<bool>) {
+        let mut tasks = JoinSet::new();
+        tasks.spawn(route_stop_requests(self.shared.clone(), stop.clone()));
+        for agent in agents {
+            self.shared
+                .directory
+                .register(&agent.name, agent.operations.keys().cloned());
+            tasks.spawn(run_agent(self.shared.clone(), agent, stop.clone()));
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Checks what every agent depends on: the event store's database and
+/// NATS. Returns their round-trip times in ms.
+pub(crate) async fn check_dependencies(deps: &Dependencies, timeout_ms: u64) -> Result<(f64, f64), String> {
+    let timeout = Duration::from_millis(timeout_ms);
+    let started = Instant::now();
+    match tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&deps.pool)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(format!("PostgreSQL: {e}")),
+        Err(_) => return Err(format!("PostgreSQL: no answer within {timeout_ms} ms")),
+    }
+    let postgres_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let started = Instant::now();
+    match tokio::time::timeout(timeout, deps.nats.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(format!("NATS: {e}")),
+        Err(_) => return Err(format!("NATS: no answer within {timeout_ms} ms")),
+    }
+    let nats_ms = started.elapsed().as_secs_f64() * 1000.0;
+    Ok((postgres_ms, nats_ms))
+}
+
+/// A command waiting for a worker: higher priority first, then older.
+struct Queued {
+    rank: u8,
+    sequence: u64,
+    command: TaskCommand,
+    message: jetstream::Message,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.rank
+            .cmp(&other.rank)
+            .then_with(|| other.sequence.cmp(&self.sequence))
+    }
+}
+
+fn rank(priority: Priority) -> u8 {
+    match priority {
+        Priority::Low => 0,
+        Priority::Normal => 1,
+        Priority::High => 2,
+    }
+}
+
+/// One agent's queue, shared by its fetcher and workers.
+struct Agent {
+    name: String,
+    operations: BTreeMap<String, Arc<dyn Operation>>,
+    queue: Mutex<BinaryHeap<Queued>>,
+    queued: Notify,
+    /// True while the agent is healthy: workers take tasks only then.
+    ready: watch::Sender<bool>,
+    /// Next start time allowed by the rate limit.
+    next_start: tokio::sync::Mutex<Instant>,
+}
+
+async fn run_agent(shared: Arc<Shared>, spec: AgentSpec, mut stop: watch::Receiver<bool>) {
+    let agent = Arc::new(Agent {
+        name: spec.name,
+        operations: spec.operations,
+        queue: Mutex::new(BinaryHeap::new()),
+        queued: Notify::new(),
+        ready: watch::channel(false).0,
+        next_start: tokio::sync::Mutex::new(Instant::now()),
+    });
+    set_status(&shared, &agent, AgentStatus::Initializing, None).await;
+    let consumer = loop {
+        match become_ready(&shared, &agent).await {
+            Ok(consumer) => break consumer,
+            Err(reason) => {
+                set_status(&shared, &agent, AgentStatus::Recovering, Some(reason)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(shared.config.recovery_interval_ms)) => {}
+                    _ = stopping(&mut stop) => {
+                        set_status(&shared, &agent, AgentStatus::Stopped, None).await;
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    set_status(&shared, &agent, AgentStatus::Ready, None).await;
+    let _ = agent.ready.send_replace(true);
+
+    let mut workers = JoinSet::new();
+    for _ in 0..shared.config.concurrency_max.max(1) {
+        workers.spawn(work(shared.clone(), agent.clone(), stop.clone()));
+    }
+    let fetching = fetch(shared.clone(), agent.clone(), consumer, stop.clone());
+    let watching = watch_health(shared.clone(), agent.clone(), stop.clone());
+    tokio::join!(fetching, watching);
+
+    // Draining: the workers finish what they run (bounded), whatever is
+    // still queued goes back to JetStream for another server.
+    set_status(&shared, &agent, AgentStatus::Draining, None).await;
+    agent.queued.notify_waiters();
+    let drained = tokio::time::timeout(Duration::from_millis(shared.config.drain_timeout_ms), async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(agent = %agent.name, "tasks still running after the drain timeout; they are redelivered");
+        workers.abort_all();
+    }
+    let left: Vec<Queued> = agent
+        .queue
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain()
+        .collect();
+    for queued in left {
+        let _ = queued.message.ack_with(AckKind::Nak(None)).await;
+    }
+    set_status(&shared, &agent, AgentStatus::Stopped, None).await;
+}
+
+/// The health check, then the agent's durable consumer.
+async fn become_ready(
+    shared: &Shared,
+    agent: &Agent,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, String> {
+    check_dependencies(&shared.deps, shared.config.health_timeout_ms).await?;
+    relay::ensure_tasks_stream(&shared.js, &shared.subjects)
+        .await
+        .map_err(|e| e.to_string())?;
+    let stream = shared
+        .js
+        .get_stream(&shared.subjects.tasks_stream_name)
+        .await
+        .map_err(|e| format!("JetStream: {e}"))?;
+    let name = format!("agent_{}", agent.name);
+    let config = pull::Config {
+        durable_name: Some(name.clone()),
+        filter_subject: format!("{}.task.{}.>", shared.subjects.subject_prefix, agent.name),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: Duration::from_millis(shared.config.ack_wait_ms),
+        max_deliver: shared.config.max_deliver,
+        max_ack_pending: shared.config.queue_max as i64,
+        ..Default::default()
+    };
+    // Created with this configuration, or brought to it (JetStream applies
+    // the limits that can change).
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| format!("JetStream consumer {name}: {e}"))
+}
+
+/// Moves delivered commands into the priority queue until stopped.
+async fn fetch(
+    shared: Arc<Shared>,
+    agent: Arc<Agent>,
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut sequence = 0u64;
+    while !*stop.borrow() {
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(shared.config.queue_max)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await;
+        let mut messages = match messages {
+            Ok(messages) => messages,
+            Err(error) => {
+                tracing::warn!(%error, agent = %agent.name, "cannot pull task commands; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = stopping(&mut stop) => return,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                next = messages.next() => next,
+                _ = stopping(&mut stop) => return,
+            };
+            let message = match next {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, agent = %agent.name, "task command stream interrupted; pulling again");
+                    break;
+                }
+                None => break,
+            };
+            let command: TaskCommand = match serde_json::from_slice(&message.payload) {
+                Ok(command) => command,
+                Err(error) => {
+                    tracing::warn!(%error, subject = %message.subject, "not a task command; dropped");
+                    let _ = message.ack_with(AckKind::Term).await;
+                    continue;
+                }
+            };
+            sequence += 1;
+            agent
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Queued {
+                    rank: rank(command.priority),
+                    sequence,
+                    command,
+                    message,
+                });
+            agent.queued.notify_one();
+        }
+    }
+}
+
+/// A worker: takes the most urgent command while the agent is ready.
+async fn work(shared: Arc<Shared>, agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
+    let mut ready = agent.ready.subscribe();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if !*ready.borrow() {
+            tokio::select! {
+                _ = ready.wait_for(|r| *r) => {}
+                _ = stopping(&mut stop) => return,
+            }
+            continue;
+        }
+        let next = agent.queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match next {
+            Some(queued) => process(&shared, &agent, queued).await,
+            None => {
+                tokio::select! {
+                    _ = agent.queued.notified() => {}
+                    _ = stopping(&mut stop) => return,
+                }
+            }
+        }
+    }
+}
+
+async fn process(shared: &Shared, agent: &Agent, queued: Queued) {
+    let Queued { command, message, .. } = queued;
+    let key = (command.workflow_id.clone(), command.task_id.clone());
+    let already_here = shared
+        .running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&key)
+        .is_some_and(|r| r.attempt == command.attempt && r.kind == command.kind);
+    if already_here {
+        // A resend of a command this server is working on.
+        let _ = message.ack().await;
+        return;
+    }
+    wait_for_rate_limit(shared, agent).await;
+    match shared.orchestrator.begin(&command).await {
+        Ok(true) => {}
+        Ok(false) => {
+            metrics::counter!("dbswarm_agent_stale_commands_total", "agent" => agent.name.clone())
+                .increment(1);
+            let _ = message.ack().await;
+            return;
+        }
+        Err(error) => {
+            tracing::warn!(%error, agent = %agent.name, task = %command.task_id, "cannot begin the task; redelivered later");
+            let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            return;
+        }
+    }
+    let (stop_tx, mut stopped) = watch::channel(false);
+    shared.running.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        key.clone(),
+        RunningTask {
+            attempt: command.attempt,
+            kind: command.kind,
+            stop: stop_tx,
+        },
+    );
+    let started = Instant::now();
+    let outcome = {
+        let context = TaskContext {
+            command: command.clone(),
+            deps: shared.deps.clone(),
+            orchestrator: shared.orchestrator.clone(),
+            progress_interval: Duration::from_millis(shared.config.progress_interval_ms),
+            last_progress: Mutex::new(None),
+        };
+        let operation = agent.operations.get(&command.operation).cloned();
+        let run: OpFuture<'_> = match &operation {
+            Some(operation) => operation.run(&context),
+            None => {
+                let served: Vec<&str> = agent.operations.keys().map(String::as_str).collect();
+                let error = format!(
+                    "agent {} does not serve operation {} (it serves: {})",
+                    agent.name,
+                    command.operation,
+                    served.join(", ")
+                );
+                Box::pin(async move { Err(error) })
+            }
+        };
+        let remaining_ms = command.deadline_ms.saturating_sub(now_ms());
+        let deadline = Instant::now() + Duration::from_millis(remaining_ms);
+        let mut keep_alive =
+            tokio::time::interval(Duration::from_millis((shared.config.ack_wait_ms / 3).max(100)));
+        keep_alive.tick().await;
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                outcome = &mut run => break Some(outcome),
+                _ = tokio::time::sleep_until(deadline) => {
+                    break Some(Err(format!("exceeded its timeout (deadline passed after {} ms)", started.elapsed().as_millis())));
+                }
+                Ok(()) = stopped.changed() => break None,
+                _ = keep_alive.tick() => {
+                    let _ = message.ack_with(AckKind::Progress).await;
+                }
+            }
+        }
+    };
+    shared
+        .running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&key);
+    let labels = [
+        ("agent", agent.name.clone()),
+        ("operation", command.operation.clone()),
+    ];
+    metrics::histogram!("dbswarm_agent_task_seconds", &labels).record(started.elapsed().as_secs_f64());
+    let Some(outcome) = outcome else {
+        // Cancelled: the workflow no longer waits for it.
+        metrics::counter!("dbswarm_agent_tasks_cancelled_total", &labels).increment(1);
+        let _ = message.ack().await;
+        return;
+    };
+    let result = if outcome.is_ok() { "succeeded" } else { "failed" };
+    metrics::counter!(
+        "dbswarm_agent_tasks_total",
+        &[
+            ("agent", agent.name.clone()),
+            ("operation", command.operation.clone()),
+            ("result", result.to_owned())
+        ]
+    )
+    .increment(1);
+    match shared.orchestrator.finish(&command, outcome).await {
+        Ok(_) => {
+            let _ = message.ack().await;
+        }
+        Err(error) => {
+            // Redelivered: begin() says whether it is still wanted.
+            tracing::warn!(%error, agent = %agent.name, task = %command.task_id, "cannot record the outcome; redelivered later");
+            let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+        }
+    }
+}
+
+async fn wait_for_rate_limit(shared: &Shared, agent: &Agent) {
+    let per_s = shared.config.tasks_per_s_max;
+    if per_s == 0 {
+        return;
+    }
+    let slot = {
+        let mut next = agent.next_start.lock().await;
+        let slot = (*next).max(Instant::now());
+        *next = slot + Duration::from_secs(1) / per_s;
+        slot
+    };
+    tokio::time::sleep_until(slot).await;
+}
+
+/// Heartbeats, and the health check behind them: an agent whose
+/// dependencies fail stops taking tasks (recovering) until they answer.
+async fn watch_health(shared: Arc<Shared>, agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
+    let mut status = AgentStatus::Ready;
+    loop {
+        let wait = match status {
+            AgentStatus::Ready => shared.config.heartbeat_interval_ms,
+            _ => shared.config.recovery_interval_ms,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+            _ = stopping(&mut stop) => return,
+        }
+        match check_dependencies(&shared.deps, shared.config.health_timeout_ms).await {
+            Ok((postgres_ms, nats_ms)) => {
+                if status != AgentStatus::Ready {
+                    status = AgentStatus::Ready;
+                    set_status(&shared, &agent, status, None).await;
+                    let _ = agent.ready.send_replace(true);
+                }
+                heartbeat(&shared, &agent, postgres_ms, nats_ms).await;
+            }
+            Err(reason) => {
+                if status == AgentStatus::Ready {
+                    status = AgentStatus::Recovering;
+                    let _ = agent.ready.send_replace(false);
+                    set_status(&shared, &agent, status, Some(reason)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn set_status(shared: &Shared, agent: &Agent, status: AgentStatus, reason: Option<String>) {
+    shared.directory.set_status(&agent.name, status, reason.clone());
+    metrics::gauge!("dbswarm_agent_ready", "agent" => agent.name.clone())
+        .set(if status == AgentStatus::Ready { 1.0 } else { 0.0 });
+    tracing::info!(agent = %agent.name, status = status.as_str(), reason = reason.as_deref().unwrap_or(""), "agent state");
+    let data = json!({
+        "agent": agent.name,
+        "status": status.as_str(),
+        "reason": reason,
+        "server": shared.server_id,
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    record(shared, agent, "AgentStateChanged", data).await;
+}
+
+async fn heartbeat(shared: &Shared, agent: &Agent, postgres_ms: f64, nats_ms: f64) {
+    let data = json!({
+        "agent": agent.name,
+        "status": AgentStatus::Ready.as_str(),
+        "server": shared.server_id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "postgres_ms": postgres_ms,
+        "nats_ms": nats_ms,
+    });
+    record(shared, agent, "AgentHeartbeat", data).await;
+}
+
+/// Appends a lifecycle event to `agent-<name>`; one that cannot be recorded
+/// (the database is what failed) is only logged.
+async fn record(shared: &Shared, agent: &Agent, event_type: &str, data: Value) {
+    let request = (|| {
+        let event = ProposedEvent {
+            event_id: uuid::Uuid::new_v4(),
+            event_type: EventType::parse(event_type, &shared.limits)?,
+            data: EventData::json(data.to_string().into_bytes())?,
+            metadata: r#"{"actor":"dbswarm"}"#.to_owned(),
+            schema_version: 1,
+            correlation_id: None,
+            causation_id: None,
+        };
+        AppendRequest::new(
+            vec![StreamAppend {
+                stream_id: StreamId::parse(&format!("agent-{}", agent.name), &shared.limits)?,
+                expected: ExpectedVersion::Any,
+                events: vec![event],
+            }],
+            &shared.limits,
+        )
+    })();
+    let outcome = match request {
+        Ok(request) => shared
+            .appender
+            .append(request)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(error) = outcome {
+        tracing::warn!(%error, agent = %agent.name, event_type, "cannot record an agent event");
+    }
+}
+
+/// Stop requests (core NATS, sent when a workflow is cancelled) reach the
+/// tasks running here.
+async fn route_stop_requests(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let subject = format!("{}.{STOP_SUBJECT}", shared.subjects.subject_prefix);
+    let mut subscription = match shared.deps.nats.subscribe(subject).await {
+        Ok(subscription) => subscription,
+        Err(error) => {
+            tracing::warn!(%error, "cannot subscribe to stop requests; cancelled tasks run to their end");
+            return;
+        }
+    };
+    loop {
+        let message = tokio::select! {
+            message = subscription.next() => message,
+            _ = stopping(&mut stop) => return,
+        };
+        let Some(message) = message else { return };
+        let Ok(request) = serde_json::from_slice::<StopRequest>(&message.payload) else {
+            tracing::warn!("not a stop request; ignored");
+            continue;
+        };
+        let running = shared.running.lock().unwrap_or_else(|p| p.into_inner());
+        for task_id in &request.task_ids {
+            if let Some(task) = running.get(&(request.workflow_id.clone(), task_id.clone())) {
+                tracing::info!(workflow_id = %request.workflow_id, %task_id, reason = %request.reason, "stopping a task");
+                let _ = task.stop.send(true);
+            }
+        }
+    }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}

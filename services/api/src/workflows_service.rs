@@ -1,0 +1,514 @@
+//! `dbswarm.v1.Workflows`: plans and plain-English requests become
+//! workflows run by the orchestrator; their state is read from their
+//! events (Get, Watch) or from the `workflows` read model (List).
+
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use domain::workflow::catalogue;
+use domain::workflow::{
+    Catalogue, CompensationStatus, Plan, Priority, TaskStatus, WorkflowEvent, WorkflowState, WorkflowStatus,
+    evolve, plan_request,
+};
+use domain::{EventData, Limits, StreamId};
+use event_store::{CommitSignal, Reader};
+use projections::Projections;
+use projections::query::{FilterRequest, ListRequest};
+use projections::sqlgen::FilterOp;
+use sagas::{Orchestrator, SagaError, StartRequest, workflow_stream};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+use uuid::Uuid;
+
+use crate::event_store_service::observe;
+use crate::proto;
+use crate::proto::workflows_server;
+use crate::status::{projection_error_status, saga_error_status};
+
+/// `wait` answers within this long by default, and never later than the max.
+const WAIT_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+const WAIT_TIMEOUT_MS_MAX: u64 = 600_000;
+/// States a Watch may have buffered for a slow client.
+const WATCH_BUFFER_STATES_MAX: usize = 16;
+const LIST_PAGE_ROWS_MAX: u32 = 1000;
+const REASON_BYTES_MAX: usize = 1000;
+const IDEMPOTENCY_KEY_BYTES_MAX: usize = 200;
+
+pub struct WorkflowsService {
+    orchestrator: Orchestrator,
+    reader: Reader,
+    commits: CommitSignal,
+    projections: Projections,
+    catalogue: Catalogue,
+    limits: Limits,
+}
+
+impl WorkflowsService {
+    pub fn new(
+        orchestrator: Orchestrator,
+        reader: Reader,
+        commits: CommitSignal,
+        projections: Projections,
+        limits: Limits,
+    ) -> Self {
+        WorkflowsService {
+            orchestrator,
+            reader,
+            commits,
+            projections,
+            catalogue: catalogue::declared(),
+            limits,
+        }
+    }
+
+    pub fn into_server(self) -> workflows_server::WorkflowsServer<Self> {
+        workflows_server::WorkflowsServer::new(self)
+    }
+
+    /// The validated plan a request asks for.
+    fn plan(&self, request: &proto::ExecuteRequest) -> Result<Plan, Status> {
+        use proto::execute_request::Request as Asked;
+        match &request.request {
+            Some(Asked::PlanJson(text)) => Plan::from_json(text, &self.catalogue).map_err(|e| {
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    e.to_string(),
+                    ErrorDetails::with_bad_request(
+                        e.problems
+                            .into_iter()
+                            .map(|problem| tonic_types::FieldViolation::new("plan_json", problem))
+                            .collect::<Vec<_>>(),
+                    ),
+                )
+            }),
+            Some(Asked::Operation(text)) => {
+                let spec = plan_request(text).map_err(|e| {
+                    Status::with_error_details(
+                        Code::InvalidArgument,
+                        e.to_string(),
+                        ErrorDetails::with_bad_request_violation("operation", e.to_string()),
+                    )
+                })?;
+                // The planner's plans are checked like any other.
+                Plan::validate(spec, &self.catalogue)
+                    .map_err(|e| Status::internal(format!("the planner made an invalid plan: {e}")))
+            }
+            None => Err(Status::invalid_argument(
+                "give plan_json (a plan) or operation (a request in plain English)",
+            )),
+        }
+    }
+
+    async fn execute(&self, request: proto::ExecuteRequest) -> Result<proto::ExecuteResponse, Status> {
+        let plan = self.plan(&request)?;
+        let plan_json = serde_json::to_string(&plan).map_err(|e| Status::internal(e.to_string()))?;
+        let priority = priority_from_proto(request.priority)?;
+        if request.dry_run {
+            return Ok(proto::ExecuteResponse {
+                workflow_id: String::new(),
+                created: false,
+                plan_json,
+                workflow: None,
+            });
+        }
+        let idempotency_key = match request.idempotency_key.as_str() {
+            "" => None,
+            key if key.len() > IDEMPOTENCY_KEY_BYTES_MAX => {
+                return Err(Status::invalid_argument(format!(
+                    "idempotency_key is {} bytes; at most {IDEMPOTENCY_KEY_BYTES_MAX}",
+                    key.len()
+                )));
+            }
+            key => Some(key.to_owned()),
+        };
+        let wait_timeout_ms = match request.wait_timeout_ms {
+            0 => WAIT_TIMEOUT_MS_DEFAULT,
+            ms if ms > WAIT_TIMEOUT_MS_MAX => {
+                return Err(Status::invalid_argument(format!(
+                    "wait_timeout_ms is {ms}; at most {WAIT_TIMEOUT_MS_MAX}"
+                )));
+            }
+            ms => ms,
+        };
+        let started = self
+            .orchestrator
+            .start(StartRequest {
+                plan,
+                priority,
+                idempotency_key,
+            })
+            .await
+            .map_err(saga_error_status)?;
+        let workflow_id = started.workflow_id;
+        let (state, version) = if request.wait {
+            self.wait_until_finished(workflow_id, Duration::from_millis(wait_timeout_ms))
+                .await?
+        } else {
+            (started.state, started.version)
+        };
+        Ok(proto::ExecuteResponse {
+            workflow_id: workflow_id.to_string(),
+            created: started.created,
+            plan_json,
+            workflow: Some(workflow(&state, version)),
+        })
+    }
+
+    async fn wait_until_finished(
+        &self,
+        workflow_id: Uuid,
+        timeout: Duration,
+    ) -> Result<(WorkflowState, u64), Status> {
+        let mut states = self.follow(workflow_id)?;
+        let waited = tokio::time::timeout(timeout, async {
+            while let Some(item) = states.recv().await {
+                let (state, version) = item?;
+                if state.status.is_final() {
+                    return Ok((state, version));
+                }
+            }
+            Err(Status::unavailable(
+                "the server is stopping; Get the workflow later",
+            ))
+        })
+        .await;
+        waited.unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!(
+                "workflow {workflow_id} is not finished after {} ms; it runs on (Get or Watch it)",
+                timeout.as_millis()
+            )))
+        })
+    }
+
+    /// The workflow's state after each change, from its stream.
+    fn follow(&self, workflow_id: Uuid) -> Result<mpsc::Receiver<VersionedState>, Status> {
+        let stream_id = StreamId::parse(&workflow_stream(workflow_id), &self.limits)
+            .map_err(crate::status::validation_status)?;
+        let mut events = self
+            .reader
+            .subscribe_to_stream(stream_id, 1, self.commits.clone());
+        let (sender, receiver) = mpsc::channel(WATCH_BUFFER_STATES_MAX);
+        tokio::spawn(async move {
+            let mut state = WorkflowState::default();
+            while let Some(event) = events.recv().await {
+                let folded = event
+                    .map_err(crate::status::store_error_status)
+                    .and_then(|event| decode(&event).map(|decoded| (decoded, event.event_version)));
+                let (decoded, event_version) = match folded {
+                    Ok(folded) => folded,
+                    Err(status) => {
+                        let _ = sender.send(Err(status)).await;
+                        return;
+                    }
+                };
+                state = evolve(state, &decoded);
+                let version = event_version;
+                // One state per batch of events that arrived together.
+                if events.is_empty() || state.status.is_final() {
+                    let finished = state.status.is_final();
+                    if sender.send(Ok((state.clone(), version))).await.is_err() || finished {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(receiver)
+    }
+
+    async fn get(&self, workflow_id: Uuid) -> Result<(WorkflowState, u64), Status> {
+        let (state, version) = self
+            .orchestrator
+            .store()
+            .load(workflow_id)
+            .await
+            .map_err(saga_error_status)?;
+        if version == 0 {
+            return Err(saga_error_status(SagaError::NotFound(workflow_id)));
+        }
+        Ok((state, version))
+    }
+}
+
+fn decode(event: &event_store::RecordedEvent) -> Result<WorkflowEvent, Status> {
+    let data = match &event.data {
+        EventData::Json(text) => serde_json::from_str(text).map_err(|e| Status::internal(e.to_string()))?,
+        EventData::Binary(_) => return Err(Status::internal("a workflow event is binary")),
+    };
+    WorkflowEvent::from_stored(&event.event_type, data).map_err(Status::internal)
+}
+
+fn workflow_id(text: &str) -> Result<Uuid, Status> {
+    Uuid::parse_str(text)
+        .map_err(|e| Status::invalid_argument(format!("workflow_id '{text}' is not a UUID: {e}")))
+}
+
+fn priority_from_proto(value: i32) -> Result<Priority, Status> {
+    match proto::Priority::try_from(value) {
+        Ok(proto::Priority::Normal) => Ok(Priority::Normal),
+        Ok(proto::Priority::Low) => Ok(Priority::Low),
+        Ok(proto::Priority::High) => Ok(Priority::High),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "priority {value} is not one of PRIORITY_NORMAL (0), PRIORITY_LOW (1), PRIORITY_HIGH (2)"
+        ))),
+    }
+}
+
+fn priority_to_proto(priority: Priority) -> proto::Priority {
+    match priority {
+        Priority::Low => proto::Priority::Low,
+        Priority::Normal => proto::Priority::Normal,
+        Priority::High => proto::Priority::High,
+    }
+}
+
+fn text<T: serde::Serialize>(value: T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(text)) => text,
+        _ => String::new(),
+    }
+}
+
+/// The proto view of a workflow's state.
+fn workflow(state: &WorkflowState, version: u64) -> proto::Workflow {
+    let Some(plan) = &state.plan else {
+        return proto::Workflow::default();
+    };
+    let tasks: Vec<proto::TaskResult> = plan
+        .tasks
+        .iter()
+        .zip(&state.tasks)
+        .map(|(task, task_state)| proto::TaskResult {
+            task_id: task.id.clone(),
+            agent: task.agent.clone(),
+            operation: task.operation.clone(),
+            status: text(task_state.status),
+            attempt: task_state.attempt,
+            result_json: task_state
+                .result
+                .as_ref()
+                .map(|r| r.to_string())
+                .unwrap_or_default(),
+            error: task_state.error.clone().unwrap_or_default(),
+            compensation: text(task_state.compensation),
+        })
+        .collect();
+    let tasks_completed = state
+        .tasks
+        .iter()
+        .filter(|t| t.status == TaskStatus::Succeeded)
+        .count() as u32;
+    proto::Workflow {
+        workflow_id: state.workflow_id.clone(),
+        name: plan.name.clone(),
+        status: text(state.status),
+        priority: priority_to_proto(state.priority) as i32,
+        tasks_total: plan.tasks.len() as u32,
+        tasks_completed,
+        summary: summary(state, plan, tasks_completed),
+        error: state.error.clone().unwrap_or_default(),
+        version,
+        tasks_compensated: state.tasks_compensated,
+        tasks,
+    }
+}
+
+fn summary(state: &WorkflowState, plan: &Plan, tasks_completed: u32) -> String {
+    let total = plan.tasks.len();
+    let names = |wanted: fn(&domain::workflow::aggregate::TaskState) -> bool| {
+        plan.tasks
+            .iter()
+            .zip(&state.tasks)
+            .filter(|(_, t)| wanted(t))
+            .map(|(task, _)| task.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match state.status {
+        WorkflowStatus::Completed => format!("completed: all {total} tasks succeeded"),
+        WorkflowStatus::Failed => format!(
+            "failed: {}; {} of the {tasks_completed} completed tasks compensated",
+            state.error.as_deref().unwrap_or("a task failed"),
+            state.tasks_compensated
+        ),
+        WorkflowStatus::Cancelled => format!(
+            "{} after {tasks_completed} of {total} tasks",
+            state.error.as_deref().unwrap_or("cancelled")
+        ),
+        WorkflowStatus::Compensating => format!(
+            "compensating ({}): undoing {}",
+            state.error.as_deref().unwrap_or("a task failed"),
+            names(|t| t.compensation == CompensationStatus::Running)
+        ),
+        _ => {
+            let running = names(|t| matches!(t.status, TaskStatus::Scheduled | TaskStatus::Running));
+            let waiting = names(|t| t.status == TaskStatus::WaitingRetry);
+            let mut line = format!(
+                "{}: {tasks_completed} of {total} tasks succeeded",
+                text(state.status)
+            );
+            if !running.is_empty() {
+                line.push_str(&format!("; running: {running}"));
+            }
+            if !waiting.is_empty() {
+                line.push_str(&format!("; waiting to retry: {waiting}"));
+            }
+            line
+        }
+    }
+}
+
+/// A workflow's state and the stream version it is at, or why not.
+type VersionedState = Result<(WorkflowState, u64), Status>;
+
+type WorkflowStream = Pin<Box<dyn Stream<Item = Result<proto::Workflow, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl workflows_server::Workflows for WorkflowsService {
+    async fn execute(
+        &self,
+        request: Request<proto::ExecuteRequest>,
+    ) -> Result<Response<proto::ExecuteResponse>, Status> {
+        let started = Instant::now();
+        let result = WorkflowsService::execute(self, request.into_inner())
+            .await
+            .map(Response::new);
+        observe("Workflows.Execute", started, &result);
+        result
+    }
+
+    async fn get(
+        &self,
+        request: Request<proto::WorkflowRequest>,
+    ) -> Result<Response<proto::Workflow>, Status> {
+        let started = Instant::now();
+        let result = async {
+            let id = workflow_id(&request.get_ref().workflow_id)?;
+            let (state, version) = WorkflowsService::get(self, id).await?;
+            Ok(Response::new(workflow(&state, version)))
+        }
+        .await;
+        observe("Workflows.Get", started, &result);
+        result
+    }
+
+    type WatchStream = WorkflowStream;
+
+    async fn watch(
+        &self,
+        request: Request<proto::WorkflowRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let started = Instant::now();
+        let result = async {
+            let id = workflow_id(&request.get_ref().workflow_id)?;
+            // NOT_FOUND up front rather than a stream that never moves.
+            WorkflowsService::get(self, id).await?;
+            let states = self.follow(id)?;
+            let stream = tokio_stream::StreamExt::map(ReceiverStream::new(states), |item| {
+                item.map(|(state, version)| workflow(&state, version))
+            });
+            Ok(Response::new(Box::pin(stream) as WorkflowStream))
+        }
+        .await;
+        observe("Workflows.Watch", started, &result);
+        result
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<proto::CancelRequest>,
+    ) -> Result<Response<proto::Workflow>, Status> {
+        let started = Instant::now();
+        let result = async {
+            let request = request.into_inner();
+            let id = workflow_id(&request.workflow_id)?;
+            if request.reason.len() > REASON_BYTES_MAX {
+                return Err(Status::invalid_argument(format!(
+                    "reason is {} bytes; at most {REASON_BYTES_MAX}",
+                    request.reason.len()
+                )));
+            }
+            let reason = match request.reason.trim() {
+                "" => "cancelled by request".to_owned(),
+                reason => reason.to_owned(),
+            };
+            let executed = self
+                .orchestrator
+                .cancel(id, reason)
+                .await
+                .map_err(saga_error_status)?;
+            Ok(Response::new(workflow(&executed.state, executed.version)))
+        }
+        .await;
+        observe("Workflows.Cancel", started, &result);
+        result
+    }
+
+    async fn list(
+        &self,
+        request: Request<proto::ListWorkflowsRequest>,
+    ) -> Result<Response<proto::ListWorkflowsResponse>, Status> {
+        let started = Instant::now();
+        let result = async {
+            let request = request.into_inner();
+            if request.page_size > LIST_PAGE_ROWS_MAX {
+                return Err(Status::invalid_argument(format!(
+                    "page_size is {}; at most {LIST_PAGE_ROWS_MAX}",
+                    request.page_size
+                )));
+            }
+            let filters = match request.status.as_str() {
+                "" => vec![],
+                status => vec![FilterRequest {
+                    column: "state".into(),
+                    op: FilterOp::Eq,
+                    value: Some(status.to_owned()),
+                }],
+            };
+            let list = ListRequest {
+                filters,
+                order_by: Some("started_at".into()),
+                descending: true,
+                page_size: request.page_size as usize,
+                cursor: Some(request.cursor),
+            };
+            let page = self
+                .projections
+                .list_rows("workflows", list)
+                .await
+                .map_err(projection_error_status)?;
+            let workflows = page
+                .rows
+                .iter()
+                .map(|row| summary_row(row))
+                .collect::<Result<Vec<_>, Status>>()?;
+            Ok(Response::new(proto::ListWorkflowsResponse {
+                workflows,
+                next_cursor: page.next_cursor.unwrap_or_default(),
+            }))
+        }
+        .await;
+        observe("Workflows.List", started, &result);
+        result
+    }
+}
+
+fn summary_row(row: &str) -> Result<proto::WorkflowSummary, Status> {
+    let row: serde_json::Value = serde_json::from_str(row).map_err(|e| Status::internal(e.to_string()))?;
+    let text = |name: &str| row[name].as_str().unwrap_or_default().to_owned();
+    let count = |name: &str| row[name].as_u64().unwrap_or(0) as u32;
+    Ok(proto::WorkflowSummary {
+        workflow_id: text("workflow_id"),
+        name: text("name"),
+        status: text("state"),
+        priority: text("priority"),
+        tasks_scheduled: count("tasks_scheduled"),
+        tasks_succeeded: count("tasks_succeeded"),
+        tasks_failed: count("tasks_failed"),
+        error: text("error"),
+        started_at: text("started_at"),
+        finished_at: text("finished_at"),
+    })
+}

@@ -1,0 +1,1 @@
+DELETE FROM workflow_runs WHERE workflow_id = $1

@@ -1,0 +1,465 @@
+//! Workflows end to end through `dbswarm.v1.Workflows`: the orchestrator
+//! sends task commands over JetStream, the agents' runtime works on them
+//! (the `probe` operation, told to simulate slow, flaky or failing work)
+//! and the outcomes come back as events.
+
+use std::time::Duration;
+
+use api::proto;
+use api::proto::workflows_client::WorkflowsClient;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tests::*;
+use tonic::Code;
+use tonic::transport::Channel;
+
+pub async fn workflows_client(server: &TestServer) -> WorkflowsClient<Channel> {
+    WorkflowsClient::connect(server.channel_url())
+        .await
+        .expect("connect to the test server")
+}
+
+/// A probe task of `agent` after `dependencies`, simulating `simulate`.
+pub fn probe(id: &str, agent: &str, dependencies: &[&str], simulate: Value) -> Value {
+    json!({"id": id, "agent": agent, "operation": "probe",
+           "dependencies": dependencies, "params": {"simulate": simulate}})
+}
+
+pub fn execute_request(plan: &Value) -> proto::ExecuteRequest {
+    proto::ExecuteRequest {
+        request: Some(proto::execute_request::Request::PlanJson(plan.to_string())),
+        wait: true,
+        wait_timeout_ms: 60_000,
+        ..Default::default()
+    }
+}
+
+pub async fn execute_and_wait(client: &mut WorkflowsClient<Channel>, plan: &Value) -> proto::Workflow {
+    client
+        .execute(execute_request(plan))
+        .await
+        .expect("the workflow runs")
+        .into_inner()
+        .workflow
+        .expect("a workflow")
+}
+
+/// A workflow's events as stored: type, data and commit time.
+pub async fn workflow_events(pool: &PgPool, workflow_id: &str) -> Vec<(String, Value, DateTime<Utc>)> {
+    sqlx::query_as(
+        "SELECT event_type, event_data, created_at FROM events WHERE stream_id = $1 ORDER BY event_version",
+    )
+    .bind(format!("workflow-{workflow_id}"))
+    .fetch_all(pool)
+    .await
+    .expect("read the workflow's events")
+}
+
+/// When the first event of `event_type` for `task` was recorded.
+fn time_of(events: &[(String, Value, DateTime<Utc>)], event_type: &str, task: &str) -> DateTime<Utc> {
+    events
+        .iter()
+        .find(|(t, data, _)| t == event_type && data["task_id"] == task)
+        .map(|(_, _, at)| *at)
+        .unwrap_or_else(|| panic!("no {event_type} for {task}"))
+}
+
+fn count(events: &[(String, Value, DateTime<Utc>)], event_type: &str, task: &str) -> usize {
+    events
+        .iter()
+        .filter(|(t, data, _)| t == event_type && data["task_id"] == task)
+        .count()
+}
+
+/// The seed's "Database Migration" shape, with probes standing in for the
+/// agents' real operations.
+fn migration_shape(branch_ms: u64) -> Value {
+    json!({"name": "Database Migration (probes)", "tasks": [
+        probe("pre_migration_backup", "backup", &[], json!({"delay_ms": 50})),
+        probe("run_migration", "schema", &["pre_migration_backup"], json!({"delay_ms": 50})),
+        probe("validate_data", "integrity", &["run_migration"], json!({"delay_ms": branch_ms})),
+        probe("invalidate_cache", "cache", &["run_migration"], json!({"delay_ms": branch_ms})),
+        probe("rebuild_projections", "eventsourcing", &["validate_data", "invalidate_cache"], json!({})),
+    ]})
+}
+
+#[tokio::test]
+async fn the_migration_workflow_runs_its_branches_in_parallel_after_their_dependencies() {
+    let db = TestDb::create().await;
+    let server = TestServer::start(with_workflows(settings_for(&db))).await;
+    let pool = db.pool().await;
+    let mut client = workflows_client(&server).await;
+
+    // When the seed's migration shape runs
+    let workflow = execute_and_wait(&mut client, &migration_shape(800)).await;
+
+    // Then it completes with every task's result
+    assert_eq!(workflow.status, "completed", "{}", workflow.summary);
+    assert_eq!((workflow.tasks_total, workflow.tasks_completed), (5, 5));
+    assert_eq!(workflow.summary, "completed: all 5 tasks succeeded");
+    for task in &workflow.tasks {
+        assert_eq!(task.status, "succeeded");
+        let result: Value = serde_json::from_str(&task.result_json).unwrap();
+        assert_eq!(result["agent"], task.agent.as_str(), "{}", task.task_id);
+        assert!(result["postgres_ms"].as_f64().is_some());
+    }
+    let events = workflow_events(&pool, &workflow.workflow_id).await;
+    // And each task started only after its dependencies succeeded
+    let after = |task: &str, dependency: &str| {
+        assert!(
+            time_of(&events, "TaskStarted", task) >= time_of(&events, "TaskSucceeded", dependency),
+            "{task} started before {dependency} succeeded"
+        );
+    };
+    after("run_migration", "pre_migration_backup");
+    after("validate_data", "run_migration");
+    after("invalidate_cache", "run_migration");
+    after("rebuild_projections", "validate_data");
+    after("rebuild_projections", "invalidate_cache");
+    // And the two branches really overlapped in time
+    assert!(
+        time_of(&events, "TaskStarted", "validate_data")
+            < time_of(&events, "TaskSucceeded", "invalidate_cache")
+    );
+    assert!(
+        time_of(&events, "TaskStarted", "invalidate_cache")
+            < time_of(&events, "TaskSucceeded", "validate_data")
+    );
+    // And each outcome is recorded once
+    for task in &workflow.tasks {
+        assert_eq!(count(&events, "TaskSucceeded", &task.task_id), 1);
+    }
+    // And Get says the same as the finished Execute
+    let got = client
+        .get(proto::WorkflowRequest {
+            workflow_id: workflow.workflow_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, workflow);
+
+    pool.close().await;
+    server.stop().await;
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_flaky_task_is_retried_a_failing_one_compensates_and_a_slow_one_times_out() {
+    let db = TestDb::create().await;
+    let server = TestServer::start(with_workflows(settings_for(&db))).await;
+    let pool = db.pool().await;
+    let mut client = workflows_client(&server).await;
+
+    // Given a task that fails twice, then succeeds, with two retries
+    let mut flaky = probe("flaky", "monitoring", &[], json!({"fail_attempts": 2}));
+    flaky["retries"] = json!(2);
+    let workflow = execute_and_wait(&mut client, &json!({"name": "flaky", "tasks": [flaky]})).await;
+    // Then it succeeds on its third attempt
+    assert_eq!(workflow.status, "completed", "{}", workflow.summary);
+    assert_eq!(workflow.tasks[0].attempt, 3);
+    let events = workflow_events(&pool, &workflow.workflow_id).await;
+    assert_eq!(count(&events, "TaskFailed", "flaky"), 2);
+    assert_eq!(count(&events, "TaskRetried", "flaky"), 2);
+    let retried: Vec<u64> = events
+        .iter()
+        .filter(|(t, _, _)| t == "TaskRetried")
+        .map(|(_, data, _)| data["backoff_ms"].as_u64().unwrap())
+        .collect();
+    assert!(
+        retried[0] >= 250 && retried[1] >= 500 && retried[1] <= 1000,
+        "exponential backoff with jitter: {retried:?}"
+    );
+
+    // Given two tasks that succeed and declare a compensation, then one
+    // that always fails
+    let mut first = probe("first", "backup", &[], json!({}));
+    first["compensation"] = json!({"operation": "probe"});
+    let mut second = probe("second", "schema", &["first"], json!({}));
+    second["compensation"] = json!({"operation": "probe"});
+    let doomed = probe("doomed", "integrity", &["second"], json!({"fail": true}));
+    let plan = json!({"name": "doomed", "tasks": [first, second, doomed]});
+    let workflow = execute_and_wait(&mut client, &plan).await;
+    // Then the workflow fails, the completed tasks undone in reverse order
+    assert_eq!(workflow.status, "failed", "{}", workflow.summary);
+    assert!(
+        workflow.error.contains("doomed") && workflow.error.contains("simulated failure"),
+        "{}",
+        workflow.error
+    );
+    assert_eq!(workflow.tasks_compensated, 2);
+    let events = workflow_events(&pool, &workflow.workflow_id).await;
+    let compensated: Vec<&str> = events
+        .iter()
+        .filter(|(t, _, _)| t == "CompensationDone")
+        .map(|(_, data, _)| data["task_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(compensated, ["second", "first"]);
+    assert_eq!(events.last().unwrap().0, "WorkflowFailed");
+
+    // Given a task slower than its timeout, without retries
+    let mut slow = probe("slow", "cache", &[], json!({"delay_ms": 5000}));
+    slow["timeout"] = json!("300ms");
+    let workflow = execute_and_wait(&mut client, &json!({"name": "slow", "tasks": [slow]})).await;
+    // Then it fails as timed out
+    assert_eq!(workflow.status, "failed", "{}", workflow.summary);
+    assert!(
+        workflow.tasks[0].error.contains("timed out") || workflow.tasks[0].error.contains("timeout"),
+        "{}",
+        workflow.tasks[0].error
+    );
+
+    pool.close().await;
+    server.stop().await;
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_running_workflow_is_cancelled_and_its_running_task_told_to_stop() {
+    let db = TestDb::create().await;
+    let server = TestServer::start(with_workflows(settings_for(&db))).await;
+    let pool = db.pool().await;
+    let mut client = workflows_client(&server).await;
+
+    let plan = json!({"name": "long", "tasks": [
+        probe("long", "sync", &[], json!({"delay_ms": 30000})),
+        probe("never", "sync", &["long"], json!({})),
+    ]});
+    let mut request = execute_request(&plan);
+    request.wait = false;
+    let started = client.execute(request).await.unwrap().into_inner();
+    let id = started.workflow_id.clone();
+    assert!(started.created);
+    // Wait until the task is running on the agent
+    let mut watch = client
+        .watch(proto::WorkflowRequest {
+            workflow_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let state = watch.message().await.unwrap().expect("a state");
+        if state.tasks[0].status == "running" {
+            break;
+        }
+    }
+    // When it is cancelled
+    let cancelled = client
+        .cancel(proto::CancelRequest {
+            workflow_id: id.clone(),
+            reason: "maintenance window closed".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cancelled.status, "cancelled");
+    assert!(
+        cancelled.summary.contains("maintenance window closed"),
+        "{}",
+        cancelled.summary
+    );
+    // Then the watch ends with the cancelled state
+    let mut last = None;
+    while let Some(state) = watch.message().await.unwrap() {
+        last = Some(state);
+    }
+    assert_eq!(last.unwrap().status, "cancelled");
+    // And the agent stopped working on it well before its 30 s
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let metrics = reqwest_metrics(&server).await;
+            if metrics.contains("dbswarm_agent_tasks_cancelled_total") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the running task was stopped");
+    // And nothing after the cancellation started
+    let events = workflow_events(&pool, &id).await;
+    assert_eq!(count(&events, "TaskScheduled", "never"), 0);
+    // Cancelling again is refused, named
+    let again = client
+        .cancel(proto::CancelRequest {
+            workflow_id: id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+    assert!(again.message().contains("Cancelled"), "{}", again.message());
+
+    pool.close().await;
+    server.stop().await;
+    db.drop_database().await;
+}
+
+/// The server's /metrics text.
+async fn reqwest_metrics(server: &TestServer) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.running.http_addr)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+#[tokio::test]
+async fn bad_plans_and_requests_are_refused_with_the_problem_named() {
+    let db = TestDb::create().await;
+    let server = TestServer::start(with_workflows(settings_for(&db))).await;
+    let mut client = workflows_client(&server).await;
+
+    let refused = |plan: Value| {
+        let mut client = client.clone();
+        async move {
+            let status = client.execute(execute_request(&plan)).await.unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+            status.message().to_owned()
+        }
+    };
+    let cycle = refused(json!({"tasks": [
+        {"id": "a", "agent": "backup", "operation": "probe", "dependencies": ["b"]},
+        {"id": "b", "agent": "backup", "operation": "probe", "dependencies": ["a"]}
+    ]}))
+    .await;
+    assert!(cycle.contains("cycle"), "{cycle}");
+    let unknown_agent =
+        refused(json!({"tasks": [{"id": "a", "agent": "janitor", "operation": "probe"}]})).await;
+    assert!(
+        unknown_agent.contains("unknown agent 'janitor'"),
+        "{unknown_agent}"
+    );
+    let unknown_operation =
+        refused(json!({"tasks": [{"id": "a", "agent": "backup", "operation": "teleport"}]})).await;
+    assert!(
+        unknown_operation.contains("has no operation 'teleport'"),
+        "{unknown_operation}"
+    );
+    let bad_param = refused(json!({"tasks": [
+        {"id": "a", "agent": "schema", "operation": "apply", "params": {"migration": 7}}
+    ]}))
+    .await;
+    assert!(bad_param.contains("parameter 'migration'"), "{bad_param}");
+    let missing_dependency = refused(json!({"tasks": [
+        {"id": "a", "agent": "backup", "operation": "probe", "dependencies": ["ghost"]}
+    ]}))
+    .await;
+    assert!(missing_dependency.contains("ghost"), "{missing_dependency}");
+    let not_json = refused(json!("tasks")).await;
+    assert!(!not_json.is_empty());
+
+    // A request the planner does not understand: what it can do
+    let nonsense = client
+        .execute(proto::ExecuteRequest {
+            request: Some(proto::execute_request::Request::Operation(
+                "make it fast and pretty".into(),
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(nonsense.code(), Code::InvalidArgument);
+    assert!(
+        nonsense.message().contains("back up the database"),
+        "{}",
+        nonsense.message()
+    );
+    // No request at all
+    let empty = client
+        .execute(proto::ExecuteRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    // A dry run of a plain-English request: the plan, nothing runs
+    let dry = client
+        .execute(proto::ExecuteRequest {
+            request: Some(proto::execute_request::Request::Operation(
+                "back up the database then run migration add_user_roles".into(),
+            )),
+            dry_run: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(dry.workflow_id.is_empty() && dry.workflow.is_none());
+    let plan: Value = serde_json::from_str(&dry.plan_json).unwrap();
+    assert_eq!(plan["tasks"][0]["agent"], "backup");
+    assert_eq!(plan["tasks"][1]["operation"], "apply");
+    assert_eq!(plan["tasks"][1]["params"]["migration"], "add_user_roles");
+    // The same request for real: no agent serves backup.create yet
+    let unserved = client
+        .execute(proto::ExecuteRequest {
+            request: Some(proto::execute_request::Request::Operation(
+                "back up the database then run migration add_user_roles".into(),
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unserved.code(), Code::Unimplemented, "{unserved:?}");
+    assert!(
+        unserved.message().contains("backup.create"),
+        "{}",
+        unserved.message()
+    );
+    // Bad ids, priorities and limits
+    let bad_id = client
+        .get(proto::WorkflowRequest {
+            workflow_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_id.code(), Code::InvalidArgument);
+    let missing = client
+        .get(proto::WorkflowRequest {
+            workflow_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let mut bad_priority = execute_request(&json!({"tasks": [probe("a", "backup", &[], json!({}))]}));
+    bad_priority.priority = 9;
+    let status = client.execute(bad_priority).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("priority 9"), "{}", status.message());
+
+    server.stop().await;
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_names_one_workflow() {
+    let db = TestDb::create().await;
+    let server = TestServer::start(with_workflows(settings_for(&db))).await;
+    let mut client = workflows_client(&server).await;
+    let plan = json!({"name": "once", "tasks": [probe("a", "query", &[], json!({}))]});
+    let mut request = execute_request(&plan);
+    request.idempotency_key = format!("nightly-{}", uuid::Uuid::new_v4());
+    let first = client.execute(request.clone()).await.unwrap().into_inner();
+    let second = client.execute(request.clone()).await.unwrap().into_inner();
+    assert!(first.created && !second.created);
+    assert_eq!(first.workflow_id, second.workflow_id);
+    // The same key for another plan is refused
+    let other = json!({"name": "other", "tasks": [probe("b", "query", &[], json!({}))]});
+    let mut reused = execute_request(&other);
+    reused.idempotency_key = request.idempotency_key.clone();
+    let status = client.execute(reused).await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists);
+    assert!(
+        status.message().contains(&first.workflow_id),
+        "{}",
+        status.message()
+    );
+    server.stop().await;
+    db.drop_database().await;
+}
