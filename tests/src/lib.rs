@@ -479,3 +479,68 @@ impl Drop for PrivateRedis {
         }
     }
 }
+
+/// A `dbswarm serve` process of its own on `db` (the binary built next to
+/// the test binary: `scripts/test.sh` builds it), for tests that kill a
+/// server with SIGKILL. Its gRPC address is `url()`.
+pub struct ServerChild {
+    child: std::process::Child,
+    grpc_port: u16,
+}
+
+impl ServerChild {
+    pub async fn spawn(db: &TestDb, env: &[(&str, &str)]) -> ServerChild {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let binary = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .map(|dir| dir.join("dbswarm"))
+            .expect("target directory");
+        assert!(
+            binary.exists(),
+            "{} is missing: build it with `cargo build -p server --bin dbswarm` (scripts/test.sh does)",
+            binary.display()
+        );
+        let names = db.relay_config();
+        let grpc_port = free_loopback_port();
+        let http_port = free_loopback_port();
+        let mut command = std::process::Command::new(&binary);
+        command
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DBSWARM_DATABASE_URL", &db.url)
+            .env("DBSWARM_NATS_URL", nats_url())
+            .env("DBSWARM_REDIS_URL", redis_url())
+            .env("DBSWARM_NATS_SUBJECT_PREFIX", names.subject_prefix)
+            .env("DBSWARM_EVENTS_STREAM_NAME", names.stream_name)
+            .env("DBSWARM_TASKS_STREAM_NAME", names.tasks_stream_name)
+            .env("DBSWARM_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
+            .env("DBSWARM_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let child = command.spawn().expect("start dbswarm serve");
+        wait_listening(grpc_port, "dbswarm serve").await;
+        ServerChild { child, grpc_port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// SIGKILL: no shutdown code runs, as in a crash.
+    pub fn kill_9(&mut self) {
+        self.child.kill().expect("SIGKILL the server");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -23,4 +23,4 @@ mod runtime;
 
 pub use directory::{AgentStatus, Directory};
 pub use probe::Probe;
-pub use runtime::{AgentsConfig, AgentsRuntime, Dependencies, OpFuture, Operation, TaskContext};
+pub use runtime::{AgentSpec, AgentsConfig, AgentsRuntime, Dependencies, OpFuture, Operation, TaskContext};

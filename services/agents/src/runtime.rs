@@ -124,6 +124,7 @@ pub struct AgentSpec {
 /// Runs all agents until stopped.
 pub struct AgentsRuntime {
     shared: Arc<Shared>,
+    agents: Vec<AgentSpec>,
 }
 
 struct Shared {
@@ -157,9 +158,16 @@ impl AgentsRuntime {
         subjects: RelayConfig,
         config: AgentsConfig,
         server_id: String,
+        agents: Vec<AgentSpec>,
     ) -> AgentsRuntime {
         let js = jetstream::new(deps.nats.clone());
+        // Registered before anything is served: until an agent is ready the
+        // health gate waits for it rather than calling it unknown.
+        for agent in &agents {
+            directory.register(&agent.name, agent.operations.keys().cloned());
+        }
         AgentsRuntime {
+            agents,
             shared: Arc::new(Shared {
                 orchestrator,
                 directory,
@@ -195,14 +203,11 @@ impl AgentsRuntime {
             .collect()
     }
 
-    /// Runs `agents` until `stop` turns true, then drains them.
-    pub async fn run(self, agents: Vec<AgentSpec>, stop: watch::Receiver<bool>) {
+    /// Runs the agents until `stop` turns true, then drains them.
+    pub async fn run(self, stop: watch::Receiver<bool>) {
         let mut tasks = JoinSet::new();
         tasks.spawn(route_stop_requests(self.shared.clone(), stop.clone()));
-        for agent in agents {
-            self.shared
-                .directory
-                .register(&agent.name, agent.operations.keys().cloned());
+        for agent in self.agents {
             tasks.spawn(run_agent(self.shared.clone(), agent, stop.clone()));
         }
         while tasks.join_next().await.is_some() {}

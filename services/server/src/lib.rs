@@ -135,6 +135,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         config.relay.clone(),
         config.agents.clone(),
         uuid::Uuid::new_v4().to_string(),
+        agents::AgentsRuntime::swarm(),
     );
     let event_store = EventStoreService::new(appender, reader, commits.clone(), config.limits).into_server();
 
@@ -200,7 +201,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             driver.await;
             Ok(())
         });
-        let agents = agents_runtime.run(agents::AgentsRuntime::swarm(), stopped.clone());
+        let agents = agents_runtime.run(stopped.clone());
         tasks.spawn(async move {
             agents.await;
             Ok(())

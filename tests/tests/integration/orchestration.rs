@@ -14,6 +14,8 @@ use tests::*;
 use tonic::Code;
 use tonic::transport::Channel;
 
+use crate::projections::{caught_up, get_row, projections_client, wait_for_status};
+
 pub async fn workflows_client(server: &TestServer) -> WorkflowsClient<Channel> {
     WorkflowsClient::connect(server.channel_url())
         .await
@@ -139,6 +141,48 @@ async fn the_migration_workflow_runs_its_branches_in_parallel_after_their_depend
         .unwrap()
         .into_inner();
     assert_eq!(got, workflow);
+    // And the read models show the workflow and the agents that ran it
+    let mut projections = projections_client(&server).await;
+    wait_for_status(&mut projections, "workflows", "catching up", caught_up).await;
+    wait_for_status(&mut projections, "agents", "catching up", caught_up).await;
+    let row = get_row(&mut projections, "workflows", &workflow.workflow_id)
+        .await
+        .expect("a workflows row");
+    assert_eq!(row["state"], "completed");
+    assert_eq!(row["tasks_succeeded"], 5);
+    let listed = client
+        .list(proto::ListWorkflowsRequest {
+            status: "completed".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.workflows.len(), 1);
+    assert_eq!(listed.workflows[0].workflow_id, workflow.workflow_id);
+    assert_eq!(listed.workflows[0].name, "Database Migration (probes)");
+    for agent in domain::workflow::catalogue::AGENTS {
+        let row = get_row(&mut projections, "agents", agent)
+            .await
+            .expect("an agents row");
+        assert_eq!(row["status"], "ready", "{agent}: {row}");
+    }
+    let backup = get_row(&mut projections, "agents", "backup").await.unwrap();
+    assert_eq!(
+        (
+            backup["tasks_started"].as_i64(),
+            backup["tasks_succeeded"].as_i64()
+        ),
+        (Some(1), Some(1))
+    );
+    let too_big = client
+        .list(proto::ListWorkflowsRequest {
+            page_size: 5000,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(too_big.code(), Code::InvalidArgument);
 
     pool.close().await;
     server.stop().await;
@@ -460,6 +504,218 @@ async fn an_idempotency_key_names_one_workflow() {
         "{}",
         status.message()
     );
+    server.stop().await;
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_workflow_survives_kill_9_of_its_server_and_records_each_result_once() {
+    let db = TestDb::create().await;
+    let pool = db.pool().await;
+    // A short ack wait: the command the killed server held comes back fast.
+    let env = [
+        ("DBSWARM_AGENT_ACK_WAIT_MS", "1500"),
+        ("DBSWARM_PROJECTIONS_ENABLED", "false"),
+    ];
+    let mut first = ServerChild::spawn(&db, &env).await;
+    let mut client = WorkflowsClient::connect(first.url()).await.unwrap();
+    let plan = json!({"name": "crash", "tasks": [
+        probe("before", "backup", &[], json!({"delay_ms": 200})),
+        probe("during", "schema", &["before"], json!({"delay_ms": 1500})),
+        probe("left", "integrity", &["during"], json!({})),
+        probe("right", "cache", &["during"], json!({})),
+        probe("after", "eventsourcing", &["left", "right"], json!({})),
+    ]});
+    let mut request = execute_request(&plan);
+    request.wait = false;
+    let id = client.execute(request).await.unwrap().into_inner().workflow_id;
+    // Given the server is in the middle of the workflow
+    let mut watch = client
+        .watch(proto::WorkflowRequest {
+            workflow_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let state = watch.message().await.unwrap().expect("a state");
+        if state.tasks[1].status == "running" {
+            break;
+        }
+    }
+    // When it is killed with SIGKILL and another one starts
+    first.kill_9();
+    let second = ServerChild::spawn(&db, &env).await;
+    let mut client = WorkflowsClient::connect(second.url()).await.unwrap();
+    // Then the new one finishes the workflow
+    let finished = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut watch = client
+            .watch(proto::WorkflowRequest {
+                workflow_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut last = None;
+        while let Some(state) = watch.message().await.unwrap() {
+            last = Some(state);
+        }
+        last.expect("a final state")
+    })
+    .await
+    .expect("the workflow finishes after the crash");
+    assert_eq!(finished.status, "completed", "{}", finished.summary);
+    // And no task's result is recorded twice
+    let events = workflow_events(&pool, &id).await;
+    for task in ["before", "during", "left", "right", "after"] {
+        assert_eq!(count(&events, "TaskSucceeded", task), 1, "{task}");
+        assert_eq!(
+            count(&events, "TaskScheduled", task),
+            1,
+            "{task}: no retry was needed"
+        );
+    }
+    assert_eq!(
+        events.iter().filter(|(t, _, _)| t == "WorkflowCompleted").count(),
+        1
+    );
+    // And the run row is gone with the workflow finished
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM workflow_runs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+    drop(second);
+    pool.close().await;
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn high_priority_tasks_are_taken_before_waiting_low_priority_ones() {
+    let db = TestDb::create().await;
+    let mut settings = with_workflows(settings_for(&db));
+    // One worker per agent: the others wait in the priority queue.
+    settings.agent_concurrency_max = Some(1);
+    let server = TestServer::start(settings).await;
+    let pool = db.pool().await;
+    let mut client = workflows_client(&server).await;
+    let run = |name: &str, delay_ms: u64, priority: proto::Priority| {
+        let mut request = execute_request(&json!({"name": name, "tasks": [
+            probe("work", "monitoring", &[], json!({"delay_ms": delay_ms}))
+        ]}));
+        request.wait = false;
+        request.priority = priority as i32;
+        request
+    };
+    // Given the only worker is busy
+    let busy = client
+        .execute(run("busy", 1000, proto::Priority::Normal))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut watch = client
+        .watch(proto::WorkflowRequest {
+            workflow_id: busy.workflow_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while watch.message().await.unwrap().expect("a state").tasks[0].status != "running" {}
+    // When low-priority tasks queue up, then a high-priority one
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let low = client
+            .execute(run(&format!("low{i}"), 0, proto::Priority::Low))
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(low.workflow_id);
+    }
+    let high = client
+        .execute(run("high", 0, proto::Priority::High))
+        .await
+        .unwrap()
+        .into_inner();
+    ids.push(high.workflow_id.clone());
+    // Then the high-priority task starts first once the worker is free
+    let mut started = Vec::new();
+    for id in &ids {
+        let mut request = proto::WorkflowRequest {
+            workflow_id: id.clone(),
+        };
+        let mut states = client.watch(request.clone()).await.unwrap().into_inner();
+        while let Some(state) = states.message().await.unwrap() {
+            if state.status == "completed" {
+                break;
+            }
+        }
+        request.workflow_id = id.clone();
+        let events = workflow_events(&pool, id).await;
+        started.push((time_of(&events, "TaskStarted", "work"), id.clone()));
+    }
+    started.sort();
+    assert_eq!(started[0].1, high.workflow_id, "high priority first: {started:?}");
+
+    pool.close().await;
+    server.stop().await;
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_plan_waits_for_unhealthy_agents_then_fails_naming_one() {
+    let mut nats = PrivateNats::start().await;
+    let db = TestDb::create().await;
+    let mut settings = with_workflows(settings_for(&db));
+    settings.nats_url = Some(nats.url());
+    settings.agent_heartbeat_interval_ms = Some(200);
+    settings.workflow_health_wait_ms = Some(500);
+    let server = TestServer::start(settings).await;
+    let mut client = workflows_client(&server).await;
+    let plan = json!({"name": "gated", "tasks": [probe("a", "backup", &[], json!({}))]});
+    // Given healthy agents, a plan runs
+    let workflow = execute_and_wait(&mut client, &plan).await;
+    assert_eq!(workflow.status, "completed");
+    // When NATS goes away, the agents turn unhealthy
+    nats.stop().await;
+    let mut projections = projections_client(&server).await;
+    let refused = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let mut request = execute_request(&plan);
+            request.wait = false;
+            match client.execute(request).await {
+                Err(status) if status.code() == Code::FailedPrecondition => return status,
+                // Accepted: the agents have not noticed yet.
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })
+    .await
+    .expect("the health gate refuses while the agents are unhealthy");
+    // Then the plan is refused after the bounded wait, naming the agent
+    assert!(
+        refused
+            .message()
+            .contains("agent 'backup' is not healthy after waiting 500 ms"),
+        "{}",
+        refused.message()
+    );
+    assert!(refused.message().contains("NATS"), "{}", refused.message());
+    // And once NATS is back the agents recover and plans run again
+    nats.restart().await;
+    let workflow = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Ok(response) = client.execute(execute_request(&plan)).await {
+                return response.into_inner().workflow.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the agents recover");
+    assert_eq!(workflow.status, "completed");
+    let backup = get_row(&mut projections, "agents", "backup").await;
+    assert!(backup.is_some());
+
     server.stop().await;
     db.drop_database().await;
 }
