@@ -20,7 +20,9 @@
 mod directory;
 mod probe;
 mod runtime;
+mod targets;
 
 pub use directory::{AgentStatus, Directory};
 pub use probe::Probe;
 pub use runtime::{AgentSpec, AgentsConfig, AgentsRuntime, Dependencies, OpFuture, Operation, TaskContext};
+pub use targets::{TargetDatabase, Targets, TargetsConfig, TargetsError};

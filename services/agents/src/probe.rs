@@ -21,11 +21,13 @@ impl Operation for Probe {
     fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
         Box::pin(async move {
             let params = &task.command.params;
-            if let Some(database) = params.get("database") {
-                // Target registration comes with RegisterDatabase; until a
-                // target is registered there is nothing of that name.
-                return Err(format!("no registered target database named {database}"));
-            }
+            let target = match params.get("database") {
+                Some(serde_json::Value::String(name)) => Some(name.as_str()),
+                Some(other) => {
+                    return Err(format!("parameter 'database' must be a target name, not {other}"));
+                }
+                None => None,
+            };
             let simulation: Simulation = match params.get("simulate") {
                 Some(value) => serde_json::from_value(value.clone()).map_err(|e| {
                     format!("parameter 'simulate': {e} (it takes delay_ms, fail_attempts, fail)")
@@ -39,6 +41,16 @@ impl Operation for Probe {
                 ));
             }
             let (postgres_ms, nats_ms) = check_dependencies(&task.deps, PROBE_TIMEOUT_MS).await?;
+            let target_ms = match target {
+                Some(name) => Some(
+                    task.deps
+                        .targets
+                        .ping(&self.agent, name)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                ),
+                None => None,
+            };
             if simulation.delay_ms > 0 {
                 task.progress(0.0, "simulated work started").await;
                 tokio::time::sleep(Duration::from_millis(simulation.delay_ms)).await;
@@ -53,6 +65,8 @@ impl Operation for Probe {
                 "attempt": attempt,
                 "postgres_ms": postgres_ms,
                 "nats_ms": nats_ms,
+                "target": target,
+                "target_ms": target_ms,
             }))
         })
     }

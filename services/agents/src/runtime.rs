@@ -75,6 +75,8 @@ pub struct Dependencies {
     /// The event store's database.
     pub pool: PgPool,
     pub nats: async_nats::Client,
+    /// Registered target databases and the pools to them.
+    pub targets: crate::targets::Targets,
 }
 
 pub type OpFuture<'a> = Pin<Box<dyn Future<Output = Result<Value, String>> + Send + 'a>>;

@@ -12,16 +12,32 @@ use tonic::{Request, Response, Status};
 use crate::event_store_service::observe;
 use crate::proto;
 use crate::proto::admin_server::Admin;
-use crate::status::validation_status;
+use crate::status::{targets_error_status, validation_status};
+use agents::{TargetDatabase, Targets};
+
+fn target(t: TargetDatabase) -> proto::TargetDatabase {
+    proto::TargetDatabase {
+        name: t.name,
+        url_masked: t.url_masked,
+        description: t.description,
+        server_version: t.server_version,
+        registered_at: t.registered_at.to_rfc3339(),
+    }
+}
 
 pub struct AdminService {
     pool: PgPool,
     relay_leading: Arc<AtomicBool>,
+    targets: Targets,
 }
 
 impl AdminService {
-    pub fn new(pool: PgPool, relay_leading: Arc<AtomicBool>) -> Self {
-        AdminService { pool, relay_leading }
+    pub fn new(pool: PgPool, relay_leading: Arc<AtomicBool>, targets: Targets) -> Self {
+        AdminService {
+            pool,
+            relay_leading,
+            targets,
+        }
     }
 
     pub fn into_server(self) -> proto::admin_server::AdminServer<Self> {
@@ -127,6 +143,56 @@ impl Admin for AdminService {
         }
         .await;
         observe("ReplayDeadLetter", started, &result);
+        result
+    }
+
+    async fn register_database(
+        &self,
+        request: Request<proto::RegisterDatabaseRequest>,
+    ) -> Result<Response<proto::TargetDatabase>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let result = self
+            .targets
+            .register(&request.name, &request.url, &request.description)
+            .await
+            .map(|t| Response::new(target(t)))
+            .map_err(targets_error_status);
+        observe("Admin.RegisterDatabase", started, &result);
+        result
+    }
+
+    async fn list_databases(
+        &self,
+        _request: Request<proto::ListDatabasesRequest>,
+    ) -> Result<Response<proto::ListDatabasesResponse>, Status> {
+        let started = Instant::now();
+        let result = self
+            .targets
+            .list()
+            .await
+            .map(|all| {
+                Response::new(proto::ListDatabasesResponse {
+                    databases: all.into_iter().map(target).collect(),
+                })
+            })
+            .map_err(targets_error_status);
+        observe("Admin.ListDatabases", started, &result);
+        result
+    }
+
+    async fn remove_database(
+        &self,
+        request: Request<proto::RemoveDatabaseRequest>,
+    ) -> Result<Response<proto::RemoveDatabaseResponse>, Status> {
+        let started = Instant::now();
+        let result = self
+            .targets
+            .remove(&request.get_ref().name)
+            .await
+            .map(|()| Response::new(proto::RemoveDatabaseResponse {}))
+            .map_err(targets_error_status);
+        observe("Admin.RemoveDatabase", started, &result);
         result
     }
 }

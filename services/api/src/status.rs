@@ -132,3 +132,20 @@ pub fn saga_error_status(e: SagaError) -> Status {
         }
     }
 }
+
+pub fn targets_error_status(e: agents::TargetsError) -> Status {
+    use agents::TargetsError;
+    let message = e.to_string();
+    match e {
+        TargetsError::Invalid(_) | TargetsError::DescriptionTooLong(_) => Status::invalid_argument(message),
+        TargetsError::AlreadyRegistered { .. } => Status::already_exists(message),
+        TargetsError::NotFound(_) => Status::not_found(message),
+        TargetsError::Unreachable { .. } => Status::failed_precondition(message),
+        TargetsError::Validation(e) => validation_status(e),
+        TargetsError::Store(store) => store_error_status(store),
+        TargetsError::Database(_) => {
+            tracing::error!(error = %message, "internal error");
+            Status::internal(message)
+        }
+    }
+}

@@ -7,6 +7,7 @@
 pub mod limits;
 pub mod stream;
 pub mod subject;
+pub mod target;
 pub mod types;
 pub mod workflow;
 

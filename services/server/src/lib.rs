@@ -107,6 +107,12 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     }
     let projections_service = ProjectionsService::new(projections.clone()).into_server();
     let directory = agents::Directory::default();
+    let targets = agents::Targets::new(
+        pool.clone(),
+        appender.clone(),
+        config.limits,
+        agents::TargetsConfig::default(),
+    );
     let orchestrator = sagas::Orchestrator::new(
         sagas::WorkflowStore::new(appender.clone(), reader.clone(), config.limits),
         pool.clone(),
@@ -131,6 +137,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         agents::Dependencies {
             pool: pool.clone(),
             nats: nats.clone(),
+            targets: targets.clone(),
         },
         config.relay.clone(),
         config.agents.clone(),
@@ -140,7 +147,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let event_store = EventStoreService::new(appender, reader, commits.clone(), config.limits).into_server();
 
     let relay_leading = Arc::new(AtomicBool::new(false));
-    let admin = AdminService::new(pool.clone(), relay_leading.clone()).into_server();
+    let admin = AdminService::new(pool.clone(), relay_leading.clone(), targets).into_server();
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter

@@ -14,5 +14,6 @@ mod relay;
 mod server;
 mod snapshot;
 mod subscribe;
+mod targets;
 mod telemetry;
 mod workflows;

@@ -7,6 +7,7 @@ pub mod aggregate;
 pub mod catalogue;
 pub mod plan;
 pub mod planner;
+pub mod schedule;
 pub mod task;
 
 pub use aggregate::{
