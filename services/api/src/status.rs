@@ -117,7 +117,10 @@ pub fn saga_error_status(e: SagaError) -> Status {
     match e {
         SagaError::Workflow(WorkflowError::AlreadyStarted(_)) => Status::already_exists(message),
         SagaError::Workflow(WorkflowError::Finished { .. }) => Status::failed_precondition(message),
-        SagaError::Workflow(WorkflowError::NotStarted) | SagaError::NotFound(_) => Status::not_found(message),
+        SagaError::Workflow(WorkflowError::NotStarted) | SagaError::NotFound { .. } => {
+            Status::not_found(message)
+        }
+        SagaError::Schedule(e) => schedule_error_status(e, message),
         SagaError::Workflow(WorkflowError::UnknownTask { .. }) => Status::invalid_argument(message),
         SagaError::IdempotencyConflict { .. } => Status::already_exists(message),
         SagaError::Unhealthy { .. } => Status::failed_precondition(message),
@@ -147,5 +150,17 @@ pub fn targets_error_status(e: agents::TargetsError) -> Status {
             tracing::error!(error = %message, "internal error");
             Status::internal(message)
         }
+    }
+}
+
+fn schedule_error_status(e: domain::workflow::schedule::ScheduleError, message: String) -> Status {
+    use domain::workflow::schedule::ScheduleError;
+    match e {
+        ScheduleError::AlreadyExists(_) => Status::already_exists(message),
+        ScheduleError::NotCreated | ScheduleError::Deleted(_) => Status::not_found(message),
+        ScheduleError::InvalidId(_)
+        | ScheduleError::InvalidName(_)
+        | ScheduleError::Cron(_)
+        | ScheduleError::NoNextRun { .. } => Status::invalid_argument(message),
     }
 }

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use domain::workflow::catalogue;
+use domain::workflow::schedule::{MissedRunPolicy, ScheduleCommand, ScheduleState};
 use domain::workflow::{
     Catalogue, CompensationStatus, Plan, Priority, TaskStatus, WorkflowEvent, WorkflowState, WorkflowStatus,
     evolve, plan_request,
@@ -15,7 +16,8 @@ use event_store::{CommitSignal, Reader};
 use projections::Projections;
 use projections::query::{FilterRequest, ListRequest};
 use projections::sqlgen::FilterOp;
-use sagas::{Orchestrator, SagaError, StartRequest, workflow_stream};
+use sagas::llm::LlmPlanner;
+use sagas::{NewSchedule, Orchestrator, SagaError, Scheduler, StartRequest, workflow_stream};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -39,6 +41,8 @@ const IDEMPOTENCY_KEY_BYTES_MAX: usize = 200;
 
 pub struct WorkflowsService {
     orchestrator: Orchestrator,
+    llm: Option<LlmPlanner>,
+    scheduler: Scheduler,
     reader: Reader,
     commits: CommitSignal,
     projections: Projections,
@@ -49,6 +53,8 @@ pub struct WorkflowsService {
 impl WorkflowsService {
     pub fn new(
         orchestrator: Orchestrator,
+        llm: Option<LlmPlanner>,
+        scheduler: Scheduler,
         reader: Reader,
         commits: CommitSignal,
         projections: Projections,
@@ -56,6 +62,8 @@ impl WorkflowsService {
     ) -> Self {
         WorkflowsService {
             orchestrator,
+            llm,
+            scheduler,
             reader,
             commits,
             projections,
@@ -68,32 +76,51 @@ impl WorkflowsService {
         workflows_server::WorkflowsServer::new(self)
     }
 
-    /// The validated plan a request asks for.
-    fn plan(&self, request: &proto::ExecuteRequest) -> Result<Plan, Status> {
-        use proto::execute_request::Request as Asked;
-        match &request.request {
-            Some(Asked::PlanJson(text)) => Plan::from_json(text, &self.catalogue).map_err(|e| {
-                Status::with_error_details(
-                    Code::InvalidArgument,
-                    e.to_string(),
-                    ErrorDetails::with_bad_request(
-                        e.problems
-                            .into_iter()
-                            .map(|problem| tonic_types::FieldViolation::new("plan_json", problem))
-                            .collect::<Vec<_>>(),
-                    ),
-                )
-            }),
-            Some(Asked::Operation(text)) => {
-                let spec = plan_request(text).map_err(|e| {
+    /// The validated plan a request asks for, and which planner made it
+    /// ("plan" when given as one, "llm" or "rules").
+    async fn plan(&self, source: Option<PlanSource<'_>>) -> Result<(Plan, &'static str), Status> {
+        match source {
+            Some(PlanSource::Json(text)) => Plan::from_json(text, &self.catalogue)
+                .map(|plan| (plan, "plan"))
+                .map_err(|e| {
                     Status::with_error_details(
                         Code::InvalidArgument,
                         e.to_string(),
-                        ErrorDetails::with_bad_request_violation("operation", e.to_string()),
+                        ErrorDetails::with_bad_request(
+                            e.problems
+                                .into_iter()
+                                .map(|problem| tonic_types::FieldViolation::new("plan_json", problem))
+                                .collect::<Vec<_>>(),
+                        ),
+                    )
+                }),
+            Some(PlanSource::English(text)) => {
+                // The LLM first when there is one; its plan is validated
+                // like any other, and the rules stay the fallback.
+                let llm_failure = match &self.llm {
+                    Some(llm) => match llm.plan(text, &self.catalogue).await {
+                        Ok(plan) => return Ok((plan, "llm")),
+                        Err(error) => {
+                            metrics::counter!("dbswarm_planner_llm_failures_total").increment(1);
+                            tracing::warn!(%error, "the LLM planner failed; planning by the rules");
+                            Some(error.to_string())
+                        }
+                    },
+                    None => None,
+                };
+                let spec = plan_request(text).map_err(|e| {
+                    let message = match &llm_failure {
+                        Some(llm) => format!("{e} (the LLM planner failed too: {llm})"),
+                        None => e.to_string(),
+                    };
+                    Status::with_error_details(
+                        Code::InvalidArgument,
+                        message.clone(),
+                        ErrorDetails::with_bad_request_violation("operation", message),
                     )
                 })?;
-                // The planner's plans are checked like any other.
                 Plan::validate(spec, &self.catalogue)
+                    .map(|plan| (plan, "rules"))
                     .map_err(|e| Status::internal(format!("the planner made an invalid plan: {e}")))
             }
             None => Err(Status::invalid_argument(
@@ -103,7 +130,13 @@ impl WorkflowsService {
     }
 
     async fn execute(&self, request: proto::ExecuteRequest) -> Result<proto::ExecuteResponse, Status> {
-        let plan = self.plan(&request)?;
+        use proto::execute_request::Request as Asked;
+        let (plan, planner) = self
+            .plan(request.request.as_ref().map(|asked| match asked {
+                Asked::PlanJson(text) => PlanSource::Json(text),
+                Asked::Operation(text) => PlanSource::English(text),
+            }))
+            .await?;
         let plan_json = serde_json::to_string(&plan).map_err(|e| Status::internal(e.to_string()))?;
         let priority = priority_from_proto(request.priority)?;
         if request.dry_run {
@@ -112,6 +145,7 @@ impl WorkflowsService {
                 created: false,
                 plan_json,
                 workflow: None,
+                planner: planner.to_owned(),
             });
         }
         let idempotency_key = match request.idempotency_key.as_str() {
@@ -139,6 +173,7 @@ impl WorkflowsService {
                 plan,
                 priority,
                 idempotency_key,
+                workflow_id: None,
             })
             .await
             .map_err(saga_error_status)?;
@@ -154,6 +189,7 @@ impl WorkflowsService {
             created: started.created,
             plan_json,
             workflow: Some(workflow(&state, version)),
+            planner: planner.to_owned(),
         })
     }
 
@@ -222,14 +258,45 @@ impl WorkflowsService {
         let (state, version) = self
             .orchestrator
             .store()
-            .load(workflow_id)
+            .load(&workflow_id.to_string())
             .await
             .map_err(saga_error_status)?;
         if version == 0 {
-            return Err(saga_error_status(SagaError::NotFound(workflow_id)));
+            return Err(saga_error_status(SagaError::workflow_not_found(workflow_id)));
         }
         Ok((state, version))
     }
+}
+
+impl WorkflowsService {
+    async fn change_schedule(
+        &self,
+        method: &'static str,
+        request: Request<proto::ScheduleRequest>,
+        command: ScheduleCommand,
+    ) -> Result<Response<proto::Schedule>, Status> {
+        let started = Instant::now();
+        let id = &request.get_ref().schedule_id;
+        let result = async {
+            // NOT_FOUND for an id that names nothing, before deciding.
+            self.scheduler.get(id).await.map_err(saga_error_status)?;
+            let executed = self
+                .scheduler
+                .execute(id, command)
+                .await
+                .map_err(saga_error_status)?;
+            Ok(Response::new(schedule(&executed.state)))
+        }
+        .await;
+        observe(method, started, &result);
+        result
+    }
+}
+
+/// Where a plan comes from: JSON, or plain English for the planner.
+enum PlanSource<'a> {
+    Json(&'a str),
+    English(&'a str),
 }
 
 fn decode(event: &event_store::RecordedEvent) -> Result<WorkflowEvent, Status> {
@@ -492,6 +559,145 @@ impl workflows_server::Workflows for WorkflowsService {
         .await;
         observe("Workflows.List", started, &result);
         result
+    }
+
+    async fn create_schedule(
+        &self,
+        request: Request<proto::CreateScheduleRequest>,
+    ) -> Result<Response<proto::Schedule>, Status> {
+        use proto::create_schedule_request::Request as Asked;
+        let started = Instant::now();
+        let result = async {
+            let request = request.into_inner();
+            let (plan, _) = self
+                .plan(request.request.as_ref().map(|asked| match asked {
+                    Asked::PlanJson(text) => PlanSource::Json(text),
+                    Asked::Operation(text) => PlanSource::English(text),
+                }))
+                .await?;
+            let new = NewSchedule {
+                schedule_id: (!request.schedule_id.is_empty()).then_some(request.schedule_id),
+                name: request.name,
+                cron: request.cron,
+                plan,
+                priority: priority_from_proto(request.priority)?,
+                policy: policy_from_proto(request.missed_run_policy)?,
+            };
+            let executed = self.scheduler.create(new).await.map_err(saga_error_status)?;
+            Ok(Response::new(schedule(&executed.state)))
+        }
+        .await;
+        observe("Workflows.CreateSchedule", started, &result);
+        result
+    }
+
+    async fn get_schedule(
+        &self,
+        request: Request<proto::ScheduleRequest>,
+    ) -> Result<Response<proto::Schedule>, Status> {
+        let started = Instant::now();
+        let result = self
+            .scheduler
+            .get(&request.get_ref().schedule_id)
+            .await
+            .map(|(state, _)| Response::new(schedule(&state)))
+            .map_err(saga_error_status);
+        observe("Workflows.GetSchedule", started, &result);
+        result
+    }
+
+    async fn list_schedules(
+        &self,
+        _request: Request<proto::ListSchedulesRequest>,
+    ) -> Result<Response<proto::ListSchedulesResponse>, Status> {
+        let started = Instant::now();
+        let result = self
+            .scheduler
+            .list()
+            .await
+            .map(|all| {
+                Response::new(proto::ListSchedulesResponse {
+                    schedules: all.iter().map(|(state, _)| schedule(state)).collect(),
+                })
+            })
+            .map_err(saga_error_status);
+        observe("Workflows.ListSchedules", started, &result);
+        result
+    }
+
+    async fn pause_schedule(
+        &self,
+        request: Request<proto::ScheduleRequest>,
+    ) -> Result<Response<proto::Schedule>, Status> {
+        self.change_schedule("Workflows.PauseSchedule", request, ScheduleCommand::Pause)
+            .await
+    }
+
+    async fn resume_schedule(
+        &self,
+        request: Request<proto::ScheduleRequest>,
+    ) -> Result<Response<proto::Schedule>, Status> {
+        self.change_schedule("Workflows.ResumeSchedule", request, ScheduleCommand::Resume)
+            .await
+    }
+
+    async fn delete_schedule(
+        &self,
+        request: Request<proto::ScheduleRequest>,
+    ) -> Result<Response<proto::Schedule>, Status> {
+        self.change_schedule("Workflows.DeleteSchedule", request, ScheduleCommand::Delete)
+            .await
+    }
+}
+
+/// Fire times shown for a schedule.
+const NEXT_RUNS_SHOWN: usize = 5;
+
+fn rfc3339_ms(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+fn policy_from_proto(value: i32) -> Result<MissedRunPolicy, Status> {
+    match proto::MissedRunPolicy::try_from(value) {
+        Ok(proto::MissedRunPolicy::MissedRunSkip) => Ok(MissedRunPolicy::Skip),
+        Ok(proto::MissedRunPolicy::MissedRunCatchUpOnce) => Ok(MissedRunPolicy::CatchUpOnce),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "missed_run_policy {value} is not one of MISSED_RUN_SKIP (0), MISSED_RUN_CATCH_UP_ONCE (1)"
+        ))),
+    }
+}
+
+fn schedule(state: &ScheduleState) -> proto::Schedule {
+    proto::Schedule {
+        schedule_id: state.schedule_id.clone(),
+        name: state.name.clone(),
+        cron: state.cron.clone(),
+        priority: priority_to_proto(state.priority) as i32,
+        missed_run_policy: match state.policy {
+            MissedRunPolicy::Skip => proto::MissedRunPolicy::MissedRunSkip,
+            MissedRunPolicy::CatchUpOnce => proto::MissedRunPolicy::MissedRunCatchUpOnce,
+        } as i32,
+        paused: state.paused,
+        deleted: state.deleted,
+        next_runs: state
+            .next_runs(NEXT_RUNS_SHOWN)
+            .into_iter()
+            .map(rfc3339_ms)
+            .collect(),
+        last_fired_at: state.last_fired_at_ms.map(rfc3339_ms).unwrap_or_default(),
+        last_workflow_id: state
+            .last_workflow_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        fired_count: state.fired_count,
+        skipped_runs: state.skipped_runs,
+        plan_json: state
+            .plan
+            .as_ref()
+            .and_then(|p| serde_json::to_string(p).ok())
+            .unwrap_or_default(),
     }
 }
 

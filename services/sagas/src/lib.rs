@@ -3,11 +3,18 @@
 //! the orchestrator that runs them (task commands to agents, outcomes
 //! back, the driver that times out, retries and resumes after a crash).
 
+pub mod llm;
 mod orchestrator;
+mod scheduler;
 mod store;
 
+pub use llm::{LlmConfig, LlmError, LlmPlanner};
 pub use orchestrator::{
     AgentDirectory, Availability, DRIVER_LOCK_KEY, Orchestrator, OrchestratorConfig, STOP_SUBJECT,
     StartRequest, Started, clock, now_ms,
 };
-pub use store::{CONFLICT_ATTEMPTS_MAX, Executed, SagaError, WorkflowStore, workflow_stream};
+pub use scheduler::{NewSchedule, SCHEDULER_LOCK_KEY, ScheduleExecuted, Scheduler, SchedulerConfig};
+pub use store::{
+    Aggregate, AggregateStore, CONFLICT_ATTEMPTS_MAX, Executed, SagaError, Schedule, ScheduleStore, Workflow,
+    WorkflowExecuted, WorkflowStore, workflow_stream,
+};

@@ -35,7 +35,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::store::{Executed, SagaError, WorkflowStore};
+use crate::store::{SagaError, WorkflowExecuted as Executed, WorkflowStore};
 
 const RUN_INSERT: &str = include_str!("sql/run_insert.sql");
 const RUN_UPDATE: &str = include_str!("sql/run_update.sql");
@@ -110,6 +110,9 @@ pub struct StartRequest {
     /// The same key always names the same workflow: a retried request
     /// returns the workflow the first one started.
     pub idempotency_key: Option<String>,
+    /// The workflow's id when the caller derives it (a schedule's firing);
+    /// like a key, starting it again returns the workflow already started.
+    pub workflow_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone)]
@@ -196,11 +199,12 @@ impl Orchestrator {
     /// Starts a workflow once its agents are ready (the health gate), and
     /// sends its first task commands.
     pub async fn start(&self, request: StartRequest) -> Result<Started, SagaError> {
-        let workflow_id = match &request.idempotency_key {
-            Some(key) => Self::workflow_id_for_key(key),
-            None => Uuid::now_v7(),
+        let (workflow_id, key) = match (&request.workflow_id, &request.idempotency_key) {
+            (Some(id), _) => (*id, Some(id.to_string())),
+            (None, Some(key)) => (Self::workflow_id_for_key(key), Some(key.clone())),
+            (None, None) => (Uuid::now_v7(), None),
         };
-        if let Some(key) = &request.idempotency_key
+        if let Some(key) = &key
             && let Some(started) = self.already_started(workflow_id, key, &request.plan).await?
         {
             return Ok(started);
@@ -224,13 +228,11 @@ impl Orchestrator {
                 version: executed.version,
             }),
             // Two requests with one key at once: the other one started it.
-            Err(SagaError::Workflow(domain::workflow::WorkflowError::AlreadyStarted(_)))
-                if request.idempotency_key.is_some() =>
-            {
-                let key = request.idempotency_key.as_deref().unwrap_or_default();
+            Err(SagaError::Workflow(domain::workflow::WorkflowError::AlreadyStarted(_))) if key.is_some() => {
+                let key = key.as_deref().unwrap_or_default();
                 self.already_started(workflow_id, key, &request.plan)
                     .await?
-                    .ok_or(SagaError::NotFound(workflow_id))
+                    .ok_or_else(|| SagaError::workflow_not_found(workflow_id))
             }
             Err(other) => Err(other),
         }
@@ -244,7 +246,7 @@ impl Orchestrator {
         key: &str,
         plan: &Plan,
     ) -> Result<Option<Started>, SagaError> {
-        let (state, version) = self.inner.store.load(workflow_id).await?;
+        let (state, version) = self.inner.store.load(&workflow_id.to_string()).await?;
         if version == 0 {
             return Ok(None);
         }
@@ -307,7 +309,11 @@ impl Orchestrator {
 
     /// Records `command` for the workflow and dispatches what follows.
     pub async fn record(&self, workflow_id: Uuid, command: WorkflowCommand) -> Result<Executed, SagaError> {
-        let executed = self.inner.store.execute(workflow_id, command, clock).await?;
+        let executed = self
+            .inner
+            .store
+            .execute(&workflow_id.to_string(), command, clock)
+            .await?;
         if !executed.events.is_empty() {
             let sent = self.dispatch(&executed).await;
             self.update_run(workflow_id, &executed, !sent).await?;
@@ -437,10 +443,10 @@ impl Orchestrator {
         let executed = self
             .inner
             .store
-            .execute(workflow_id, WorkflowCommand::Tick, clock)
+            .execute(&workflow_id.to_string(), WorkflowCommand::Tick, clock)
             .await;
         let executed = match executed {
-            Err(SagaError::NotFound(_)) => {
+            Err(SagaError::NotFound { .. }) => {
                 if row_age_s > ORPHAN_ROW_AGE_S {
                     sqlx::query(RUN_DELETE)
                         .bind(workflow_id)
@@ -597,7 +603,7 @@ impl Orchestrator {
                 };
                 self.record(workflow_id, started).await?.state
             }
-            TaskKind::Compensate => self.inner.store.load(workflow_id).await?.0,
+            TaskKind::Compensate => self.inner.store.load(&workflow_id.to_string()).await?.0,
         };
         Ok(state
             .outstanding_command(&command.task_id, command.kind, command.attempt)
@@ -655,8 +661,8 @@ impl Orchestrator {
 
 fn parse_workflow_id(text: &str) -> Result<Uuid, SagaError> {
     Uuid::parse_str(text).map_err(|e| SagaError::Corrupt {
-        workflow_id: Uuid::nil(),
-        why: format!("task command with workflow id {text}: {e}"),
+        stream: format!("task command for workflow {text}"),
+        why: format!("the workflow id is not a UUID: {e}"),
     })
 }
 

@@ -1,16 +1,21 @@
-//! The workflow store: a workflow's events live in stream
-//! `workflow-<uuid>`. `execute` loads the stream, asks the aggregate to
+//! The aggregate store: an aggregate's events live in stream
+//! `<kind>-<id>`. `execute` loads the stream, asks the pure aggregate to
 //! decide, and appends what it decided at exactly the version it loaded;
 //! when another writer got there first it loads again and decides again
-//! (bounded). So two servers reacting to outcomes of one workflow never
-//! lose one or apply one twice: the aggregate ignores a duplicate outcome.
+//! (bounded). So two servers reacting to one workflow (or firing one
+//! schedule) never lose a decision or apply one twice: the aggregates
+//! decide nothing for a duplicate.
 
-use domain::workflow::{Clock, WorkflowCommand, WorkflowError, WorkflowEvent, WorkflowState, decide, evolve};
+use std::marker::PhantomData;
+
+use domain::workflow::schedule::{self, ScheduleCommand, ScheduleError, ScheduleEvent, ScheduleState};
+use domain::workflow::{Clock, WorkflowCommand, WorkflowError, WorkflowEvent, WorkflowState};
 use domain::{
     AppendError, AppendRequest, EventData, EventType, ExpectedVersion, Limits, ProposedEvent, StreamAppend,
     StreamId, ValidationError,
 };
 use event_store::{Appender, Direction, ReadStreamQuery, Reader, StoreError};
+use serde_json::Value;
 use uuid::Uuid;
 
 /// Decide-and-append rounds lost to concurrent writers before giving up.
@@ -20,15 +25,17 @@ pub const CONFLICT_ATTEMPTS_MAX: u32 = 8;
 pub enum SagaError {
     #[error(transparent)]
     Workflow(#[from] WorkflowError),
-    #[error("workflow {0} does not exist")]
-    NotFound(Uuid),
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    #[error("{kind} {id} does not exist")]
+    NotFound { kind: &'static str, id: String },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("workflow {workflow_id}: {attempts} attempts lost to concurrent writers; retry")]
-    Contention { workflow_id: Uuid, attempts: u32 },
-    #[error("workflow {workflow_id} has an event that is not a workflow event: {why}")]
-    Corrupt { workflow_id: Uuid, why: String },
-    #[error("invalid workflow event: {0}")]
+    #[error("{stream}: {attempts} attempts lost to concurrent writers; retry")]
+    Contention { stream: String, attempts: u32 },
+    #[error("{stream} has an event that is not one of its events: {why}")]
+    Corrupt { stream: String, why: String },
+    #[error("invalid event: {0}")]
     Invalid(#[from] ValidationError),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
@@ -48,68 +55,186 @@ pub enum SagaError {
     IdempotencyConflict { key: String, workflow_id: Uuid },
 }
 
-pub fn workflow_stream(workflow_id: Uuid) -> String {
-    format!("workflow-{workflow_id}")
+impl SagaError {
+    pub fn workflow_not_found(workflow_id: Uuid) -> SagaError {
+        SagaError::NotFound {
+            kind: "workflow",
+            id: workflow_id.to_string(),
+        }
+    }
 }
 
-/// What `execute` recorded, and the workflow after it.
+/// An event-sourced aggregate the store can load and execute commands on.
+pub trait Aggregate {
+    /// Stream ids are `<KIND>-<id>`; also the word errors use.
+    const KIND: &'static str;
+    type State: Default + Clone;
+    type Event;
+    type Command: Clone;
+    /// What a decision may depend on besides state and command (the time).
+    type Context;
+    type Error: Into<SagaError>;
+
+    fn decide(
+        state: &Self::State,
+        command: Self::Command,
+        context: Self::Context,
+    ) -> Result<Vec<Self::Event>, Self::Error>;
+    fn evolve(state: Self::State, event: &Self::Event) -> Self::State;
+    fn event_type(event: &Self::Event) -> &'static str;
+    fn data(event: &Self::Event) -> Value;
+    fn from_stored(event_type: &str, data: Value) -> Result<Self::Event, String>;
+    /// Whether `command` creates the aggregate (allowed on an empty stream).
+    fn creates(command: &Self::Command) -> bool;
+}
+
+pub struct Workflow;
+
+impl Aggregate for Workflow {
+    const KIND: &'static str = "workflow";
+    type State = WorkflowState;
+    type Event = WorkflowEvent;
+    type Command = WorkflowCommand;
+    type Context = Clock;
+    type Error = WorkflowError;
+
+    fn decide(
+        state: &WorkflowState,
+        command: WorkflowCommand,
+        clock: Clock,
+    ) -> Result<Vec<WorkflowEvent>, WorkflowError> {
+        domain::workflow::decide(state, command, clock)
+    }
+    fn evolve(state: WorkflowState, event: &WorkflowEvent) -> WorkflowState {
+        domain::workflow::evolve(state, event)
+    }
+    fn event_type(event: &WorkflowEvent) -> &'static str {
+        event.event_type()
+    }
+    fn data(event: &WorkflowEvent) -> Value {
+        event.data()
+    }
+    fn from_stored(event_type: &str, data: Value) -> Result<WorkflowEvent, String> {
+        WorkflowEvent::from_stored(event_type, data)
+    }
+    fn creates(command: &WorkflowCommand) -> bool {
+        matches!(command, WorkflowCommand::Start { .. })
+    }
+}
+
+pub struct Schedule;
+
+impl Aggregate for Schedule {
+    const KIND: &'static str = "schedule";
+    type State = ScheduleState;
+    type Event = ScheduleEvent;
+    type Command = ScheduleCommand;
+    /// Now, ms since the epoch.
+    type Context = u64;
+    type Error = ScheduleError;
+
+    fn decide(
+        state: &ScheduleState,
+        command: ScheduleCommand,
+        now_ms: u64,
+    ) -> Result<Vec<ScheduleEvent>, ScheduleError> {
+        schedule::decide(state, command, now_ms)
+    }
+    fn evolve(state: ScheduleState, event: &ScheduleEvent) -> ScheduleState {
+        schedule::evolve(state, event)
+    }
+    fn event_type(event: &ScheduleEvent) -> &'static str {
+        event.event_type()
+    }
+    fn data(event: &ScheduleEvent) -> Value {
+        event.data()
+    }
+    fn from_stored(event_type: &str, data: Value) -> Result<ScheduleEvent, String> {
+        ScheduleEvent::from_stored(event_type, data)
+    }
+    fn creates(command: &ScheduleCommand) -> bool {
+        matches!(command, ScheduleCommand::Create { .. })
+    }
+}
+
+/// What `execute` recorded, and the aggregate after it.
 #[derive(Debug, Clone)]
-pub struct Executed {
-    pub events: Vec<WorkflowEvent>,
-    pub state: WorkflowState,
+pub struct Executed<E, S> {
+    pub events: Vec<E>,
+    pub state: S,
     /// The stream version `state` is at.
     pub version: u64,
 }
 
-#[derive(Clone)]
-pub struct WorkflowStore {
+pub type WorkflowExecuted = Executed<WorkflowEvent, WorkflowState>;
+pub type WorkflowStore = AggregateStore<Workflow>;
+pub type ScheduleStore = AggregateStore<Schedule>;
+
+pub struct AggregateStore<A> {
     appender: Appender,
     reader: Reader,
     limits: Limits,
+    aggregate: PhantomData<fn() -> A>,
 }
 
-impl WorkflowStore {
-    pub fn new(appender: Appender, reader: Reader, limits: Limits) -> WorkflowStore {
-        WorkflowStore {
+impl<A> Clone for AggregateStore<A> {
+    fn clone(&self) -> Self {
+        AggregateStore {
+            appender: self.appender.clone(),
+            reader: self.reader.clone(),
+            limits: self.limits,
+            aggregate: PhantomData,
+        }
+    }
+}
+
+/// The stream of a workflow.
+pub fn workflow_stream(workflow_id: Uuid) -> String {
+    format!("{}-{workflow_id}", Workflow::KIND)
+}
+
+impl<A: Aggregate> AggregateStore<A> {
+    pub fn new(appender: Appender, reader: Reader, limits: Limits) -> Self {
+        AggregateStore {
             appender,
             reader,
             limits,
+            aggregate: PhantomData,
         }
     }
 
-    /// The workflow's state and the version it was read at (0: no events).
-    pub async fn load(&self, workflow_id: Uuid) -> Result<(WorkflowState, u64), SagaError> {
-        let stream = StreamId::parse(&workflow_stream(workflow_id), &self.limits)?;
+    pub fn stream(id: &str) -> String {
+        format!("{}-{id}", A::KIND)
+    }
+
+    /// The aggregate's state and the version it was read at (0: no events).
+    pub async fn load(&self, id: &str) -> Result<(A::State, u64), SagaError> {
+        let stream = Self::stream(id);
         let query = ReadStreamQuery {
-            stream_id: stream,
+            stream_id: StreamId::parse(&stream, &self.limits)?,
             from_version: 1,
             direction: Direction::Forwards,
             limit: None,
         };
         let mut events = match self.reader.read_stream(query).await {
             Ok(events) => events,
-            Err(StoreError::StreamNotFound(_)) => return Ok((WorkflowState::default(), 0)),
+            Err(StoreError::StreamNotFound(_)) => return Ok((A::State::default(), 0)),
             Err(other) => return Err(other.into()),
         };
-        let mut state = WorkflowState::default();
+        let corrupt = |why: String| SagaError::Corrupt {
+            stream: stream.clone(),
+            why,
+        };
+        let mut state = A::State::default();
         let mut version = 0;
         while let Some(event) = events.recv().await {
             let event = event?;
             let data = match &event.data {
-                EventData::Json(text) => serde_json::from_str(text).map_err(|e| SagaError::Corrupt {
-                    workflow_id,
-                    why: e.to_string(),
-                })?,
-                EventData::Binary(_) => {
-                    return Err(SagaError::Corrupt {
-                        workflow_id,
-                        why: format!("event {} is binary", event.event_id),
-                    });
-                }
+                EventData::Json(text) => serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?,
+                EventData::Binary(_) => return Err(corrupt(format!("event {} is binary", event.event_id))),
             };
-            let decoded = WorkflowEvent::from_stored(&event.event_type, data)
-                .map_err(|why| SagaError::Corrupt { workflow_id, why })?;
-            state = evolve(state, &decoded);
+            let decoded = A::from_stored(&event.event_type, data).map_err(corrupt)?;
+            state = A::evolve(state, &decoded);
             version = event.event_version;
         }
         Ok((state, version))
@@ -119,17 +244,19 @@ impl WorkflowStore {
     /// (none when the command changes nothing, e.g. a duplicate outcome).
     pub async fn execute(
         &self,
-        workflow_id: Uuid,
-        command: WorkflowCommand,
-        clock: impl Fn() -> Clock,
-    ) -> Result<Executed, SagaError> {
+        id: &str,
+        command: A::Command,
+        context: impl Fn() -> A::Context,
+    ) -> Result<Executed<A::Event, A::State>, SagaError> {
         for _ in 0..CONFLICT_ATTEMPTS_MAX {
-            let (state, version) = self.load(workflow_id).await?;
-            let is_start = matches!(command, WorkflowCommand::Start { .. });
-            if version == 0 && !is_start {
-                return Err(SagaError::NotFound(workflow_id));
+            let (state, version) = self.load(id).await?;
+            if version == 0 && !A::creates(&command) {
+                return Err(SagaError::NotFound {
+                    kind: A::KIND,
+                    id: id.to_owned(),
+                });
             }
-            let events = decide(&state, command.clone(), clock())?;
+            let events = A::decide(&state, command.clone(), context()).map_err(Into::into)?;
             if events.is_empty() {
                 return Ok(Executed {
                     events,
@@ -142,10 +269,10 @@ impl WorkflowStore {
             } else {
                 ExpectedVersion::Exact(version)
             };
-            match self.append(workflow_id, expected, &events).await {
+            match self.append(id, expected, &events).await {
                 Ok(()) => {
                     let version = version + events.len() as u64;
-                    let state = events.iter().fold(state, evolve);
+                    let state = events.iter().fold(state, A::evolve);
                     return Ok(Executed {
                         events,
                         state,
@@ -153,33 +280,35 @@ impl WorkflowStore {
                     });
                 }
                 Err(SagaError::Store(StoreError::Append(AppendError::WrongExpectedVersion { .. }))) => {
-                    tracing::debug!(%workflow_id, "workflow changed meanwhile; deciding again");
+                    tracing::debug!(kind = A::KIND, id, "changed meanwhile; deciding again");
                 }
                 Err(other) => return Err(other),
             }
         }
         Err(SagaError::Contention {
-            workflow_id,
+            stream: Self::stream(id),
             attempts: CONFLICT_ATTEMPTS_MAX,
         })
     }
 
     async fn append(
         &self,
-        workflow_id: Uuid,
+        id: &str,
         expected: ExpectedVersion,
-        events: &[WorkflowEvent],
+        events: &[A::Event],
     ) -> Result<(), SagaError> {
-        let stream_id = StreamId::parse(&workflow_stream(workflow_id), &self.limits)?;
+        let stream_id = StreamId::parse(&Self::stream(id), &self.limits)?;
+        // Workflows correlate by their id; so does everything they cause.
+        let correlation_id = Uuid::parse_str(id).ok();
         let mut proposed = Vec::with_capacity(events.len());
         for event in events {
             proposed.push(ProposedEvent {
                 event_id: Uuid::new_v4(),
-                event_type: EventType::parse(event.event_type(), &self.limits)?,
-                data: EventData::json(event.data().to_string().into_bytes())?,
+                event_type: EventType::parse(A::event_type(event), &self.limits)?,
+                data: EventData::json(A::data(event).to_string().into_bytes())?,
                 metadata: r#"{"actor":"dbswarm"}"#.to_owned(),
                 schema_version: 1,
-                correlation_id: Some(workflow_id),
+                correlation_id,
                 causation_id: None,
             });
         }

@@ -12,6 +12,7 @@ use event_store::{AppendConfig, ReadConfig};
 use projections::RuntimeConfig;
 use projections::cache::CacheConfig;
 use sagas::OrchestratorConfig;
+use sagas::llm::{LlmConfig, LlmPlanner};
 use serde::Deserialize;
 
 /// Largest request the server accepts, whatever the configuration says.
@@ -202,6 +203,23 @@ pub struct Settings {
     /// Agent heartbeat (and health check) interval, ms [default: 30000].
     #[arg(long, env = "DBSWARM_AGENT_HEARTBEAT_INTERVAL_MS", value_name = "MS")]
     pub agent_heartbeat_interval_ms: Option<u64>,
+    /// Base URL of an OpenAI-compatible chat-completions API (e.g. http://127.0.0.1:1234/v1) for the optional LLM planner; the rule-based planner stays the fallback [default: none, rule-based only].
+    #[arg(long, env = "DBSWARM_PLANNER_LLM_BASE_URL", value_name = "URL")]
+    pub planner_llm_base_url: Option<String>,
+    /// Model name the LLM planner asks for (required with planner_llm_base_url).
+    #[arg(long, env = "DBSWARM_PLANNER_LLM_MODEL", value_name = "NAME")]
+    pub planner_llm_model: Option<String>,
+    /// API key of the LLM planner (sent as a bearer token; never logged).
+    #[arg(
+        long,
+        env = "DBSWARM_PLANNER_LLM_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub planner_llm_api_key: Option<String>,
+    /// Deadline of one LLM planning, ms [default: 60000].
+    #[arg(long, env = "DBSWARM_PLANNER_LLM_TIMEOUT_MS", value_name = "MS")]
+    pub planner_llm_timeout_ms: Option<u64>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "DBSWARM_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -235,6 +253,8 @@ pub struct Config {
     pub workflows_enabled: bool,
     pub orchestrator: OrchestratorConfig,
     pub agents: AgentsConfig,
+    /// None: plain-English requests are planned by the rules only.
+    pub planner_llm: Option<LlmConfig>,
     pub log_format: LogFormat,
 }
 
@@ -299,6 +319,10 @@ impl Settings {
             agent_tasks_per_s_max,
             agent_ack_wait_ms,
             agent_heartbeat_interval_ms,
+            planner_llm_base_url,
+            planner_llm_model,
+            planner_llm_api_key,
+            planner_llm_timeout_ms,
             log_format,
         )
     }
@@ -366,6 +390,7 @@ impl Config {
     pub fn from_settings(s: Settings) -> Result<Config, ConfigError> {
         let orchestrator = orchestrator_config(&s)?;
         let agents = agents_config(&s)?;
+        let planner_llm = planner_llm_config(&s)?;
         let limit_defaults = Limits::default();
         let append_defaults = AppendConfig::default();
         let read_defaults = ReadConfig::default();
@@ -551,9 +576,40 @@ impl Config {
             workflows_enabled: s.workflows_enabled.unwrap_or(true),
             orchestrator,
             agents,
+            planner_llm,
             log_format,
         })
     }
+}
+
+fn planner_llm_config(s: &Settings) -> Result<Option<LlmConfig>, ConfigError> {
+    let Some(base_url) = s.planner_llm_base_url.clone() else {
+        if s.planner_llm_model.is_some() || s.planner_llm_api_key.is_some() {
+            return Err(invalid(
+                "planner_llm_base_url",
+                "planner_llm_model or planner_llm_api_key is set, but no base URL: set it or remove them",
+            ));
+        }
+        return Ok(None);
+    };
+    let Some(model) = s.planner_llm_model.clone() else {
+        return Err(invalid("planner_llm_model", "required with planner_llm_base_url"));
+    };
+    let config = LlmConfig {
+        base_url,
+        model,
+        api_key: s.planner_llm_api_key.clone(),
+        timeout_ms: positive(
+            "planner_llm_timeout_ms",
+            s.planner_llm_timeout_ms,
+            sagas::llm::TIMEOUT_MS_DEFAULT,
+            600_000,
+        )?,
+        response_bytes_max: sagas::llm::RESPONSE_BYTES_MAX_DEFAULT,
+    };
+    // Checked now (URL, key, TLS roots) so that a mistake stops the start.
+    LlmPlanner::new(config.clone()).map_err(|e| invalid("planner_llm_base_url", e.to_string()))?;
+    Ok(Some(config))
 }
 
 fn orchestrator_config(s: &Settings) -> Result<OrchestratorConfig, ConfigError> {
@@ -791,5 +847,66 @@ mod tests {
         let settings = Settings::from_file(&path).unwrap();
         assert_eq!(settings.append_committers, Some(2));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod workflow_settings_tests {
+    use super::*;
+
+    fn refused(settings: Settings) -> String {
+        Config::from_settings(settings).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_llm_planner_needs_a_model_and_a_sound_url_and_never_shows_its_key() {
+        let no_model = refused(Settings {
+            planner_llm_base_url: Some("http://127.0.0.1:1234/v1".into()),
+            ..Settings::default()
+        });
+        assert!(no_model.contains("planner_llm_model"), "{no_model}");
+        let no_url = refused(Settings {
+            planner_llm_api_key: Some("sk-secret-123".into()),
+            ..Settings::default()
+        });
+        assert!(
+            no_url.contains("planner_llm_base_url") && !no_url.contains("sk-secret"),
+            "{no_url}"
+        );
+        let bad_url = refused(Settings {
+            planner_llm_base_url: Some("ftp://models".into()),
+            planner_llm_model: Some("m".into()),
+            planner_llm_api_key: Some("sk-secret-123".into()),
+            ..Settings::default()
+        });
+        assert!(
+            bad_url.contains("planner_llm_base_url") && !bad_url.contains("sk-secret"),
+            "{bad_url}"
+        );
+        let config = Config::from_settings(Settings {
+            planner_llm_base_url: Some("http://127.0.0.1:1234/v1".into()),
+            planner_llm_model: Some("qwen".into()),
+            ..Settings::default()
+        })
+        .unwrap();
+        assert_eq!(config.planner_llm.unwrap().model, "qwen");
+    }
+
+    #[test]
+    fn agent_limits_are_checked() {
+        let too_concurrent = refused(Settings {
+            agent_concurrency_max: Some(300),
+            agent_queue_max: Some(10),
+            ..Settings::default()
+        });
+        assert!(
+            too_concurrent.contains("agent_concurrency_max"),
+            "{too_concurrent}"
+        );
+        let zero_tick = refused(Settings {
+            workflow_tick_interval_ms: Some(0),
+            ..Settings::default()
+        });
+        assert!(zero_tick.contains("workflow_tick_interval_ms"), "{zero_tick}");
     }
 }

@@ -50,6 +50,8 @@ pub enum StartError {
     Task(String),
     #[error("cannot define projections: {0}")]
     Projections(String),
+    #[error("invalid planner_llm_* settings: {0}")]
+    Planner(String),
 }
 
 /// A started server. Dropping it does not stop it; call `shutdown`.
@@ -121,8 +123,22 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         Arc::new(directory.clone()),
         config.orchestrator.clone(),
     );
+    let scheduler = sagas::Scheduler::new(
+        sagas::ScheduleStore::new(appender.clone(), reader.clone(), config.limits),
+        pool.clone(),
+        orchestrator.clone(),
+        sagas::SchedulerConfig::default(),
+    );
+    let llm = match &config.planner_llm {
+        Some(llm) => {
+            Some(sagas::llm::LlmPlanner::new(llm.clone()).map_err(|e| StartError::Planner(e.to_string()))?)
+        }
+        None => None,
+    };
     let workflows = WorkflowsService::new(
         orchestrator.clone(),
+        llm,
+        scheduler.clone(),
         reader.clone(),
         commits.clone(),
         projections.clone(),
@@ -206,6 +222,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         let driver = orchestrator.run_driver(stopped.clone());
         tasks.spawn(async move {
             driver.await;
+            Ok(())
+        });
+        let scheduling = scheduler.run(stopped.clone());
+        tasks.spawn(async move {
+            scheduling.await;
             Ok(())
         });
         let agents = agents_runtime.run(stopped.clone());

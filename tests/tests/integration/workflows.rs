@@ -69,15 +69,22 @@ async fn a_workflow_is_recorded_in_its_stream_and_concurrent_outcomes_count_once
         Reader::new(pool.clone(), ReadConfig::default()),
         Limits::default(),
     );
-    let id = Uuid::new_v4();
+    let uuid = Uuid::new_v4();
+    let id = &uuid.to_string();
     // Given a started workflow
-    let started = store.execute(id, start(id), now).await.unwrap();
+    let started = store.execute(id, start(uuid), now).await.unwrap();
     assert_eq!(started.events.len(), 2, "started and its first task scheduled");
     // Starting it again is refused
-    let again = store.execute(id, start(id), now).await.unwrap_err();
+    let again = store.execute(id, start(uuid), now).await.unwrap_err();
     assert!(matches!(again, SagaError::Workflow(_)), "{again}");
-    store.execute(id, succeeded("backup"), now).await.unwrap();
-    store.execute(id, succeeded("migrate"), now).await.unwrap();
+    store
+        .execute(&id.to_string(), succeeded("backup"), now)
+        .await
+        .unwrap();
+    store
+        .execute(&id.to_string(), succeeded("migrate"), now)
+        .await
+        .unwrap();
     // When two outcomes arrive at once (and one of them twice)
     let (a, b, c) = tokio::join!(
         store.execute(id, succeeded("validate"), now),
@@ -97,7 +104,10 @@ async fn a_workflow_is_recorded_in_its_stream_and_concurrent_outcomes_count_once
         1,
         "the duplicate decided nothing"
     );
-    store.execute(id, succeeded("rebuild"), now).await.unwrap();
+    store
+        .execute(&id.to_string(), succeeded("rebuild"), now)
+        .await
+        .unwrap();
     let (state, version) = store.load(id).await.unwrap();
     assert_eq!(state.status, WorkflowStatus::Completed);
     assert_eq!(
@@ -107,19 +117,17 @@ async fn a_workflow_is_recorded_in_its_stream_and_concurrent_outcomes_count_once
     // And the built-in read model shows it
     let mut client = projections_client(&server).await;
     wait_for_status(&mut client, "workflows", "catching up", caught_up).await;
-    let row = get_row(&mut client, "workflows", &id.to_string())
-        .await
-        .expect("row");
+    let row = get_row(&mut client, "workflows", id).await.expect("row");
     assert_eq!(row["state"], "completed");
     assert_eq!(row["tasks_scheduled"], 5);
     assert_eq!(row["tasks_succeeded"], 5);
     assert_eq!(row["name"], "Database Migration");
     // Commands for a workflow that does not exist are refused
     let missing = store
-        .execute(Uuid::new_v4(), succeeded("backup"), now)
+        .execute(&Uuid::new_v4().to_string(), succeeded("backup"), now)
         .await
         .unwrap_err();
-    assert!(matches!(missing, SagaError::NotFound(_)), "{missing}");
+    assert!(matches!(missing, SagaError::NotFound { .. }), "{missing}");
     drop(store);
     for committer in committers {
         committer.await.unwrap();

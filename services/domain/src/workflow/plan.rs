@@ -85,6 +85,14 @@ impl Catalogue {
         self.agents.keys().map(String::as_str)
     }
 
+    /// The operations `agent` declares, by name (none for an unknown agent).
+    pub fn operations(&self, agent: &str) -> impl Iterator<Item = &str> {
+        self.agents
+            .get(agent)
+            .into_iter()
+            .flat_map(|ops| ops.keys().map(String::as_str))
+    }
+
     fn operations_of(&self, agent: &str) -> Vec<&str> {
         self.agents
             .get(agent)

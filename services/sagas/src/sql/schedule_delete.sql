@@ -1,0 +1,1 @@
+DELETE FROM schedule_runs WHERE schedule_id = $1
