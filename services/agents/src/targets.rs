@@ -254,7 +254,10 @@ impl Targets {
                 url_masked: url.masked(),
                 why: url.scrub(&e.to_string()),
             })?;
-        Ok(started.elapsed().as_secs_f64() * 1000.0)
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        // Every statement an agent runs on a target is logged with its time.
+        tracing::info!(agent, target_name = name, sql = "SELECT 1", elapsed_ms, "target statement");
+        Ok(elapsed_ms)
     }
 
     fn pools(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (PgPool, ConnectionUrl)>> {

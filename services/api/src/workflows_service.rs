@@ -82,18 +82,10 @@ impl WorkflowsService {
         match source {
             Some(PlanSource::Json(text)) => Plan::from_json(text, &self.catalogue)
                 .map(|plan| (plan, "plan"))
-                .map_err(|e| {
-                    Status::with_error_details(
-                        Code::InvalidArgument,
-                        e.to_string(),
-                        ErrorDetails::with_bad_request(
-                            e.problems
-                                .into_iter()
-                                .map(|problem| tonic_types::FieldViolation::new("plan_json", problem))
-                                .collect::<Vec<_>>(),
-                        ),
-                    )
-                }),
+                .map_err(|e| plan_error_status("plan_json", e)),
+            Some(PlanSource::Yaml(text)) => Plan::from_yaml(text, &self.catalogue)
+                .map(|plan| (plan, "plan"))
+                .map_err(|e| plan_error_status("plan_yaml", e)),
             Some(PlanSource::English(text)) => {
                 // The LLM first when there is one; its plan is validated
                 // like any other, and the rules stay the fallback.
@@ -124,7 +116,7 @@ impl WorkflowsService {
                     .map_err(|e| Status::internal(format!("the planner made an invalid plan: {e}")))
             }
             None => Err(Status::invalid_argument(
-                "give plan_json (a plan) or operation (a request in plain English)",
+                "give plan_json or plan_yaml (a plan), or operation (a request in plain English)",
             )),
         }
     }
@@ -134,6 +126,7 @@ impl WorkflowsService {
         let (plan, planner) = self
             .plan(request.request.as_ref().map(|asked| match asked {
                 Asked::PlanJson(text) => PlanSource::Json(text),
+                Asked::PlanYaml(text) => PlanSource::Yaml(text),
                 Asked::Operation(text) => PlanSource::English(text),
             }))
             .await?;
@@ -293,9 +286,24 @@ impl WorkflowsService {
     }
 }
 
-/// Where a plan comes from: JSON, or plain English for the planner.
+/// INVALID_ARGUMENT with every problem of a plan, each on `field`.
+fn plan_error_status(field: &str, e: domain::workflow::PlanError) -> Status {
+    Status::with_error_details(
+        Code::InvalidArgument,
+        e.to_string(),
+        ErrorDetails::with_bad_request(
+            e.problems
+                .into_iter()
+                .map(|problem| tonic_types::FieldViolation::new(field, problem))
+                .collect::<Vec<_>>(),
+        ),
+    )
+}
+
+/// Where a plan comes from: JSON or YAML, or plain English for the planner.
 enum PlanSource<'a> {
     Json(&'a str),
+    Yaml(&'a str),
     English(&'a str),
 }
 
@@ -572,6 +580,7 @@ impl workflows_server::Workflows for WorkflowsService {
             let (plan, _) = self
                 .plan(request.request.as_ref().map(|asked| match asked {
                     Asked::PlanJson(text) => PlanSource::Json(text),
+                    Asked::PlanYaml(text) => PlanSource::Yaml(text),
                     Asked::Operation(text) => PlanSource::English(text),
                 }))
                 .await?;

@@ -719,3 +719,45 @@ async fn a_plan_waits_for_unhealthy_agents_then_fails_naming_one() {
     server.stop().await;
     db.drop_database().await;
 }
+
+#[tokio::test]
+async fn a_plan_written_in_yaml_runs_and_bad_yaml_is_refused_with_its_line() {
+    let db = TestDb::create().await;
+    let server = TestServer::start(with_workflows(settings_for(&db))).await;
+    let mut client = workflows_client(&server).await;
+    let yaml = "
+name: nightly checks
+tasks:
+  - id: first
+    agent: integrity
+    operation: probe
+  - id: second
+    agent: monitoring
+    operation: probe
+    dependencies: [first]
+    timeout: 10s
+    retries: 1
+";
+    let request = |text: &str| proto::ExecuteRequest {
+        request: Some(proto::execute_request::Request::PlanYaml(text.into())),
+        wait: true,
+        ..Default::default()
+    };
+    let response = client.execute(request(yaml)).await.unwrap().into_inner();
+    assert_eq!(response.planner, "plan");
+    let workflow = response.workflow.unwrap();
+    assert_eq!(workflow.status, "completed", "{}", workflow.summary);
+    assert_eq!(workflow.name, "nightly checks");
+    let bad = client
+        .execute(request("tasks:\n  - id: [unclosed\n"))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(
+        bad.message().contains("not a YAML plan") && bad.message().contains("line"),
+        "{}",
+        bad.message()
+    );
+    server.stop().await;
+    db.drop_database().await;
+}

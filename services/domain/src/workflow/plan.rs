@@ -177,16 +177,18 @@ pub struct Plan {
 
 impl Plan {
     pub fn from_json(text: &str, catalogue: &Catalogue) -> Result<Plan, PlanError> {
-        if text.len() > PLAN_BYTES_MAX {
-            return Err(PlanError {
-                problems: vec![format!(
-                    "the plan is {} bytes; at most {PLAN_BYTES_MAX}",
-                    text.len()
-                )],
-            });
-        }
+        check_size(text)?;
         let spec: PlanSpec = serde_json::from_str(text).map_err(|e| PlanError {
             problems: vec![format!("not a plan: {e}")],
+        })?;
+        Plan::validate(spec, catalogue)
+    }
+
+    /// The same plan written as YAML (the seed writes its workflows so).
+    pub fn from_yaml(text: &str, catalogue: &Catalogue) -> Result<Plan, PlanError> {
+        check_size(text)?;
+        let spec: PlanSpec = serde_norway::from_str(text).map_err(|e| PlanError {
+            problems: vec![format!("not a YAML plan: {e}")],
         })?;
         Plan::validate(spec, catalogue)
     }
@@ -356,6 +358,18 @@ fn check_operation(
 }
 
 /// Seconds as a number, or "<n>ms|s|m|h".
+fn check_size(text: &str) -> Result<(), PlanError> {
+    if text.len() > PLAN_BYTES_MAX {
+        return Err(PlanError {
+            problems: vec![format!(
+                "the plan is {} bytes; at most {PLAN_BYTES_MAX}",
+                text.len()
+            )],
+        });
+    }
+    Ok(())
+}
+
 pub fn parse_timeout_ms(value: &Value) -> Result<u64, String> {
     if let Some(seconds) = value.as_u64() {
         return seconds

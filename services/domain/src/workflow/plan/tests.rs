@@ -163,3 +163,55 @@ fn timeouts_read_numbers_as_seconds_and_strings_with_units() {
     assert!(parse_timeout_ms(&json!("1.5s")).is_err());
     assert!(parse_timeout_ms(&json!(true)).is_err());
 }
+
+#[test]
+fn the_migration_plan_reads_the_same_in_yaml() {
+    let yaml = r#"
+name: Database Migration
+tasks:
+  - id: pre_migration_backup
+    agent: backup
+    operation: create
+    params: {database: app}
+    timeout: 30m
+    compensation: {operation: delete}
+  - id: run_migration
+    agent: schema
+    operation: apply
+    params:
+      migration: add_user_roles
+    dependencies: [pre_migration_backup]
+    retries: 2
+    compensation:
+      operation: rollback
+  - id: validate_data
+    agent: integrity
+    operation: check
+    dependencies: [run_migration]
+  - id: invalidate_cache
+    agent: cache
+    operation: invalidate
+    dependencies: [run_migration]
+  - id: rebuild_projections
+    agent: eventsourcing
+    operation: rebuild_projection
+    params: {projection: user_list}
+    dependencies: [validate_data, invalidate_cache]
+"#;
+    let from_yaml = Plan::from_yaml(yaml, &catalogue()).unwrap();
+    let from_json = Plan::from_json(&migration_plan().to_string(), &catalogue()).unwrap();
+    assert_eq!(from_yaml, from_json);
+}
+
+#[test]
+fn bad_yaml_is_refused_with_its_line() {
+    let problems = Plan::from_yaml("name: x\ntasks:\n  - id: [unclosed\n", &catalogue())
+        .unwrap_err()
+        .problems;
+    assert!(problems[0].starts_with("not a YAML plan"), "{problems:?}");
+    assert!(problems[0].contains("line"), "{problems:?}");
+    let unknown = Plan::from_yaml("tasks: []\nsteps: 3\n", &catalogue())
+        .unwrap_err()
+        .problems;
+    assert!(unknown[0].contains("steps"), "{unknown:?}");
+}
