@@ -128,6 +128,8 @@ async fn the_migration_workflow_runs_its_branches_in_parallel_after_their_depend
         time_of(&events, "TaskStarted", "invalidate_cache")
             < time_of(&events, "TaskSucceeded", "validate_data")
     );
+    // And long work reported progress
+    assert!(count(&events, "TaskProgressed", "validate_data") >= 1);
     // And each outcome is recorded once
     for task in &workflow.tasks {
         assert_eq!(count(&events, "TaskSucceeded", &task.task_id), 1);
@@ -758,6 +760,39 @@ tasks:
         "{}",
         bad.message()
     );
+    server.stop().await;
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn an_agents_rate_limit_spaces_out_the_starts_of_its_tasks() {
+    let db = TestDb::create().await;
+    let mut settings = with_workflows(settings_for(&db));
+    settings.agent_tasks_per_s_max = Some(4);
+    let server = TestServer::start(settings).await;
+    let pool = db.pool().await;
+    let mut client = workflows_client(&server).await;
+    // Eight independent tasks of one agent, all ready at once
+    let tasks: Vec<Value> = (0..8)
+        .map(|i| probe(&format!("t{i}"), "cache", &[], json!({})))
+        .collect();
+    let workflow = execute_and_wait(&mut client, &json!({"name": "burst", "tasks": tasks})).await;
+    assert_eq!(workflow.status, "completed", "{}", workflow.summary);
+    // At 4 per second the eighth is due 7 intervals (1.75 s) after the
+    // first; the first may start late in its slot, so allow one interval
+    let events = workflow_events(&pool, &workflow.workflow_id).await;
+    let mut started: Vec<DateTime<Utc>> = events
+        .iter()
+        .filter(|(t, _, _)| t == "TaskStarted")
+        .map(|(_, _, at)| *at)
+        .collect();
+    started.sort();
+    let spread = *started.last().unwrap() - started[0];
+    assert!(
+        spread.num_milliseconds() >= 6 * 250,
+        "starts spread over {spread}"
+    );
+    pool.close().await;
     server.stop().await;
     db.drop_database().await;
 }
