@@ -47,6 +47,31 @@ pub async fn execute_and_wait(client: &mut WorkflowsClient<Channel>, plan: &Valu
         .expect("a workflow")
 }
 
+/// Watches the workflow until `until` holds for a state; returns it.
+pub async fn watch_until(
+    client: &mut WorkflowsClient<Channel>,
+    workflow_id: &str,
+    until: impl Fn(&proto::Workflow) -> bool,
+) -> proto::Workflow {
+    let request = proto::WorkflowRequest {
+        workflow_id: workflow_id.to_owned(),
+    };
+    let mut states = client.watch(request).await.unwrap().into_inner();
+    let watched = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(state) = states.message().await.unwrap() {
+            if until(&state) {
+                return state;
+            }
+        }
+        panic!("the watch of {workflow_id} ended before the awaited state");
+    });
+    watched.await.expect("the awaited state within 60 s")
+}
+
+fn finished(state: &proto::Workflow) -> bool {
+    ["completed", "failed", "cancelled"].contains(&state.status.as_str())
+}
+
 /// A workflow's events as stored: type, data and commit time.
 pub async fn workflow_events(pool: &PgPool, workflow_id: &str) -> Vec<(String, Value, DateTime<Utc>)> {
     sqlx::query_as(
@@ -278,19 +303,10 @@ async fn a_running_workflow_is_cancelled_and_its_running_task_told_to_stop() {
     let id = started.workflow_id.clone();
     assert!(started.created);
     // Wait until the task is running on the agent
-    let mut watch = client
-        .watch(proto::WorkflowRequest {
-            workflow_id: id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    loop {
-        let state = watch.message().await.unwrap().expect("a state");
-        if state.tasks[0].status == "running" {
-            break;
-        }
-    }
+    let mut watcher = client.clone();
+    watch_until(&mut client, &id, |state| state.tasks[0].status == "running").await;
+    let watched = id.clone();
+    let watch = tokio::spawn(async move { watch_until(&mut watcher, &watched, finished).await });
     // When it is cancelled
     let cancelled = client
         .cancel(proto::CancelRequest {
@@ -306,12 +322,8 @@ async fn a_running_workflow_is_cancelled_and_its_running_task_told_to_stop() {
         "{}",
         cancelled.summary
     );
-    // Then the watch ends with the cancelled state
-    let mut last = None;
-    while let Some(state) = watch.message().await.unwrap() {
-        last = Some(state);
-    }
-    assert_eq!(last.unwrap().status, "cancelled");
+    // Then a watch ends with the cancelled state
+    assert_eq!(watch.await.unwrap().status, "cancelled");
     // And the agent stopped working on it well before its 30 s
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -532,41 +544,14 @@ async fn a_workflow_survives_kill_9_of_its_server_and_records_each_result_once()
     request.wait = false;
     let id = client.execute(request).await.unwrap().into_inner().workflow_id;
     // Given the server is in the middle of the workflow
-    let mut watch = client
-        .watch(proto::WorkflowRequest {
-            workflow_id: id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    loop {
-        let state = watch.message().await.unwrap().expect("a state");
-        if state.tasks[1].status == "running" {
-            break;
-        }
-    }
+    watch_until(&mut client, &id, |state| state.tasks[1].status == "running").await;
     // When it is killed with SIGKILL and another one starts
     first.kill_9();
     let second = ServerChild::spawn(&db, &env).await;
     let mut client = WorkflowsClient::connect(second.url()).await.unwrap();
     // Then the new one finishes the workflow
-    let finished = tokio::time::timeout(Duration::from_secs(60), async {
-        let mut watch = client
-            .watch(proto::WorkflowRequest {
-                workflow_id: id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let mut last = None;
-        while let Some(state) = watch.message().await.unwrap() {
-            last = Some(state);
-        }
-        last.expect("a final state")
-    })
-    .await
-    .expect("the workflow finishes after the crash");
-    assert_eq!(finished.status, "completed", "{}", finished.summary);
+    let last = watch_until(&mut client, &id, finished).await;
+    assert_eq!(last.status, "completed", "{}", last.summary);
     // And no task's result is recorded twice
     let events = workflow_events(&pool, &id).await;
     for task in ["before", "during", "left", "right", "after"] {
@@ -615,14 +600,10 @@ async fn high_priority_tasks_are_taken_before_waiting_low_priority_ones() {
         .await
         .unwrap()
         .into_inner();
-    let mut watch = client
-        .watch(proto::WorkflowRequest {
-            workflow_id: busy.workflow_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    while watch.message().await.unwrap().expect("a state").tasks[0].status != "running" {}
+    watch_until(&mut client, &busy.workflow_id, |state| {
+        state.tasks[0].status == "running"
+    })
+    .await;
     // When low-priority tasks queue up, then a high-priority one
     let mut ids = Vec::new();
     for i in 0..3 {
@@ -642,16 +623,7 @@ async fn high_priority_tasks_are_taken_before_waiting_low_priority_ones() {
     // Then the high-priority task starts first once the worker is free
     let mut started = Vec::new();
     for id in &ids {
-        let mut request = proto::WorkflowRequest {
-            workflow_id: id.clone(),
-        };
-        let mut states = client.watch(request.clone()).await.unwrap().into_inner();
-        while let Some(state) = states.message().await.unwrap() {
-            if state.status == "completed" {
-                break;
-            }
-        }
-        request.workflow_id = id.clone();
+        watch_until(&mut client, id, finished).await;
         let events = workflow_events(&pool, id).await;
         started.push((time_of(&events, "TaskStarted", "work"), id.clone()));
     }
