@@ -42,6 +42,30 @@ fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// A setting that must not be shown: `Debug` prints `***`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(text: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret(text.to_owned()))
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(text: &str) -> Secret {
+        Secret(text.to_owned())
+    }
+}
+
 /// Settings as given on the command line / environment, or in the file.
 /// Every field is optional so the layers can be merged.
 #[derive(Debug, Default, Clone, Deserialize, clap::Args)]
@@ -216,7 +240,7 @@ pub struct Settings {
         value_name = "KEY",
         hide_env_values = true
     )]
-    pub planner_llm_api_key: Option<String>,
+    pub planner_llm_api_key: Option<Secret>,
     /// Deadline of one LLM planning, ms [default: 60000].
     #[arg(long, env = "DBSWARM_PLANNER_LLM_TIMEOUT_MS", value_name = "MS")]
     pub planner_llm_timeout_ms: Option<u64>,
@@ -598,7 +622,7 @@ fn planner_llm_config(s: &Settings) -> Result<Option<LlmConfig>, ConfigError> {
     let config = LlmConfig {
         base_url,
         model,
-        api_key: s.planner_llm_api_key.clone(),
+        api_key: s.planner_llm_api_key.as_ref().map(|key| key.0.clone()),
         timeout_ms: positive(
             "planner_llm_timeout_ms",
             s.planner_llm_timeout_ms,
