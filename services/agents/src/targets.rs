@@ -256,7 +256,13 @@ impl Targets {
             })?;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         // Every statement an agent runs on a target is logged with its time.
-        tracing::info!(agent, target_name = name, sql = "SELECT 1", elapsed_ms, "target statement");
+        tracing::info!(
+            agent,
+            target_name = name,
+            sql = "SELECT 1",
+            elapsed_ms,
+            "target statement"
+        );
         Ok(elapsed_ms)
     }
 

@@ -203,7 +203,7 @@ pub struct Settings {
     /// Deadline of each Redis round trip, ms; past it the query goes to PostgreSQL [default: 50].
     #[arg(long, env = "DBSWARM_CACHE_OP_TIMEOUT_MS", value_name = "MS")]
     pub cache_op_timeout_ms: Option<u64>,
-    /// Run the agents and the workflow driver on this server [default: true].
+    /// Run the agents, the workflow driver and the scheduler on this server [default: true].
     #[arg(long, env = "DBSWARM_WORKFLOWS_ENABLED", value_name = "BOOL")]
     pub workflows_enabled: Option<bool>,
     /// How often the workflow driver times out and retries what is due, ms [default: 100].
