@@ -339,3 +339,78 @@ fn backoff_doubles_up_to_a_cap_and_half_of_it_is_jitter() {
     assert_eq!(retry_backoff_ms(30, 1.0), RETRY_BACKOFF_MS_MAX);
     assert_eq!(retry_backoff_ms(30, 0.0), RETRY_BACKOFF_MS_MAX / 2);
 }
+
+// ---------------------------------------------------------------- what a state waits on
+
+#[test]
+fn a_state_waits_on_the_commands_of_its_running_attempts_and_is_due_at_the_earliest_deadline() {
+    let mut history = Vec::new();
+    when(
+        &mut history,
+        WorkflowCommand::Start {
+            workflow_id: "w".into(),
+            plan: migration_plan(1, 0),
+            priority: Priority::High,
+        },
+        at(T0),
+    );
+    // Given the backup is scheduled
+    let state = given(&history);
+    let commands = state.outstanding_commands();
+    assert_eq!(commands.len(), 1);
+    let backup = &commands[0];
+    assert_eq!(
+        (
+            backup.task_id.as_str(),
+            backup.kind,
+            backup.attempt,
+            backup.priority
+        ),
+        ("backup", crate::workflow::TaskKind::Run, 1, Priority::High)
+    );
+    assert_eq!(backup.message_id(), "w/backup/1/run");
+    assert_eq!(backup.deadline_ms, T0 + 10_000);
+    assert_eq!(state.next_due_ms(), Some(T0 + 10_000));
+    assert!(
+        state
+            .outstanding_command("backup", crate::workflow::TaskKind::Run, 2)
+            .is_none()
+    );
+    // When it succeeds and the migration fails once, the retry is what is due
+    when(
+        &mut history,
+        WorkflowCommand::TaskSucceeded {
+            task_id: "backup".into(),
+            attempt: 1,
+            result: json!({}),
+        },
+        at(T0 + 100),
+    );
+    when(
+        &mut history,
+        WorkflowCommand::TaskFailed {
+            task_id: "migrate".into(),
+            attempt: 1,
+            error: "lock timeout".into(),
+        },
+        at(T0 + 200),
+    );
+    let state = given(&history);
+    assert!(
+        state.outstanding_commands().is_empty(),
+        "nothing runs while waiting to retry"
+    );
+    let due = state.next_due_ms().expect("the retry is due");
+    assert_eq!(due, T0 + 200 + retry_backoff_ms(2, 0.5));
+    // And a finished workflow waits on nothing
+    when(
+        &mut history,
+        WorkflowCommand::Cancel {
+            reason: "stop".into(),
+        },
+        at(T0 + 300),
+    );
+    let state = given(&history);
+    assert!(state.outstanding_commands().is_empty());
+    assert_eq!(state.next_due_ms(), None);
+}
