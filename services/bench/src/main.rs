@@ -19,6 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
 mod read_models;
+mod workflows;
 
 const BENCHES: &[&str] = &[
     "append_throughput",
@@ -28,6 +29,8 @@ const BENCHES: &[&str] = &[
     "projection_rebuild",
     "query_uncached",
     "query_cached",
+    "workflow_latency",
+    "workflow_throughput",
 ];
 
 /// Benchmarks of the dbswarm server (release build) against PostgreSQL.
@@ -38,8 +41,8 @@ const BENCHES: &[&str] = &[
 #[derive(Parser)]
 struct Args {
     /// Run only this benchmark: append_throughput, append_latency,
-    /// fanout_latency, relay_throughput, projection_rebuild, query_uncached
-    /// or query_cached.
+    /// fanout_latency, relay_throughput, projection_rebuild, query_uncached,
+    /// query_cached, workflow_latency or workflow_throughput.
     #[arg(long)]
     only: Option<String>,
     /// Concurrent clients: each appending to its own stream (append
@@ -53,7 +56,8 @@ struct Args {
     /// Events measured per throughput run (after a warm-up of a tenth).
     #[arg(long, default_value_t = 20_000)]
     events: usize,
-    /// Alternating baseline/dbswarm throughput rounds; medians are reported.
+    /// Alternating baseline/dbswarm throughput rounds (append_throughput,
+    /// workflow_throughput); medians are reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Seconds of the latency run.
@@ -74,6 +78,21 @@ struct Args {
     /// Users (UserCreated events) in the read model the query benchmarks ask.
     #[arg(long, default_value_t = 100_000)]
     query_users: usize,
+    /// Workflows workflow_latency measures, one at a time, each followed by
+    /// one run of its baseline (critical_path_commits).
+    #[arg(long, default_value_t = 200)]
+    workflows: usize,
+    /// Unmeasured workflows and baseline runs before workflow_latency's.
+    #[arg(long, default_value_t = 20)]
+    workflow_warm_up: usize,
+    /// Concurrent clients of workflow_throughput, each running one workflow
+    /// (or one baseline run) after another, sharing --connections.
+    #[arg(long, default_value_t = 50)]
+    workflows_in_flight: usize,
+    /// Workflows (and baseline runs) per workflow_throughput round, after
+    /// a warm-up of a tenth.
+    #[arg(long, default_value_t = 500)]
+    throughput_workflows: usize,
 }
 
 #[tokio::main]
@@ -88,6 +107,9 @@ async fn main() -> anyhow::Result<()> {
         || args.latency_seconds == 0
     {
         bail!("--rebuild-events, --rebuild-rounds, --query-users and --latency-seconds must be at least 1");
+    }
+    if args.workflows == 0 || args.workflows_in_flight == 0 || args.throughput_workflows == 0 {
+        bail!("--workflows, --workflows-in-flight and --throughput-workflows must be at least 1");
     }
     if !["registry", "grpc"].contains(&args.rebuild_poll.as_str()) {
         bail!("--rebuild-poll is registry or grpc, not '{}'", args.rebuild_poll);
@@ -127,6 +149,12 @@ async fn main() -> anyhow::Result<()> {
     if wanted("query_uncached") || wanted("query_cached") {
         let db = ScratchDb::create(&admin_url).await?;
         let result = read_models::queries(&args, &db).await;
+        db.drop_database(&admin_url).await?;
+        result?;
+    }
+    if wanted("workflow_latency") || wanted("workflow_throughput") {
+        let db = ScratchDb::create(&admin_url).await?;
+        let result = workflows::run(&args, &db).await;
         db.drop_database(&admin_url).await?;
         result?;
     }
@@ -276,6 +304,16 @@ impl ScratchDb {
         format!("B{}_EVENTS", self.name.trim_start_matches("dbswarm_bench_"))
     }
 
+    /// The agents' work queue (the relay and the agents create it).
+    fn tasks_stream(&self) -> String {
+        format!("{}_TASKS", self.events_stream())
+    }
+
+    /// The workflow benchmarks' baseline stream (the bench creates it).
+    fn bench_stream(&self) -> String {
+        format!("{}_BENCH", self.events_stream())
+    }
+
     /// Prefix of the query cache's Redis keys of a server on this
     /// database (the server derives it from the database name).
     fn cache_key_prefix(&self) -> String {
@@ -284,9 +322,11 @@ impl ScratchDb {
 
     async fn drop_database(&self, admin_url: &str) -> anyhow::Result<()> {
         if let Ok(client) = async_nats::connect(nats_url()).await {
-            let _ = async_nats::jetstream::new(client)
-                .delete_stream(self.events_stream())
-                .await;
+            let js = async_nats::jetstream::new(client);
+            // Best effort: a phase creates some of them, or none.
+            for stream in [self.events_stream(), self.tasks_stream(), self.bench_stream()] {
+                let _ = js.delete_stream(stream).await;
+            }
         }
         // Best effort, bounded: the cache's tag versions have no expiry.
         let _ = tokio::time::timeout(Duration::from_secs(30), self.delete_cache_keys()).await;
@@ -334,6 +374,9 @@ struct Serve {
     projections: bool,
     /// The Redis query cache with this entry lifetime, ms; None: off.
     cache_ttl_ms: Option<u64>,
+    /// The agents and the workflow driver (the agents append lifecycle
+    /// events, which would disturb every other figure).
+    workflows: bool,
 }
 
 impl Serve {
@@ -342,6 +385,7 @@ impl Serve {
         relay: false,
         projections: false,
         cache_ttl_ms: None,
+        workflows: false,
     };
 }
 
@@ -369,13 +413,11 @@ impl ServerProcess {
             .env("DBSWARM_DATABASE_URL", &db.url)
             .env("DBSWARM_NATS_SUBJECT_PREFIX", db.subject_prefix())
             .env("DBSWARM_EVENTS_STREAM_NAME", db.events_stream())
-            .env(
-                "DBSWARM_TASKS_STREAM_NAME",
-                format!("{}_TASKS", db.events_stream()),
-            )
+            .env("DBSWARM_TASKS_STREAM_NAME", db.tasks_stream())
             .env("DBSWARM_RELAY_ENABLED", serve.relay.to_string())
             .env("DBSWARM_PROJECTIONS_ENABLED", serve.projections.to_string())
             .env("DBSWARM_CACHE_ENABLED", serve.cache_ttl_ms.is_some().to_string())
+            .env("DBSWARM_WORKFLOWS_ENABLED", serve.workflows.to_string())
             .env("DBSWARM_REDIS_URL", redis_url())
             .env("DBSWARM_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
             .env("DBSWARM_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
@@ -523,6 +565,19 @@ impl Metrics {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
+    }
+
+    /// A histogram's (sum, count) over all its label sets.
+    fn histogram_totals(&self, name: &str) -> (f64, f64) {
+        let total = |suffix: &str| -> f64 {
+            let (labelled, bare) = (format!("{name}{suffix}{{"), format!("{name}{suffix} "));
+            self.0
+                .lines()
+                .filter(|l| l.starts_with(&labelled) || l.starts_with(&bare))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        (total("_sum"), total("_count"))
     }
 }
 

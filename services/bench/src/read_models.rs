@@ -382,7 +382,7 @@ async fn store_users(db: &ScratchDb, users: usize) -> anyhow::Result<(Arc<Vec<Uu
 }
 
 /// A gRPC call under CALL_LIMIT, its error with the call's name.
-async fn call<T>(
+pub(crate) async fn call<T>(
     what: &str,
     request: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> anyhow::Result<T> {
