@@ -219,22 +219,28 @@ impl AgentsRuntime {
 /// Checks what every agent depends on: the event store's database and
 /// NATS. Returns their round-trip times in ms.
 pub(crate) async fn check_dependencies(deps: &Dependencies, timeout_ms: u64) -> Result<(f64, f64), String> {
-    let timeout = Duration::from_millis(timeout_ms);
+    // Both at once: a check costs the slower round trip, not the sum.
+    let (postgres, nats) = tokio::join!(
+        timed_check("PostgreSQL", timeout_ms, async {
+            sqlx::query("SELECT 1").execute(&deps.pool).await.map(|_| ())
+        }),
+        timed_check("NATS", timeout_ms, deps.nats.flush()),
+    );
+    Ok((postgres?, nats?))
+}
+
+/// Runs one dependency check under `timeout_ms`; its round trip in ms.
+async fn timed_check<E: std::fmt::Display>(
+    what: &str,
+    timeout_ms: u64,
+    check: impl Future<Output = Result<(), E>>,
+) -> Result<f64, String> {
     let started = Instant::now();
-    match tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&deps.pool)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return Err(format!("PostgreSQL: {e}")),
-        Err(_) => return Err(format!("PostgreSQL: no answer within {timeout_ms} ms")),
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), check).await {
+        Ok(Ok(())) => Ok(started.elapsed().as_secs_f64() * 1000.0),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer within {timeout_ms} ms")),
     }
-    let postgres_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let started = Instant::now();
-    match tokio::time::timeout(timeout, deps.nats.flush()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(format!("NATS: {e}")),
-        Err(_) => return Err(format!("NATS: no answer within {timeout_ms} ms")),
-    }
-    let nats_ms = started.elapsed().as_secs_f64() * 1000.0;
-    Ok((postgres_ms, nats_ms))
 }
 
 /// A command waiting for a worker: higher priority first, then older.
@@ -482,7 +488,8 @@ async fn process(shared: &Shared, agent: &Agent, queued: Queued) {
         return;
     }
     wait_for_rate_limit(shared, agent).await;
-    match shared.orchestrator.begin(&command).await {
+    let redelivered = message.info().map(|info| info.delivered > 1).unwrap_or(false);
+    match shared.orchestrator.begin(&command, redelivered).await {
         Ok(true) => {}
         Ok(false) => {
             metrics::counter!("dbswarm_agent_stale_commands_total", "agent" => agent.name.clone())

@@ -128,7 +128,7 @@ pub fn saga_error_status(e: SagaError) -> Status {
         SagaError::Contention { .. } => Status::aborted(message),
         SagaError::Invalid(e) => validation_status(e),
         SagaError::Store(store) => store_error_status(store),
-        SagaError::Nats(_) => Status::unavailable(message),
+        SagaError::Nats(_) | SagaError::Unavailable(_) => Status::unavailable(message),
         SagaError::Corrupt { .. } | SagaError::Database(_) => {
             tracing::error!(error = %message, "internal error");
             Status::internal(message)

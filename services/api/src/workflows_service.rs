@@ -17,7 +17,9 @@ use projections::Projections;
 use projections::query::{FilterRequest, ListRequest};
 use projections::sqlgen::FilterOp;
 use sagas::llm::LlmPlanner;
-use sagas::{NewSchedule, Orchestrator, SagaError, Scheduler, StartRequest, workflow_stream};
+use sagas::{
+    NewSchedule, Orchestrator, SagaError, Scheduler, StartRequest, WorkflowIdentity, workflow_stream,
+};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -160,19 +162,33 @@ impl WorkflowsService {
             }
             ms => ms,
         };
+        let identity = match idempotency_key {
+            Some(key) => WorkflowIdentity::Key(key),
+            None => WorkflowIdentity::new_workflow(),
+        };
+        let workflow_id = identity.workflow_id();
+        // Listening before it starts: it may finish before start returns.
+        let finished_here = request
+            .wait
+            .then(|| self.orchestrator.when_finished_here(workflow_id));
         let started = self
             .orchestrator
             .start(StartRequest {
                 plan,
                 priority,
-                idempotency_key,
-                workflow_id: None,
+                identity,
             })
-            .await
-            .map_err(saga_error_status)?;
-        let workflow_id = started.workflow_id;
-        let (state, version) = if request.wait {
-            self.wait_until_finished(workflow_id, Duration::from_millis(wait_timeout_ms))
+            .await;
+        let started = match started {
+            Ok(started) => started,
+            Err(error) => {
+                drop(finished_here);
+                self.orchestrator.stop_waiting(workflow_id);
+                return Err(saga_error_status(error));
+            }
+        };
+        let (state, version) = if let Some(here) = finished_here {
+            self.wait_until_finished(workflow_id, here, Duration::from_millis(wait_timeout_ms))
                 .await?
         } else {
             (started.state, started.version)
@@ -189,10 +205,13 @@ impl WorkflowsService {
     async fn wait_until_finished(
         &self,
         workflow_id: Uuid,
+        here: tokio::sync::oneshot::Receiver<(WorkflowState, u64)>,
         timeout: Duration,
     ) -> Result<(WorkflowState, u64), Status> {
         let mut states = self.follow(workflow_id)?;
-        let waited = tokio::time::timeout(timeout, async {
+        // Finished by this server (told at once), or by another one (seen
+        // in the stream).
+        let followed = async {
             while let Some(item) = states.recv().await {
                 let (state, version) = item?;
                 if state.status.is_final() {
@@ -202,8 +221,21 @@ impl WorkflowsService {
             Err(Status::unavailable(
                 "the server is stopping; Get the workflow later",
             ))
+        };
+        let here = async {
+            match here.await {
+                Ok(finished) => Ok(finished),
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let waited = tokio::time::timeout(timeout, async {
+            tokio::select! {
+                finished = here => finished,
+                finished = followed => finished,
+            }
         })
         .await;
+        self.orchestrator.stop_waiting(workflow_id);
         waited.unwrap_or_else(|_| {
             Err(Status::deadline_exceeded(format!(
                 "workflow {workflow_id} is not finished after {} ms; it runs on (Get or Watch it)",

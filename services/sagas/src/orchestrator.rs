@@ -20,7 +20,7 @@
 //! current one, and outcomes are matched by attempt: a task's effect is
 //! recorded once.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,7 +32,7 @@ use event_store::relay::{self, RelayConfig};
 use futures_util::StreamExt;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use crate::store::{SagaError, WorkflowExecuted as Executed, WorkflowStore};
@@ -87,6 +87,13 @@ impl Default for OrchestratorConfig {
     }
 }
 
+/// When `update_run` writes the run row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RowWrite {
+    Always,
+    Lazily,
+}
+
 /// Whether an agent can take an operation now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Availability {
@@ -107,12 +114,42 @@ pub trait AgentDirectory: Send + Sync {
 pub struct StartRequest {
     pub plan: Plan,
     pub priority: Priority,
-    /// The same key always names the same workflow: a retried request
-    /// returns the workflow the first one started.
-    pub idempotency_key: Option<String>,
-    /// The workflow's id when the caller derives it (a schedule's firing);
-    /// like a key, starting it again returns the workflow already started.
-    pub workflow_id: Option<Uuid>,
+    pub identity: WorkflowIdentity,
+}
+
+/// How a new workflow is named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkflowIdentity {
+    /// A fresh id (UUIDv7) the caller made: nothing can have it yet.
+    New(Uuid),
+    /// An idempotency key: the same key always names the same workflow, so
+    /// a retried request returns the workflow the first one started.
+    Key(String),
+    /// An id the caller derives (a schedule's firing); like a key,
+    /// starting it again returns the workflow already started.
+    Derived(Uuid),
+}
+
+impl WorkflowIdentity {
+    pub fn new_workflow() -> WorkflowIdentity {
+        WorkflowIdentity::New(Uuid::now_v7())
+    }
+
+    pub fn workflow_id(&self) -> Uuid {
+        match self {
+            WorkflowIdentity::New(id) | WorkflowIdentity::Derived(id) => *id,
+            WorkflowIdentity::Key(key) => Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, key.as_bytes()),
+        }
+    }
+
+    /// What names it in an idempotency conflict; none for a new one.
+    fn key(&self) -> Option<String> {
+        match self {
+            WorkflowIdentity::New(_) => None,
+            WorkflowIdentity::Key(key) => Some(key.clone()),
+            WorkflowIdentity::Derived(id) => Some(id.to_string()),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -138,7 +175,11 @@ struct Inner {
     subjects: RelayConfig,
     agents: Arc<dyn AgentDirectory>,
     config: OrchestratorConfig,
+    /// Requests waiting for a workflow to finish on this server.
+    waiters: std::sync::Mutex<Waiters>,
 }
+
+type Waiters = HashMap<Uuid, Vec<oneshot::Sender<(WorkflowState, u64)>>>;
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -183,6 +224,7 @@ impl Orchestrator {
                 subjects,
                 agents,
                 config,
+                waiters: std::sync::Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -191,19 +233,11 @@ impl Orchestrator {
         &self.inner.store
     }
 
-    /// The id a workflow started with `key` has.
-    pub fn workflow_id_for_key(key: &str) -> Uuid {
-        Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, key.as_bytes())
-    }
-
     /// Starts a workflow once its agents are ready (the health gate), and
     /// sends its first task commands.
     pub async fn start(&self, request: StartRequest) -> Result<Started, SagaError> {
-        let (workflow_id, key) = match (&request.workflow_id, &request.idempotency_key) {
-            (Some(id), _) => (*id, Some(id.to_string())),
-            (None, Some(key)) => (Self::workflow_id_for_key(key), Some(key.clone())),
-            (None, None) => (Uuid::now_v7(), None),
-        };
+        let workflow_id = request.identity.workflow_id();
+        let key = request.identity.key();
         if let Some(key) = &key
             && let Some(started) = self.already_started(workflow_id, key, &request.plan).await?
         {
@@ -220,6 +254,10 @@ impl Orchestrator {
             plan: request.plan.clone(),
             priority: request.priority,
         };
+        if key.is_none() {
+            // A fresh id: no need to read a stream that cannot exist.
+            self.inner.store.assume_new(&workflow_id.to_string());
+        }
         match self.record(workflow_id, command).await {
             Ok(executed) => Ok(Started {
                 workflow_id,
@@ -316,9 +354,46 @@ impl Orchestrator {
             .await?;
         if !executed.events.is_empty() {
             let sent = self.dispatch(&executed).await;
-            self.update_run(workflow_id, &executed, !sent).await?;
+            if executed.state.status.is_final() {
+                self.announce_finished(workflow_id, &executed);
+            }
+            self.update_run(workflow_id, &executed, !sent, RowWrite::Lazily)
+                .await?;
         }
         Ok(executed)
+    }
+
+    /// Resolves with the workflow's final state if this server records it
+    /// (a waiting `Execute` also follows the stream, for workflows that
+    /// another server finishes). Call `stop_waiting` when done waiting.
+    pub fn when_finished_here(&self, workflow_id: Uuid) -> oneshot::Receiver<(WorkflowState, u64)> {
+        let (sender, receiver) = oneshot::channel();
+        self.waiters().entry(workflow_id).or_default().push(sender);
+        receiver
+    }
+
+    /// Drops the waiters of `workflow_id` whose receiver is gone.
+    pub fn stop_waiting(&self, workflow_id: Uuid) {
+        let mut waiters = self.waiters();
+        if let Some(senders) = waiters.get_mut(&workflow_id) {
+            senders.retain(|s| !s.is_closed());
+            if senders.is_empty() {
+                waiters.remove(&workflow_id);
+            }
+        }
+    }
+
+    fn announce_finished(&self, workflow_id: Uuid, executed: &Executed) {
+        let Some(senders) = self.waiters().remove(&workflow_id) else {
+            return;
+        };
+        for sender in senders {
+            let _ = sender.send((executed.state.clone(), executed.version));
+        }
+    }
+
+    fn waiters(&self) -> std::sync::MutexGuard<'_, Waiters> {
+        self.inner.waiters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub async fn cancel(&self, workflow_id: Uuid, reason: String) -> Result<Executed, SagaError> {
@@ -401,12 +476,17 @@ impl Orchestrator {
     }
 
     /// Brings the workflow's run row to the recorded state: removed once
-    /// the workflow is final, else its next due time.
+    /// the workflow is final, else its next due time. After an ordinary
+    /// decision (`Lazily`) the row is written only when something became
+    /// due earlier than before: a row due too early only costs a visit
+    /// (which brings it up to date), one due too late would miss a
+    /// timeout. So the row's due time is never later than the workflow's.
     async fn update_run(
         &self,
         workflow_id: Uuid,
         executed: &Executed,
         resend: bool,
+        write: RowWrite,
     ) -> Result<(), SagaError> {
         if executed.state.status.is_final() {
             sqlx::query(RUN_DELETE)
@@ -416,6 +496,13 @@ impl Orchestrator {
             return Ok(());
         }
         let mut next_due_ms = executed.state.next_due_ms();
+        let earlier = match (next_due_ms, executed.previous.next_due_ms()) {
+            (Some(next), Some(before)) => next < before,
+            (next, before) => next != before,
+        };
+        if write == RowWrite::Lazily && !resend && !earlier {
+            return Ok(());
+        }
         if resend {
             let soon = now_ms() + self.inner.config.resend_after_ms;
             next_due_ms = Some(next_due_ms.map_or(soon, |d| d.min(soon)));
@@ -467,7 +554,8 @@ impl Orchestrator {
                 }
             }
         }
-        self.update_run(workflow_id, &executed, !sent).await
+        self.update_run(workflow_id, &executed, !sent, RowWrite::Always)
+            .await
     }
 
     /// Runs the driver until `stop` turns true: waits to hold the driver
@@ -593,21 +681,36 @@ impl Orchestrator {
     /// attempt started and says whether it is still what the workflow waits
     /// for. False for a stale command (a duplicate, an attempt that timed
     /// out, a cancelled workflow): the agent drops it without working.
-    pub async fn begin(&self, command: &TaskCommand) -> Result<bool, SagaError> {
+    ///
+    /// An attempt that already started is worked on again only when its
+    /// command is `redelivered` (JetStream delivers it again because the
+    /// agent that started it died); a fresh message for it is a resend by
+    /// the driver while it runs elsewhere, and is dropped.
+    pub async fn begin(&self, command: &TaskCommand, redelivered: bool) -> Result<bool, SagaError> {
         let workflow_id = parse_workflow_id(&command.workflow_id)?;
-        let state = match command.kind {
+        match command.kind {
             TaskKind::Run => {
                 let started = WorkflowCommand::TaskStarted {
                     task_id: command.task_id.clone(),
                     attempt: command.attempt,
                 };
-                self.record(workflow_id, started).await?.state
+                let executed = self.record(workflow_id, started).await?;
+                if !executed.events.is_empty() {
+                    return Ok(true);
+                }
+                let running = executed
+                    .state
+                    .outstanding_command(&command.task_id, command.kind, command.attempt)
+                    .is_some();
+                Ok(running && redelivered)
             }
-            TaskKind::Compensate => self.inner.store.load(&workflow_id.to_string()).await?.0,
-        };
-        Ok(state
-            .outstanding_command(&command.task_id, command.kind, command.attempt)
-            .is_some())
+            TaskKind::Compensate => {
+                let (state, _) = self.inner.store.load(&workflow_id.to_string()).await?;
+                Ok(state
+                    .outstanding_command(&command.task_id, command.kind, command.attempt)
+                    .is_some())
+            }
+        }
     }
 
     /// Called by an agent when it finished `command`.

@@ -18,7 +18,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::orchestrator::{Orchestrator, StartRequest, now_ms};
+use crate::orchestrator::{Orchestrator, StartRequest, WorkflowIdentity, now_ms};
 use crate::store::{Executed, SagaError, ScheduleStore};
 
 const SCHEDULE_INSERT: &str = include_str!("sql/schedule_insert.sql");
@@ -189,8 +189,7 @@ impl Scheduler {
         let request = StartRequest {
             plan,
             priority,
-            idempotency_key: None,
-            workflow_id: Some(workflow_id),
+            identity: WorkflowIdentity::Derived(workflow_id),
         };
         if let Err(error) = self.orchestrator.start(request).await {
             metrics::counter!("dbswarm_schedule_start_failures_total").increment(1);

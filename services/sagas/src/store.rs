@@ -6,7 +6,9 @@
 //! schedule) never lose a decision or apply one twice: the aggregates
 //! decide nothing for a duplicate.
 
+use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
 
 use domain::workflow::schedule::{self, ScheduleCommand, ScheduleError, ScheduleEvent, ScheduleState};
 use domain::workflow::{Clock, WorkflowCommand, WorkflowError, WorkflowEvent, WorkflowState};
@@ -16,6 +18,7 @@ use domain::{
 };
 use event_store::{Appender, Direction, ReadStreamQuery, Reader, StoreError};
 use serde_json::Value;
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 /// Decide-and-append rounds lost to concurrent writers before giving up.
@@ -41,6 +44,8 @@ pub enum SagaError {
     Database(#[from] sqlx::Error),
     #[error("NATS: {0}")]
     Nats(String),
+    #[error("could not record: {0}; retry")]
+    Unavailable(String),
     #[error("agent '{agent}' is not healthy after waiting {waited_ms} ms: {why}")]
     Unhealthy {
         agent: String,
@@ -65,14 +70,14 @@ impl SagaError {
 }
 
 /// An event-sourced aggregate the store can load and execute commands on.
-pub trait Aggregate {
+pub trait Aggregate: 'static {
     /// Stream ids are `<KIND>-<id>`; also the word errors use.
     const KIND: &'static str;
-    type State: Default + Clone;
-    type Event;
-    type Command: Clone;
+    type State: Default + Clone + Send + Sync;
+    type Event: Send + Sync;
+    type Command: Clone + Send + Sync;
     /// What a decision may depend on besides state and command (the time).
-    type Context;
+    type Context: Copy + Send + Sync;
     type Error: Into<SagaError>;
 
     fn decide(
@@ -86,6 +91,9 @@ pub trait Aggregate {
     fn from_stored(event_type: &str, data: Value) -> Result<Self::Event, String>;
     /// Whether `command` creates the aggregate (allowed on an empty stream).
     fn creates(command: &Self::Command) -> bool;
+    /// Whether the state is worth keeping in memory (more commands will
+    /// come); a finished workflow is not.
+    fn live(state: &Self::State) -> bool;
 }
 
 pub struct Workflow;
@@ -119,6 +127,9 @@ impl Aggregate for Workflow {
     }
     fn creates(command: &WorkflowCommand) -> bool {
         matches!(command, WorkflowCommand::Start { .. })
+    }
+    fn live(state: &WorkflowState) -> bool {
+        !state.status.is_final()
     }
 }
 
@@ -155,34 +166,76 @@ impl Aggregate for Schedule {
     fn creates(command: &ScheduleCommand) -> bool {
         matches!(command, ScheduleCommand::Create { .. })
     }
+    fn live(state: &ScheduleState) -> bool {
+        !state.deleted
+    }
 }
 
-/// What `execute` recorded, and the aggregate after it.
+/// What one command recorded, or why not.
+type Outcome<A> = Result<Executed<<A as Aggregate>::Event, <A as Aggregate>::State>, SagaError>;
+
+/// Commands waiting for their aggregate's batch (see `execute`).
+struct Waiting<A: Aggregate> {
+    command: A::Command,
+    context: A::Context,
+    reply: oneshot::Sender<Outcome<A>>,
+}
+
+/// Per aggregate with commands in progress on this server: the commands
+/// waiting for the next batch. An entry exists while a drain task runs.
+type Queues<A> = Mutex<HashMap<String, Vec<Waiting<A>>>>;
+
+/// Commands waiting for one aggregate at most; more are refused (ABORTED).
+pub const WAITING_COMMANDS_MAX: usize = 1000;
+
+/// What `execute` recorded, and the aggregate before and after it.
 #[derive(Debug, Clone)]
 pub struct Executed<E, S> {
     pub events: Vec<E>,
     pub state: S,
     /// The stream version `state` is at.
     pub version: u64,
+    /// The state the decision was made on.
+    pub previous: S,
+}
+
+/// Aggregates kept in memory at most (per store); when full it is emptied.
+pub const CACHED_AGGREGATES_MAX: usize = 10_000;
+
+/// The last state this server wrote or read per aggregate, so that a
+/// command usually costs one append and no read. Only a hint: a decision
+/// on a cached state is appended at the cached version, so a state another
+/// server moved on fails the append and is read again; and a cached state
+/// that decides nothing (or refuses) is read again before that answer is
+/// trusted.
+struct StateCache<S> {
+    entries: HashMap<String, (S, u64)>,
 }
 
 pub type WorkflowExecuted = Executed<WorkflowEvent, WorkflowState>;
 pub type WorkflowStore = AggregateStore<Workflow>;
 pub type ScheduleStore = AggregateStore<Schedule>;
 
-pub struct AggregateStore<A> {
+pub struct AggregateStore<A: Aggregate> {
     appender: Appender,
     reader: Reader,
     limits: Limits,
+    cache: Arc<Mutex<StateCache<A::State>>>,
+    /// Commands to one aggregate on this server are decided in batches, in
+    /// arrival order, each on the state the one before left, and appended
+    /// together: they do not race each other to append at one version.
+    queues: Arc<Queues<A>>,
     aggregate: PhantomData<fn() -> A>,
 }
 
-impl<A> Clone for AggregateStore<A> {
+impl<A: Aggregate> Clone for AggregateStore<A> {
     fn clone(&self) -> Self {
         AggregateStore {
             appender: self.appender.clone(),
             reader: self.reader.clone(),
             limits: self.limits,
+            cache: self.cache.clone(),
+            queues: self.queues.clone(),
             aggregate: PhantomData,
         }
     }
@@ -199,8 +252,42 @@ impl<A: Aggregate> AggregateStore<A> {
             appender,
             reader,
             limits,
+            cache: Arc::new(Mutex::new(StateCache {
+                entries: HashMap::new(),
+            })),
+            queues: Arc::new(Mutex::new(HashMap::new())),
             aggregate: PhantomData,
         }
+    }
+
+    fn cached(&self, id: &str) -> Option<(A::State, u64)> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.entries.get(id).cloned()
+    }
+
+    fn remember(&self, id: &str, state: &A::State, version: u64) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if !A::live(state) {
+            cache.entries.remove(id);
+            return;
+        }
+        if cache.entries.len() >= CACHED_AGGREGATES_MAX && !cache.entries.contains_key(id) {
+            cache.entries.clear();
+        }
+        cache.entries.insert(id.to_owned(), (state.clone(), version));
+    }
+
+    /// Tells the store that `id` names an aggregate that has no events
+    /// yet, so that its first command need not read the empty stream. (If
+    /// it had events after all, the append at version 0 fails and the
+    /// stream is read.)
+    pub fn assume_new(&self, id: &str) {
+        self.remember(id, &A::State::default(), 0);
+    }
+
+    fn forget(&self, id: &str) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.entries.remove(id);
     }
 
     pub fn stream(id: &str) -> String {
@@ -242,48 +329,181 @@ impl<A: Aggregate> AggregateStore<A> {
 
     /// Decides `command` against the current state and records the events
     /// (none when the command changes nothing, e.g. a duplicate outcome).
+    ///
+    /// Commands that arrive for one aggregate while a batch of it is being
+    /// appended wait and go together in the next batch: decided one after
+    /// the other and appended at once. The batch runs in a task of its
+    /// own, so a caller that goes away strands nobody.
     pub async fn execute(
         &self,
         id: &str,
         command: A::Command,
         context: impl Fn() -> A::Context,
     ) -> Result<Executed<A::Event, A::State>, SagaError> {
-        for _ in 0..CONFLICT_ATTEMPTS_MAX {
-            let (state, version) = self.load(id).await?;
-            if version == 0 && !A::creates(&command) {
-                return Err(SagaError::NotFound {
-                    kind: A::KIND,
-                    id: id.to_owned(),
-                });
-            }
-            let events = A::decide(&state, command.clone(), context()).map_err(Into::into)?;
-            if events.is_empty() {
-                return Ok(Executed {
-                    events,
-                    state,
-                    version,
-                });
-            }
-            let expected = if version == 0 {
-                ExpectedVersion::NoStream
-            } else {
-                ExpectedVersion::Exact(version)
-            };
-            match self.append(id, expected, &events).await {
-                Ok(()) => {
-                    let version = version + events.len() as u64;
-                    let state = events.iter().fold(state, A::evolve);
-                    return Ok(Executed {
-                        events,
-                        state,
-                        version,
+        let (reply, answer) = oneshot::channel();
+        let waiting = Waiting {
+            command,
+            context: context(),
+            reply,
+        };
+        let start_draining = {
+            let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+            match queues.get_mut(id) {
+                Some(queue) if queue.len() >= WAITING_COMMANDS_MAX => {
+                    return Err(SagaError::Contention {
+                        stream: Self::stream(id),
+                        attempts: 0,
                     });
                 }
-                Err(SagaError::Store(StoreError::Append(AppendError::WrongExpectedVersion { .. }))) => {
-                    tracing::debug!(kind = A::KIND, id, "changed meanwhile; deciding again");
+                Some(queue) => {
+                    queue.push(waiting);
+                    false
                 }
-                Err(other) => return Err(other),
+                None => {
+                    queues.insert(id.to_owned(), vec![waiting]);
+                    true
+                }
             }
+        };
+        if start_draining {
+            tokio::spawn(self.clone().drain(id.to_owned()));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(SagaError::Contention {
+                stream: Self::stream(id),
+                attempts: 0,
+            })
+        })
+    }
+
+    /// Runs batches of the aggregate's waiting commands until none waits.
+    async fn drain(self, id: String) {
+        loop {
+            let batch = {
+                let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+                let waiting = queues.get_mut(&id).map(std::mem::take).unwrap_or_default();
+                if waiting.is_empty() {
+                    queues.remove(&id);
+                    return;
+                }
+                waiting
+            };
+            let commands: Vec<(A::Command, A::Context)> =
+                batch.iter().map(|w| (w.command.clone(), w.context)).collect();
+            match self.execute_batch(&id, &commands).await {
+                Ok(outcomes) => {
+                    for (waiting, outcome) in batch.into_iter().zip(outcomes) {
+                        let _ = waiting.reply.send(outcome);
+                    }
+                }
+                Err(error) => {
+                    // One error for the batch: the first caller gets it, the
+                    // others its text (they retry as for any such error).
+                    let text = error.to_string();
+                    let mut error = Some(error);
+                    for waiting in batch {
+                        let outcome = error
+                            .take()
+                            .unwrap_or_else(|| SagaError::Unavailable(text.clone()));
+                        let _ = waiting.reply.send(Err(outcome));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decides each command on the state the one before left, appends all
+    /// their events at the version read, and answers each command with its
+    /// own outcome. A batch decided on a cached state that the append finds
+    /// moved on, or in which a command decides nothing or is refused, is
+    /// decided again on the state read from the store.
+    async fn execute_batch(
+        &self,
+        id: &str,
+        commands: &[(A::Command, A::Context)],
+    ) -> Result<Vec<Outcome<A>>, SagaError> {
+        let mut cached = self.cached(id);
+        for _ in 0..CONFLICT_ATTEMPTS_MAX {
+            let from_cache = cached.is_some();
+            let (state, version) = match cached.take() {
+                Some(hit) => hit,
+                None => {
+                    let (state, version) = self.load(id).await?;
+                    self.remember(id, &state, version);
+                    (state, version)
+                }
+            };
+            let mut decided = Vec::with_capacity(commands.len());
+            let mut events = Vec::new();
+            let mut current = state.clone();
+            let mut doubtful = false;
+            for (command, context) in commands {
+                if version == 0 && events.is_empty() && !A::creates(command) {
+                    doubtful |= from_cache;
+                    decided.push(Err(SagaError::NotFound {
+                        kind: A::KIND,
+                        id: id.to_owned(),
+                    }));
+                    continue;
+                }
+                match A::decide(&current, command.clone(), *context) {
+                    Ok(new) => {
+                        doubtful |= from_cache && new.is_empty();
+                        let previous = current.clone();
+                        current = new.iter().fold(current, A::evolve);
+                        decided.push(Ok((new.len(), previous, current.clone())));
+                        events.extend(new);
+                    }
+                    Err(error) => {
+                        doubtful |= from_cache;
+                        decided.push(Err(error.into()));
+                    }
+                }
+            }
+            if doubtful {
+                continue; // trusted only on a state just read
+            }
+            if !events.is_empty() {
+                let expected = if version == 0 {
+                    ExpectedVersion::NoStream
+                } else {
+                    ExpectedVersion::Exact(version)
+                };
+                match self.append(id, expected, &events).await {
+                    Ok(()) => {}
+                    Err(SagaError::Store(StoreError::Append(AppendError::WrongExpectedVersion {
+                        ..
+                    }))) => {
+                        self.forget(id);
+                        tracing::debug!(kind = A::KIND, id, "changed meanwhile; deciding again");
+                        continue;
+                    }
+                    Err(other) => {
+                        // The append's outcome may be unknown: read it next time.
+                        self.forget(id);
+                        return Err(other);
+                    }
+                }
+                self.remember(id, &current, version + events.len() as u64);
+            }
+            // Each command's events, and the version and state after them.
+            let mut events = events.into_iter();
+            let mut at = version;
+            let outcomes = decided
+                .into_iter()
+                .map(|outcome| {
+                    outcome.map(|(count, previous, state)| {
+                        at += count as u64;
+                        Executed {
+                            events: events.by_ref().take(count).collect(),
+                            state,
+                            version: at,
+                            previous,
+                        }
+                    })
+                })
+                .collect();
+            return Ok(outcomes);
         }
         Err(SagaError::Contention {
             stream: Self::stream(id),
