@@ -18,6 +18,10 @@ pub struct Probe {
 }
 
 impl Operation for Probe {
+    fn read_only(&self) -> bool {
+        true
+    }
+
     fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
         Box::pin(async move {
             let params = &task.command.params;

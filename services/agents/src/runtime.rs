@@ -84,6 +84,13 @@ pub type OpFuture<'a> = Pin<Box<dyn Future<Output = Result<Value, String>> + Sen
 /// One operation of an agent. An `Err` is the task's failure message.
 pub trait Operation: Send + Sync {
     fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a>;
+
+    /// True when the operation changes nothing (it reads and reports):
+    /// such an operation may start before its start is recorded, since
+    /// running it for a stale command has no effect.
+    fn read_only(&self) -> bool {
+        false
+    }
 }
 
 /// What an operation sees of the task it works on.
@@ -489,7 +496,48 @@ async fn process(shared: &Shared, agent: &Agent, queued: Queued) {
     }
     wait_for_rate_limit(shared, agent).await;
     let redelivered = message.info().map(|info| info.delivered > 1).unwrap_or(false);
-    match shared.orchestrator.begin(&command, redelivered).await {
+    let operation = agent.operations.get(&command.operation).cloned();
+    let (stop_tx, stopped) = watch::channel(false);
+    let running = RunningTask {
+        attempt: command.attempt,
+        kind: command.kind,
+        stop: stop_tx,
+    };
+    let started = Instant::now();
+    // A read-only operation starts while its start is being recorded (it
+    // changes nothing, so a stale command only wastes its work); any other
+    // starts only once recorded, so a stale command never runs.
+    let speculative = operation.as_ref().is_some_and(|op| op.read_only());
+    let (began, outcome) = if speculative {
+        shared
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), running);
+        tokio::join!(
+            shared.orchestrator.begin(&command, redelivered),
+            run_attempt(shared, agent, operation.as_deref(), &command, &message, stopped),
+        )
+    } else {
+        let began = shared.orchestrator.begin(&command, redelivered).await;
+        if matches!(began, Ok(true)) {
+            shared
+                .running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.clone(), running);
+            let outcome = run_attempt(shared, agent, operation.as_deref(), &command, &message, stopped).await;
+            (began, outcome)
+        } else {
+            (began, None)
+        }
+    };
+    shared
+        .running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&key);
+    match began {
         Ok(true) => {}
         Ok(false) => {
             metrics::counter!("dbswarm_agent_stale_commands_total", "agent" => agent.name.clone())
@@ -503,62 +551,6 @@ async fn process(shared: &Shared, agent: &Agent, queued: Queued) {
             return;
         }
     }
-    let (stop_tx, mut stopped) = watch::channel(false);
-    shared.running.lock().unwrap_or_else(|p| p.into_inner()).insert(
-        key.clone(),
-        RunningTask {
-            attempt: command.attempt,
-            kind: command.kind,
-            stop: stop_tx,
-        },
-    );
-    let started = Instant::now();
-    let outcome = {
-        let context = TaskContext {
-            command: command.clone(),
-            deps: shared.deps.clone(),
-            orchestrator: shared.orchestrator.clone(),
-            progress_interval: Duration::from_millis(shared.config.progress_interval_ms),
-            last_progress: Mutex::new(None),
-        };
-        let operation = agent.operations.get(&command.operation).cloned();
-        let run: OpFuture<'_> = match &operation {
-            Some(operation) => operation.run(&context),
-            None => {
-                let served: Vec<&str> = agent.operations.keys().map(String::as_str).collect();
-                let error = format!(
-                    "agent {} does not serve operation {} (it serves: {})",
-                    agent.name,
-                    command.operation,
-                    served.join(", ")
-                );
-                Box::pin(async move { Err(error) })
-            }
-        };
-        let remaining_ms = command.deadline_ms.saturating_sub(now_ms());
-        let deadline = Instant::now() + Duration::from_millis(remaining_ms);
-        let mut keep_alive =
-            tokio::time::interval(Duration::from_millis((shared.config.ack_wait_ms / 3).max(100)));
-        keep_alive.tick().await;
-        tokio::pin!(run);
-        loop {
-            tokio::select! {
-                outcome = &mut run => break Some(outcome),
-                _ = tokio::time::sleep_until(deadline) => {
-                    break Some(Err(format!("exceeded its timeout (deadline passed after {} ms)", started.elapsed().as_millis())));
-                }
-                Ok(()) = stopped.changed() => break None,
-                _ = keep_alive.tick() => {
-                    let _ = message.ack_with(AckKind::Progress).await;
-                }
-            }
-        }
-    };
-    shared
-        .running
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&key);
     let labels = [
         ("agent", agent.name.clone()),
         ("operation", command.operation.clone()),
@@ -588,6 +580,60 @@ async fn process(shared: &Shared, agent: &Agent, queued: Queued) {
             // Redelivered: begin() says whether it is still wanted.
             tracing::warn!(%error, agent = %agent.name, task = %command.task_id, "cannot record the outcome; redelivered later");
             let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+        }
+    }
+}
+
+/// Runs one attempt of `command` under its deadline, keeping its message
+/// from being redelivered meanwhile. `None`: stopped (cancelled).
+async fn run_attempt(
+    shared: &Shared,
+    agent: &Agent,
+    operation: Option<&dyn Operation>,
+    command: &TaskCommand,
+    message: &jetstream::Message,
+    mut stopped: watch::Receiver<bool>,
+) -> Option<Result<Value, String>> {
+    let started = Instant::now();
+    let context = TaskContext {
+        command: command.clone(),
+        deps: shared.deps.clone(),
+        orchestrator: shared.orchestrator.clone(),
+        progress_interval: Duration::from_millis(shared.config.progress_interval_ms),
+        last_progress: Mutex::new(None),
+    };
+    let run: OpFuture<'_> = match operation {
+        Some(operation) => operation.run(&context),
+        None => {
+            let served: Vec<&str> = agent.operations.keys().map(String::as_str).collect();
+            let error = format!(
+                "agent {} does not serve operation {} (it serves: {})",
+                agent.name,
+                command.operation,
+                served.join(", ")
+            );
+            Box::pin(async move { Err(error) })
+        }
+    };
+    let remaining_ms = command.deadline_ms.saturating_sub(now_ms());
+    let deadline = Instant::now() + Duration::from_millis(remaining_ms);
+    let mut keep_alive =
+        tokio::time::interval(Duration::from_millis((shared.config.ack_wait_ms / 3).max(100)));
+    keep_alive.tick().await;
+    tokio::pin!(run);
+    loop {
+        tokio::select! {
+            outcome = &mut run => return Some(outcome),
+            _ = tokio::time::sleep_until(deadline) => {
+                return Some(Err(format!(
+                    "exceeded its timeout (deadline passed after {} ms)",
+                    started.elapsed().as_millis()
+                )));
+            }
+            Ok(()) = stopped.changed() => return None,
+            _ = keep_alive.tick() => {
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
         }
     }
 }

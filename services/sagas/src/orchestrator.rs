@@ -403,46 +403,48 @@ impl Orchestrator {
     /// Sends the commands and stop requests the new events ask for.
     /// Returns false when something could not be sent (the driver resends).
     async fn dispatch(&self, executed: &Executed) -> bool {
+        let mut commands = Vec::new();
         let mut sent = true;
         for event in &executed.events {
-            let outcome = match event {
+            let state = &executed.state;
+            match event {
                 WorkflowEvent::TaskScheduled(e) => {
-                    match executed
-                        .state
-                        .outstanding_command(&e.task_id, TaskKind::Run, e.attempt)
-                    {
-                        Some(command) => self.send(&command).await,
-                        None => Ok(()),
-                    }
+                    commands.extend(state.outstanding_command(&e.task_id, TaskKind::Run, e.attempt));
                 }
                 WorkflowEvent::CompensationStarted(e) => {
-                    let attempt = executed
-                        .state
+                    let attempt = state
                         .plan
                         .as_ref()
                         .and_then(|p| p.task(&e.task_id))
-                        .map(|(i, _)| executed.state.tasks[i].attempt)
+                        .map(|(i, _)| state.tasks[i].attempt)
                         .unwrap_or(1);
-                    match executed
-                        .state
-                        .outstanding_command(&e.task_id, TaskKind::Compensate, attempt)
-                    {
-                        Some(command) => self.send(&command).await,
-                        None => Ok(()),
-                    }
+                    commands.extend(state.outstanding_command(&e.task_id, TaskKind::Compensate, attempt));
                 }
                 WorkflowEvent::WorkflowCancelled(e) if !e.running_tasks.is_empty() => {
-                    self.send_stop(StopRequest {
+                    let stop = StopRequest {
                         workflow_id: e.workflow_id.clone(),
                         task_ids: e.running_tasks.clone(),
                         reason: e.reason.clone(),
-                    })
-                    .await
+                    };
+                    if let Err(error) = self.send_stop(stop).await {
+                        tracing::warn!(%error, workflow_id = %state.workflow_id, "cannot send a stop request");
+                        sent = false;
+                    }
                 }
-                _ => Ok(()),
-            };
+                _ => {}
+            }
+        }
+        self.send_all(&commands).await && sent
+    }
+
+    /// Sends commands all at once (parallel tasks start together) and
+    /// reports whether every one was acknowledged.
+    async fn send_all(&self, commands: &[TaskCommand]) -> bool {
+        let outcomes = futures_util::future::join_all(commands.iter().map(|c| self.send(c))).await;
+        let mut sent = true;
+        for (command, outcome) in commands.iter().zip(outcomes) {
             if let Err(error) = outcome {
-                tracing::warn!(%error, workflow_id = %executed.state.workflow_id, "cannot send; the driver resends");
+                tracing::warn!(%error, workflow_id = %command.workflow_id, task = %command.task_id, "cannot send a task command; the driver resends");
                 sent = false;
             }
         }
@@ -547,12 +549,7 @@ impl Orchestrator {
         let version_before = executed.version - executed.events.len() as u64;
         let mut sent = self.dispatch(&executed).await;
         if resend || row_version < version_before {
-            for command in executed.state.outstanding_commands() {
-                if let Err(error) = self.send(&command).await {
-                    tracing::warn!(%error, %workflow_id, "cannot resend a task command");
-                    sent = false;
-                }
-            }
+            sent &= self.send_all(&executed.state.outstanding_commands()).await;
         }
         self.update_run(workflow_id, &executed, !sent, RowWrite::Always)
             .await
