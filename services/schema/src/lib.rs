@@ -1,0 +1,17 @@
+//! The schema agent's pure parts (DESIGN.md section 8, issue 6).
+//!
+//! [`lint`] assesses a migration before anything runs on a target: for every
+//! statement the PostgreSQL lock it takes and on which tables, whether it
+//! rewrites or scans a table, how many rows and bytes that touches (from
+//! [`CatalogFacts`] the IO side reads from the target's catalog), and
+//! findings in the manner of squawk, each with a severity and the safe
+//! alternative. It parses SQL with `sqlparser` (PostgreSQL dialect) and does
+//! no IO.
+
+pub mod lint;
+
+pub use lint::{
+    CatalogFacts, ColumnFacts, ConstraintFacts, ConstraintKind, Finding, IndexFacts, LintError, LockLevel,
+    MigrationReport, MigrationSummary, SQL_BYTES_MAX, STATEMENTS_MAX, Severity, StatementReport, TableFacts,
+    TableLock, lint, rules,
+};
