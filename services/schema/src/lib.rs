@@ -7,7 +7,11 @@
 //! findings in the manner of squawk, each with a severity and the safe
 //! alternative. It parses SQL with `sqlparser` (PostgreSQL dialect) and does
 //! no IO.
+//!
+//! [`dependencies`] reads from a target's catalog what depends on a table
+//! or column (the IO side of the impact assessment).
 
+pub mod dependencies;
 pub mod lint;
 
 pub use lint::{

@@ -13,6 +13,7 @@ mod read;
 mod read_models;
 mod relay;
 mod schedules;
+mod schema_dependencies;
 mod server;
 mod snapshot;
 mod subscribe;

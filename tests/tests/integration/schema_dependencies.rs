@@ -1,0 +1,80 @@
+//! The schema agent's dependency analysis against a real catalog: what
+//! depends on a table and on one of its columns; unknown objects named.
+
+use schema::dependencies::{DependencyError, dependents};
+use tests::*;
+
+const FIXTURE: &str = r#"
+CREATE SCHEMA app;
+CREATE TABLE app.users (id bigserial PRIMARY KEY, email text NOT NULL, name text, CHECK (length(email) > 3));
+CREATE UNIQUE INDEX users_email ON app.users (email);
+CREATE TABLE app.orders (id bigint PRIMARY KEY, user_id bigint REFERENCES app.users (id), total numeric);
+CREATE VIEW app.user_emails AS SELECT id, email FROM app.users;
+CREATE VIEW app.user_names AS SELECT id, name FROM app.users;
+CREATE FUNCTION app.touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+CREATE TRIGGER users_touch BEFORE UPDATE ON app.users FOR EACH ROW EXECUTE FUNCTION app.touch();
+CREATE FUNCTION app.email_of(bigint) RETURNS text LANGUAGE sql BEGIN ATOMIC SELECT email FROM app.users WHERE id = $1; END;
+ALTER TABLE app.users ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_rows ON app.users USING (email = current_user);
+"#;
+
+#[tokio::test]
+async fn what_depends_on_a_table_and_on_a_column_is_read_from_the_catalog() {
+    let target = TestDb::create().await;
+    let pool = target.pool().await;
+    sqlx::raw_sql(FIXTURE).execute(&pool).await.unwrap();
+
+    // Given the column email, when its dependents are asked for
+    let on_email = dependents(&pool, "app", "users", Some("email")).await.unwrap();
+    let found: Vec<(&str, &str)> = on_email
+        .iter()
+        .map(|d| (d.kind.as_str(), d.name.as_str()))
+        .collect();
+    // Then the view, index, check, SQL function and policy that use it are named, and nothing that does not
+    assert_eq!(
+        found,
+        [
+            ("check constraint", "users_email_check"),
+            ("function", "app.email_of(bigint)"),
+            ("index", "app.users_email"),
+            ("policy", "own_rows"),
+            ("view", "app.user_emails"),
+        ]
+    );
+    let view = on_email.iter().find(|d| d.kind == "view").unwrap();
+    assert!(view.definition.as_deref().unwrap().contains("email"));
+
+    // And for the whole table, also the foreign key from orders, the
+    // primary key, the owned sequence, the trigger and the other view
+    let on_users = dependents(&pool, "app", "users", None).await.unwrap();
+    let kinds_and_names: Vec<String> = on_users
+        .iter()
+        .map(|d| format!("{} {}", d.kind, d.name))
+        .collect();
+    for expected in [
+        "foreign key orders_user_id_fkey",
+        "primary key users_pkey",
+        "sequence app.users_id_seq",
+        "trigger users_touch",
+        "view app.user_names",
+    ] {
+        assert!(
+            kinds_and_names.iter().any(|k| k == expected),
+            "{expected} in {kinds_and_names:?}"
+        );
+    }
+    let fk = on_users.iter().find(|d| d.kind == "foreign key").unwrap();
+    assert_eq!(fk.on_table.as_deref(), Some("app.orders"));
+
+    // Unknown objects are named
+    let no_table = dependents(&pool, "app", "ghosts", None).await.unwrap_err();
+    assert!(matches!(no_table, DependencyError::NoTable { .. }));
+    assert_eq!(no_table.to_string(), "there is no table app.ghosts");
+    let no_column = dependents(&pool, "app", "users", Some("phone"))
+        .await
+        .unwrap_err();
+    assert_eq!(no_column.to_string(), "table app.users has no column phone");
+
+    pool.close().await;
+    target.drop_database().await;
+}
