@@ -9,8 +9,10 @@
 //! no IO.
 //!
 //! [`dependencies`] reads from a target's catalog what depends on a table
-//! or column (the IO side of the impact assessment).
+//! or column (the IO side of the impact assessment); [`agent`] serves it
+//! as the operation `schema.dependencies`.
 
+pub mod agent;
 pub mod dependencies;
 pub mod lint;
 

@@ -158,7 +158,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         config.relay.clone(),
         config.agents.clone(),
         uuid::Uuid::new_v4().to_string(),
-        agents::AgentsRuntime::swarm(),
+        swarm(),
     );
     let event_store = EventStoreService::new(appender, reader, commits.clone(), config.limits).into_server();
 
@@ -257,6 +257,18 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         tasks,
         committers,
     })
+}
+
+/// Every agent with the operations built so far: `probe` on each, and the
+/// schema agent's own.
+fn swarm() -> Vec<agents::AgentSpec> {
+    let mut swarm = agents::AgentsRuntime::swarm();
+    if let Some(spec) = swarm.iter_mut().find(|s| s.name == schema::agent::AGENT) {
+        for (operation, implementation) in schema::agent::operations() {
+            spec.operations.insert(operation.to_owned(), implementation);
+        }
+    }
+    swarm
 }
 
 /// Defines every `*.json` projection definition in `dir` (in name order).

@@ -78,3 +78,57 @@ async fn what_depends_on_a_table_and_on_a_column_is_read_from_the_catalog() {
     pool.close().await;
     target.drop_database().await;
 }
+
+/// Through a workflow: the schema agent's `dependencies` operation on a
+/// registered target; a bad object fails the task, named.
+#[tokio::test]
+async fn the_schema_agent_answers_dependencies_in_a_workflow() {
+    use api::proto;
+    use api::proto::admin_client::AdminClient;
+    use serde_json::{Value, json};
+
+    let db = TestDb::create().await;
+    let target = TestDb::create().await;
+    let target_pool = target.pool().await;
+    sqlx::raw_sql(FIXTURE).execute(&target_pool).await.unwrap();
+    let server = TestServer::start(with_workflows(settings_for(&db))).await;
+    let mut admin = AdminClient::connect(server.channel_url()).await.unwrap();
+    admin
+        .register_database(proto::RegisterDatabaseRequest {
+            name: "app".into(),
+            url: target.url.clone(),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    let mut client = crate::orchestration::workflows_client(&server).await;
+    let plan = |object: &str| {
+        json!({"name": "impact", "tasks": [{"id": "impact", "agent": "schema", "operation": "dependencies",
+            "params": {"database": "app", "object": object}}]})
+    };
+    let workflow = crate::orchestration::execute_and_wait(&mut client, &plan("app.users.email")).await;
+    assert_eq!(workflow.status, "completed", "{}", workflow.summary);
+    let result: Value = serde_json::from_str(&workflow.tasks[0].result_json).unwrap();
+    let names: Vec<&str> = result["dependents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"app.user_emails") && names.contains(&"app.users_email"),
+        "{names:?}"
+    );
+    let failed = crate::orchestration::execute_and_wait(&mut client, &plan("app.users.phone")).await;
+    assert_eq!(failed.status, "failed");
+    assert!(
+        failed.tasks[0].error.contains("has no column phone"),
+        "{}",
+        failed.tasks[0].error
+    );
+
+    target_pool.close().await;
+    server.stop().await;
+    db.drop_database().await;
+    target.drop_database().await;
+}
