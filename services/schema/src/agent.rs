@@ -1,5 +1,6 @@
 //! The schema agent's operations, served by the agents' runtime.
-//! So far: `schema.dependencies`.
+//! So far: `schema.dependencies` and `schema.lint` (of SQL given in the
+//! task; named, versioned migrations come with the migration history).
 
 use std::sync::Arc;
 
@@ -7,13 +8,15 @@ use agents::{OpFuture, Operation, TaskContext};
 use serde_json::{Map, Value, json};
 
 use crate::dependencies::dependents;
+use crate::facts::read_facts;
+use crate::lint::{Severity, lint};
 
 /// The agent these operations belong to.
 pub const AGENT: &str = "schema";
 
 /// `(operation, implementation)` of every operation built so far.
 pub fn operations() -> Vec<(&'static str, Arc<dyn Operation>)> {
-    vec![("dependencies", Arc::new(Dependencies))]
+    vec![("dependencies", Arc::new(Dependencies)), ("lint", Arc::new(Lint))]
 }
 
 /// `schema.dependencies {database, object}`: what depends on a table
@@ -41,6 +44,68 @@ impl Operation for Dependencies {
                 .await
                 .map_err(|e| url.scrub(&e.to_string()))?;
             Ok(json!({"database": database, "object": object, "dependents": found}))
+        })
+    }
+}
+
+/// `schema.lint {database, sql}`: the lock level, rewrite and size of
+/// every statement against the target's catalog, and the hazards. The task
+/// succeeds with the report when nothing is blocking, and fails naming the
+/// blocking hazards otherwise (so a workflow stops before applying it).
+pub struct Lint;
+
+/// Blocking hazards named in a failed lint task at most.
+const HAZARDS_NAMED_MAX: usize = 10;
+
+impl Operation for Lint {
+    fn read_only(&self) -> bool {
+        true
+    }
+
+    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+        Box::pin(async move {
+            let params = &task.command.params;
+            let database = text_param(params, "database")?;
+            let sql = match (params.get("sql"), params.get("migration")) {
+                (Some(_), _) => text_param(params, "sql")?,
+                (None, Some(_)) => {
+                    return Err(
+                        "named migrations are not kept yet; give the migration's SQL as 'sql'".into(),
+                    );
+                }
+                (None, None) => return Err("needs parameter 'sql'".into()),
+            };
+            let (pool, url) = task
+                .deps
+                .targets
+                .pool_for(AGENT, database)
+                .await
+                .map_err(|e| e.to_string())?;
+            let facts = read_facts(&pool).await.map_err(|e| url.scrub(&e.to_string()))?;
+            let report = lint(sql, &facts).map_err(|e| e.to_string())?;
+            let blocking: Vec<String> = report
+                .findings()
+                .filter(|(_, finding)| finding.severity == Severity::Blocking)
+                .map(|(statement, finding)| {
+                    format!(
+                        "statement {statement}: {} ({}); instead: {}",
+                        finding.message, finding.rule, finding.safe_alternative
+                    )
+                })
+                .collect();
+            if blocking.is_empty() {
+                return serde_json::to_value(&report).map_err(|e| e.to_string());
+            }
+            let named: Vec<&str> = blocking
+                .iter()
+                .take(HAZARDS_NAMED_MAX)
+                .map(String::as_str)
+                .collect();
+            Err(format!(
+                "lint found {} blocking hazard(s): {}",
+                blocking.len(),
+                named.join("; ")
+            ))
         })
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod agent;
 pub mod dependencies;
+pub mod facts;
 pub mod lint;
 
 pub use lint::{

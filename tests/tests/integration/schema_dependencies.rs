@@ -16,6 +16,7 @@ CREATE TRIGGER users_touch BEFORE UPDATE ON app.users FOR EACH ROW EXECUTE FUNCT
 CREATE FUNCTION app.email_of(bigint) RETURNS text LANGUAGE sql BEGIN ATOMIC SELECT email FROM app.users WHERE id = $1; END;
 ALTER TABLE app.users ENABLE ROW LEVEL SECURITY;
 CREATE POLICY own_rows ON app.users USING (email = current_user);
+ALTER TABLE app.orders ADD CONSTRAINT total_not_null CHECK (total IS NOT NULL) NOT VALID;
 "#;
 
 #[tokio::test]
@@ -125,6 +126,95 @@ async fn the_schema_agent_answers_dependencies_in_a_workflow() {
         failed.tasks[0].error.contains("has no column phone"),
         "{}",
         failed.tasks[0].error
+    );
+
+    target_pool.close().await;
+    server.stop().await;
+    db.drop_database().await;
+    target.drop_database().await;
+}
+
+/// Through a workflow: `schema.lint` reads the target's catalog and
+/// refuses a migration with a blocking hazard (naming it and the safe
+/// alternative), and passes the safe version with its report.
+#[tokio::test]
+async fn the_schema_agent_lints_a_migration_against_the_targets_catalog() {
+    use api::proto;
+    use api::proto::admin_client::AdminClient;
+    use serde_json::{Value, json};
+
+    let db = TestDb::create().await;
+    let target = TestDb::create().await;
+    let target_pool = target.pool().await;
+    sqlx::raw_sql(FIXTURE).execute(&target_pool).await.unwrap();
+    sqlx::raw_sql("INSERT INTO app.users (email) SELECT 'user' || g || '@example.com' FROM generate_series(1, 1000) g; ANALYZE app.users;")
+        .execute(&target_pool)
+        .await
+        .unwrap();
+    let facts = schema::facts::read_facts(&target_pool).await.unwrap();
+    let users = &facts.tables["app.users"];
+    assert_eq!(users.estimated_rows, 1000);
+    assert_eq!(users.columns["email"].type_name, "text");
+    assert!(
+        users.columns["email"]
+            .dependents
+            .iter()
+            .any(|d| d.contains("user_emails")),
+        "{:?}",
+        users.columns["email"]
+    );
+    assert!(
+        users.dependents.iter().any(|d| d.contains("orders")),
+        "{:?}",
+        users.dependents
+    );
+    assert!(
+        facts
+            .indexes
+            .iter()
+            .any(|i| i.name == "app.users_email" && i.unique && i.valid)
+    );
+
+    let server = TestServer::start(with_workflows(settings_for(&db))).await;
+    let mut admin = AdminClient::connect(server.channel_url()).await.unwrap();
+    admin
+        .register_database(proto::RegisterDatabaseRequest {
+            name: "app".into(),
+            url: target.url.clone(),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    let mut client = crate::orchestration::workflows_client(&server).await;
+    let plan = |sql: &str| {
+        json!({"name": "lint", "tasks": [{"id": "lint", "agent": "schema", "operation": "lint",
+            "params": {"database": "app", "sql": sql}}]})
+    };
+    // A hazard: an index built without CONCURRENTLY, no lock_timeout
+    let hazard = crate::orchestration::execute_and_wait(
+        &mut client,
+        &plan("CREATE INDEX users_name ON app.users (name);"),
+    )
+    .await;
+    assert_eq!(hazard.status, "failed");
+    let error = &hazard.tasks[0].error;
+    assert!(
+        error.contains("require-concurrent-index-creation") && error.contains("CONCURRENTLY"),
+        "{error}"
+    );
+    // The safe version passes, with its report
+    let safe = "SET lock_timeout = '2s';\nCREATE INDEX CONCURRENTLY users_name ON app.users (name);";
+    let passed = crate::orchestration::execute_and_wait(&mut client, &plan(safe)).await;
+    assert_eq!(passed.status, "completed", "{}", passed.tasks[0].error);
+    let report: Value = serde_json::from_str(&passed.tasks[0].result_json).unwrap();
+    assert_eq!(report["summary"]["blocking_count"], 0);
+    // Invalid SQL is named
+    let invalid = crate::orchestration::execute_and_wait(&mut client, &plan("CREATE INDEX ON;")).await;
+    assert_eq!(invalid.status, "failed");
+    assert!(
+        invalid.tasks[0].error.contains("statement 1"),
+        "{}",
+        invalid.tasks[0].error
     );
 
     target_pool.close().await;

@@ -103,7 +103,11 @@ const OPERATIONS: &[(&str, &str, Params)] = &[
     ("query", "detect_regressions", &[TARGET]),
     ("query", "unused_indexes", &[TARGET]),
     ("schema", "plan", &[TARGET, ("migration", Text, false)]),
-    ("schema", "lint", &[TARGET, ("migration", Text, false)]),
+    (
+        "schema",
+        "lint",
+        &[TARGET, ("migration", Text, false), ("sql", Text, false)],
+    ),
     ("schema", "apply", &[TARGET, ("migration", Text, true)]),
     ("schema", "complete", &[TARGET, ("migration", Text, false)]),
     ("schema", "rollback", &[TARGET, ("migration", Text, false)]),
