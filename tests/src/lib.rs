@@ -480,6 +480,22 @@ impl Drop for PrivateRedis {
     }
 }
 
+/// The `dbswarm` binary next to the test binary (`scripts/test.sh` builds it).
+pub fn dbswarm_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let binary = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("dbswarm"))
+        .expect("target directory");
+    assert!(
+        binary.exists(),
+        "{} is missing: build it with `cargo build -p server --bin dbswarm` (scripts/test.sh does)",
+        binary.display()
+    );
+    binary
+}
+
 /// A `dbswarm serve` process of its own on `db` (the binary built next to
 /// the test binary: `scripts/test.sh` builds it), for tests that kill a
 /// server with SIGKILL. Its gRPC address is `url()`.
@@ -490,17 +506,7 @@ pub struct ServerChild {
 
 impl ServerChild {
     pub async fn spawn(db: &TestDb, env: &[(&str, &str)]) -> ServerChild {
-        let exe = std::env::current_exe().expect("the test binary's path");
-        let binary = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .map(|dir| dir.join("dbswarm"))
-            .expect("target directory");
-        assert!(
-            binary.exists(),
-            "{} is missing: build it with `cargo build -p server --bin dbswarm` (scripts/test.sh does)",
-            binary.display()
-        );
+        let binary = dbswarm_binary();
         let names = db.relay_config();
         let grpc_port = free_loopback_port();
         let http_port = free_loopback_port();

@@ -27,8 +27,38 @@ enum Command {
     /// Apply migrations, then serve gRPC (EventStore, health, reflection)
     /// and HTTP (/metrics, /healthz) until SIGINT or SIGTERM.
     Serve(ServeArgs),
-    /// Apply the database migrations and exit.
-    Migrate(ServeArgs),
+    /// Apply dbswarm's own database migrations and exit; or, with a
+    /// subcommand, work on a target database's migrations.
+    Migrate(MigrateArgs),
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct MigrateArgs {
+    #[command(subcommand)]
+    target: Option<TargetMigration>,
+    #[command(flatten)]
+    own: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum TargetMigration {
+    /// Lint a migration (a SQL file) against a target database's catalog:
+    /// every statement's lock level, rewrite and size, and its hazards with
+    /// the safe alternative. Exits with 1 when a hazard is blocking.
+    Lint(LintArgs),
+}
+
+#[derive(clap::Args)]
+struct LintArgs {
+    /// The migration's SQL.
+    file: PathBuf,
+    /// The target database (postgres://user:password@host:port/database).
+    #[arg(long, env = "DBSWARM_TARGET_URL", value_name = "URL", hide_env_values = true)]
+    target_url: String,
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -51,27 +81,44 @@ impl ServeArgs {
     }
 }
 
+/// Exit code of a lint that found a blocking hazard.
+const EXIT_BLOCKING: u8 = 1;
+/// Exit code of a command that could not do its work.
+const EXIT_FAILED: u8 = 2;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(Outcome::Done) => std::process::ExitCode::SUCCESS,
+        Ok(Outcome::Blocking) => std::process::ExitCode::from(EXIT_BLOCKING),
         Err(error) => {
             // One line a person can act on, not a backtrace.
             eprintln!("dbswarm: {error:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(EXIT_FAILED)
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// How a command that did its work ended.
+enum Outcome {
+    Done,
+    /// A lint found a blocking hazard.
+    Blocking,
+}
+
+fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the Tokio runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(args.load()?).await,
-            Command::Migrate(args) => migrate(args.load()?).await,
+            Command::Serve(args) => serve(args.load()?).await.map(|()| Outcome::Done),
+            Command::Migrate(MigrateArgs {
+                target: Some(TargetMigration::Lint(args)),
+                ..
+            }) => lint(args).await,
+            Command::Migrate(args) => migrate(args.own.load()?).await.map(|()| Outcome::Done),
         }
     })
 }
@@ -98,6 +145,76 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
         .context("cannot apply migrations")?;
     println!("migrations applied to {}", redact(&config.database_url));
     Ok(())
+}
+
+async fn lint(args: LintArgs) -> anyhow::Result<Outcome> {
+    let sql = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let url = domain::target::ConnectionUrl::parse(&args.target_url)?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect(url.expose())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to {url}: {}", url.scrub(&e.to_string())))?;
+    let facts = schema::facts::read_facts(&pool)
+        .await
+        .map_err(|e| anyhow::anyhow!(url.scrub(&e.to_string())))?;
+    let report = schema::lint(&sql, &facts).with_context(|| format!("{}", args.file.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", human_report(&report));
+    }
+    Ok(if report.summary.blocking_count > 0 {
+        Outcome::Blocking
+    } else {
+        Outcome::Done
+    })
+}
+
+/// The lint report for a person: one block per statement, then a summary.
+fn human_report(report: &schema::MigrationReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for statement in &report.statements {
+        let first_line = statement.sql.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let _ = writeln!(out, "{:>3}  {}", statement.index, first_line.trim());
+        let lock = statement
+            .lock
+            .map_or("no table lock".to_owned(), |l| l.to_string());
+        let mut facts = vec![lock];
+        if statement.rewrites_table {
+            facts.push("rewrites the table".into());
+        } else if statement.scans_table {
+            facts.push("scans the table".into());
+        }
+        if let Some(rows) = statement.estimated_affected_rows {
+            facts.push(format!("~{rows} rows"));
+        }
+        if let Some(bytes) = statement.estimated_affected_bytes {
+            facts.push(format!("~{bytes} bytes"));
+        }
+        if !statement.tables.is_empty() {
+            facts.push(format!("on {}", statement.tables.join(", ")));
+        }
+        let _ = writeln!(out, "     {}", facts.join("; "));
+        for finding in &statement.findings {
+            let severity = match finding.severity {
+                schema::Severity::Blocking => "BLOCKING",
+                schema::Severity::Warning => "warning",
+            };
+            let _ = writeln!(out, "     {severity} {}: {}", finding.rule, finding.message);
+            let _ = writeln!(out, "       instead: {}", finding.safe_alternative);
+        }
+    }
+    let summary = &report.summary;
+    let _ = writeln!(
+        out,
+        "{} statement(s), {} blocking, {} warning(s)",
+        summary.statement_count, summary.blocking_count, summary.warning_count
+    );
+    out
 }
 
 /// The URL without its password, for messages.

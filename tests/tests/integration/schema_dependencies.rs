@@ -222,3 +222,56 @@ async fn the_schema_agent_lints_a_migration_against_the_targets_catalog() {
     db.drop_database().await;
     target.drop_database().await;
 }
+
+/// `dbswarm migrate lint FILE --target-url URL` for CI pipelines: a report
+/// per statement, exit 1 on a blocking hazard, 0 when safe, 2 when it
+/// cannot lint; `--json` for machines.
+#[tokio::test]
+async fn migrate_lint_on_the_command_line_exits_non_zero_on_a_blocking_hazard() {
+    let target = TestDb::create().await;
+    let target_pool = target.pool().await;
+    sqlx::raw_sql(FIXTURE).execute(&target_pool).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("dbswarm-lint-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lint = |sql: &str, json: bool| {
+        let file = dir.join("migration.sql");
+        std::fs::write(&file, sql).unwrap();
+        let mut command = std::process::Command::new(dbswarm_binary());
+        command
+            .args(["migrate", "lint"])
+            .arg(&file)
+            .arg("--target-url")
+            .arg(&target.url);
+        if json {
+            command.arg("--json");
+        }
+        command.output().expect("run dbswarm migrate lint")
+    };
+    let hazard = lint("CREATE INDEX users_name ON app.users (name);", false);
+    assert_eq!(hazard.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&hazard.stdout);
+    assert!(
+        text.contains("BLOCKING require-concurrent-index-creation"),
+        "{text}"
+    );
+    assert!(text.contains("SHARE"), "{text}");
+    let safe = lint(
+        "SET lock_timeout = '2s';\nCREATE INDEX CONCURRENTLY users_name ON app.users (name);",
+        true,
+    );
+    assert_eq!(
+        safe.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&safe.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&safe.stdout).unwrap();
+    assert_eq!(report["summary"]["blocking_count"], 0);
+    assert_eq!(report["statements"][1]["lock"], "SHARE_UPDATE_EXCLUSIVE");
+    let invalid = lint("CREATE INDEX ON;", false);
+    assert_eq!(invalid.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&invalid.stderr).contains("statement 1"));
+    std::fs::remove_dir_all(&dir).unwrap();
+    target_pool.close().await;
+    target.drop_database().await;
+}
