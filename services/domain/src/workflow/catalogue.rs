@@ -203,6 +203,20 @@ mod tests {
         Plan::from_json(&plan.to_string(), &declared()).unwrap();
     }
 
+    /// The plan shown in the README, as written there.
+    #[test]
+    fn the_readme_plan_is_valid() {
+        let readme = include_str!("../../../../README.md");
+        let yaml = readme
+            .split("```yaml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("a yaml block in the README");
+        let plan = Plan::from_yaml(yaml, &declared()).unwrap();
+        assert_eq!(plan.tasks.len(), 5);
+        assert_eq!(plan.tasks[4].dependencies, [2, 3]);
+    }
+
     #[test]
     fn every_planner_capability_plans_against_the_declared_catalogue() {
         for request in [
