@@ -24,8 +24,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Apply migrations, then serve gRPC (EventStore, health, reflection)
-    /// and HTTP (/metrics, /healthz) until SIGINT or SIGTERM.
+    /// Apply migrations, then serve gRPC (EventStore, Admin, Projections,
+    /// Workflows, health, reflection) and HTTP (/metrics, /healthz), and run
+    /// the relay, projections, agents, workflow driver and scheduler, until
+    /// SIGINT or SIGTERM.
     Serve(ServeArgs),
     /// Apply dbswarm's own database migrations and exit; or, with a
     /// subcommand, work on a target database's migrations.
