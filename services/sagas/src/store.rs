@@ -243,7 +243,7 @@ impl<A: Aggregate> Clone for AggregateStore<A> {
 
 /// The stream of a workflow.
 pub fn workflow_stream(workflow_id: Uuid) -> String {
-    format!("{}-{workflow_id}", Workflow::KIND)
+    WorkflowStore::stream(&workflow_id.to_string())
 }
 
 impl<A: Aggregate> AggregateStore<A> {

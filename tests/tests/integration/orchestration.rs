@@ -327,7 +327,7 @@ async fn a_running_workflow_is_cancelled_and_its_running_task_told_to_stop() {
     // And the agent stopped working on it well before its 30 s
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            let metrics = reqwest_metrics(&server).await;
+            let metrics = crate::server::http_get(server.running.http_addr, "/metrics").await;
             if metrics.contains("dbswarm_agent_tasks_cancelled_total") {
                 return;
             }
@@ -353,21 +353,6 @@ async fn a_running_workflow_is_cancelled_and_its_running_task_told_to_stop() {
     pool.close().await;
     server.stop().await;
     db.drop_database().await;
-}
-
-/// The server's /metrics text.
-async fn reqwest_metrics(server: &TestServer) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(server.running.http_addr)
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
-    body
 }
 
 #[tokio::test]

@@ -80,19 +80,17 @@ async fn what_depends_on_a_table_and_on_a_column_is_read_from_the_catalog() {
     target.drop_database().await;
 }
 
-/// Through a workflow: the schema agent's `dependencies` operation on a
-/// registered target; a bad object fails the task, named.
-#[tokio::test]
-async fn the_schema_agent_answers_dependencies_in_a_workflow() {
+/// A server with the agents running and `target` registered as `app`.
+async fn serve_with_target(
+    db: &TestDb,
+    target: &TestDb,
+) -> (
+    TestServer,
+    api::proto::workflows_client::WorkflowsClient<tonic::transport::Channel>,
+) {
     use api::proto;
     use api::proto::admin_client::AdminClient;
-    use serde_json::{Value, json};
-
-    let db = TestDb::create().await;
-    let target = TestDb::create().await;
-    let target_pool = target.pool().await;
-    sqlx::raw_sql(FIXTURE).execute(&target_pool).await.unwrap();
-    let server = TestServer::start(with_workflows(settings_for(&db))).await;
+    let server = TestServer::start(with_workflows(settings_for(db))).await;
     let mut admin = AdminClient::connect(server.channel_url()).await.unwrap();
     admin
         .register_database(proto::RegisterDatabaseRequest {
@@ -102,7 +100,21 @@ async fn the_schema_agent_answers_dependencies_in_a_workflow() {
         })
         .await
         .unwrap();
-    let mut client = crate::orchestration::workflows_client(&server).await;
+    let client = crate::orchestration::workflows_client(&server).await;
+    (server, client)
+}
+
+/// Through a workflow: the schema agent's `dependencies` operation on a
+/// registered target; a bad object fails the task, named.
+#[tokio::test]
+async fn the_schema_agent_answers_dependencies_in_a_workflow() {
+    use serde_json::{Value, json};
+
+    let db = TestDb::create().await;
+    let target = TestDb::create().await;
+    let target_pool = target.pool().await;
+    sqlx::raw_sql(FIXTURE).execute(&target_pool).await.unwrap();
+    let (server, mut client) = serve_with_target(&db, &target).await;
     let plan = |object: &str| {
         json!({"name": "impact", "tasks": [{"id": "impact", "agent": "schema", "operation": "dependencies",
             "params": {"database": "app", "object": object}}]})
@@ -139,8 +151,6 @@ async fn the_schema_agent_answers_dependencies_in_a_workflow() {
 /// alternative), and passes the safe version with its report.
 #[tokio::test]
 async fn the_schema_agent_lints_a_migration_against_the_targets_catalog() {
-    use api::proto;
-    use api::proto::admin_client::AdminClient;
     use serde_json::{Value, json};
 
     let db = TestDb::create().await;
@@ -175,17 +185,7 @@ async fn the_schema_agent_lints_a_migration_against_the_targets_catalog() {
             .any(|i| i.name == "app.users_email" && i.unique && i.valid)
     );
 
-    let server = TestServer::start(with_workflows(settings_for(&db))).await;
-    let mut admin = AdminClient::connect(server.channel_url()).await.unwrap();
-    admin
-        .register_database(proto::RegisterDatabaseRequest {
-            name: "app".into(),
-            url: target.url.clone(),
-            description: String::new(),
-        })
-        .await
-        .unwrap();
-    let mut client = crate::orchestration::workflows_client(&server).await;
+    let (server, mut client) = serve_with_target(&db, &target).await;
     let plan = |sql: &str| {
         json!({"name": "lint", "tasks": [{"id": "lint", "agent": "schema", "operation": "lint",
             "params": {"database": "app", "sql": sql}}]})

@@ -68,7 +68,7 @@ async fn a_bad_database_url_fails_start_naming_the_setting() {
 }
 
 /// A minimal HTTP/1.1 GET, enough for the metrics endpoint.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
