@@ -39,7 +39,7 @@ pub struct TargetsConfig {
 impl Default for TargetsConfig {
     fn default() -> Self {
         TargetsConfig {
-            pool_connections_max: 2,
+            pool_connections_max: 4,
             connect_timeout_ms: 5_000,
         }
     }

@@ -123,7 +123,7 @@ pub fn saga_error_status(e: SagaError) -> Status {
         SagaError::Schedule(e) => schedule_error_status(e, message),
         SagaError::Workflow(WorkflowError::UnknownTask { .. }) => Status::invalid_argument(message),
         SagaError::IdempotencyConflict { .. } => Status::already_exists(message),
-        SagaError::Unhealthy { .. } => Status::failed_precondition(message),
+        SagaError::Unhealthy { .. } | SagaError::Refused(_) => Status::failed_precondition(message),
         SagaError::NotServed { .. } => Status::unimplemented(message),
         SagaError::Contention { .. } => Status::aborted(message),
         SagaError::Invalid(e) => validation_status(e),

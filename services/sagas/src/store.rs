@@ -32,6 +32,9 @@ pub enum SagaError {
     Schedule(#[from] ScheduleError),
     #[error("{kind} {id} does not exist")]
     NotFound { kind: &'static str, id: String },
+    /// Another aggregate's refusal, as its own error says it.
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{stream}: {attempts} attempts lost to concurrent writers; retry")]

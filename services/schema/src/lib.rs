@@ -8,6 +8,11 @@
 //! alternative. It parses SQL with `sqlparser` (PostgreSQL dialect) and does
 //! no IO.
 //!
+//! [`migration`] runs named, versioned migrations on a target: expand
+//! (twin columns, sync triggers, views of the new version), batched
+//! backfill, complete (contract) and rollback, every statement under
+//! lock_timeout with retries, the history kept as events.
+//!
 //! [`dependencies`] reads from a target's catalog what depends on a table
 //! or column (the IO side of the impact assessment); [`agent`] serves it
 //! as the operation `schema.dependencies`.
@@ -16,9 +21,10 @@ pub mod agent;
 pub mod dependencies;
 pub mod facts;
 pub mod lint;
+pub mod migration;
 
 pub use lint::{
     CatalogFacts, ColumnFacts, ConstraintFacts, ConstraintKind, Finding, IndexFacts, LintError, LockLevel,
-    MigrationReport, MigrationSummary, SQL_BYTES_MAX, STATEMENTS_MAX, Severity, StatementReport, TableFacts,
-    TableLock, lint, rules,
+    MigrationReport, MigrationSummary, SQL_BYTES_MAX, STATEMENTS_MAX, ScriptStatement, Severity,
+    StatementReport, TableFacts, TableLock, lint, rules, split_script,
 };

@@ -335,3 +335,46 @@ pub mod rules {
     /// A statement whose locks the linter does not model.
     pub const UNANALYZED_STATEMENT: &str = "unanalyzed-statement";
 }
+
+/// One statement of a script, as the migration engine runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptStatement {
+    /// As written, without the `;`.
+    pub sql: String,
+    /// BEGIN, COMMIT, ROLLBACK, SAVEPOINT...: the engine runs each script
+    /// in a transaction of its own and refuses these.
+    pub transaction_control: bool,
+    /// CREATE INDEX CONCURRENTLY, VACUUM: PostgreSQL refuses them inside
+    /// a transaction block.
+    pub outside_transaction: bool,
+}
+
+/// Splits a script into its statements (with the same parser and limits
+/// as [`lint`]).
+pub fn split_script(sql: &str) -> Result<Vec<ScriptStatement>, LintError> {
+    use sqlparser::ast::Statement;
+    let statements = parse::parse_migration(sql)?;
+    Ok(statements
+        .into_iter()
+        .map(|parsed| {
+            let transaction_control = matches!(
+                parsed.statement,
+                Statement::StartTransaction { .. }
+                    | Statement::Commit { .. }
+                    | Statement::Rollback { .. }
+                    | Statement::Savepoint { .. }
+                    | Statement::ReleaseSavepoint { .. }
+            );
+            let outside_transaction = match &parsed.statement {
+                Statement::CreateIndex(ci) => ci.concurrently,
+                Statement::Vacuum(_) => true,
+                _ => false,
+            };
+            ScriptStatement {
+                sql: parsed.text,
+                transaction_control,
+                outside_transaction,
+            }
+        })
+        .collect())
+}

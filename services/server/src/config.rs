@@ -13,6 +13,7 @@ use projections::RuntimeConfig;
 use projections::cache::CacheConfig;
 use sagas::OrchestratorConfig;
 use sagas::llm::{LlmConfig, LlmPlanner};
+use schema::migration::{MigrationConfig, Timeouts};
 use serde::Deserialize;
 
 /// Largest request the server accepts, whatever the configuration says.
@@ -244,6 +245,27 @@ pub struct Settings {
     /// Deadline of one LLM planning, ms [default: 60000].
     #[arg(long, env = "DBSWARM_PLANNER_LLM_TIMEOUT_MS", value_name = "MS")]
     pub planner_llm_timeout_ms: Option<u64>,
+    /// Directory of named schema migrations (<name>.yaml|yml|json|sql) that schema.apply and status read [default: none].
+    #[arg(long, env = "DBSWARM_SCHEMA_MIGRATIONS_DIR", value_name = "DIR")]
+    pub schema_migrations_dir: Option<PathBuf>,
+    /// How long a migration's DDL waits for a table lock before giving up and retrying, ms; writers queue behind it at most this long [default: 1000].
+    #[arg(long, env = "DBSWARM_SCHEMA_LOCK_TIMEOUT_MS", value_name = "MS")]
+    pub schema_lock_timeout_ms: Option<u64>,
+    /// statement_timeout of a migration's catalog DDL, SQL operations and backfill batches, ms [default: 60000].
+    #[arg(long, env = "DBSWARM_SCHEMA_STATEMENT_TIMEOUT_MS", value_name = "MS")]
+    pub schema_statement_timeout_ms: Option<u64>,
+    /// statement_timeout of concurrent index builds and constraint validations, ms [default: 3600000].
+    #[arg(long, env = "DBSWARM_SCHEMA_BUILD_TIMEOUT_MS", value_name = "MS")]
+    pub schema_build_timeout_ms: Option<u64>,
+    /// Attempts at a DDL statement whose lock is not granted within schema_lock_timeout_ms [default: 20].
+    #[arg(long, env = "DBSWARM_SCHEMA_DDL_ATTEMPTS_MAX", value_name = "N")]
+    pub schema_ddl_attempts_max: Option<u32>,
+    /// Rows one backfill transaction touches at most [default: 1000].
+    #[arg(long, env = "DBSWARM_SCHEMA_BACKFILL_BATCH_ROWS", value_name = "N")]
+    pub schema_backfill_batch_rows: Option<u32>,
+    /// Pause between backfill batches, ms [default: 10].
+    #[arg(long, env = "DBSWARM_SCHEMA_BACKFILL_PAUSE_MS", value_name = "MS")]
+    pub schema_backfill_pause_ms: Option<u64>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "DBSWARM_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -279,6 +301,7 @@ pub struct Config {
     pub agents: AgentsConfig,
     /// None: plain-English requests are planned by the rules only.
     pub planner_llm: Option<LlmConfig>,
+    pub schema: MigrationConfig,
     pub log_format: LogFormat,
 }
 
@@ -347,6 +370,13 @@ impl Settings {
             planner_llm_model,
             planner_llm_api_key,
             planner_llm_timeout_ms,
+            schema_migrations_dir,
+            schema_lock_timeout_ms,
+            schema_statement_timeout_ms,
+            schema_build_timeout_ms,
+            schema_ddl_attempts_max,
+            schema_backfill_batch_rows,
+            schema_backfill_pause_ms,
             log_format,
         )
     }
@@ -415,6 +445,7 @@ impl Config {
         let orchestrator = orchestrator_config(&s)?;
         let agents = agents_config(&s)?;
         let planner_llm = planner_llm_config(&s)?;
+        let schema = schema_config(&s)?;
         let limit_defaults = Limits::default();
         let append_defaults = AppendConfig::default();
         let read_defaults = ReadConfig::default();
@@ -594,16 +625,77 @@ impl Config {
             relay,
             relay_enabled: s.relay_enabled.unwrap_or(true),
             projections_enabled: s.projections_enabled.unwrap_or(true),
-            projections_dir: s.projections_dir,
+            projections_dir: s.projections_dir.clone(),
             projections,
             cache,
             workflows_enabled: s.workflows_enabled.unwrap_or(true),
             orchestrator,
             agents,
             planner_llm,
+            schema,
             log_format,
         })
     }
+}
+
+fn schema_config(s: &Settings) -> Result<MigrationConfig, ConfigError> {
+    let d = MigrationConfig::default();
+    let t = &d.timeouts;
+    let timeouts = Timeouts {
+        lock_timeout_ms: positive(
+            "schema_lock_timeout_ms",
+            s.schema_lock_timeout_ms,
+            t.lock_timeout_ms,
+            600_000,
+        )?,
+        statement_timeout_ms: positive(
+            "schema_statement_timeout_ms",
+            s.schema_statement_timeout_ms,
+            t.statement_timeout_ms,
+            86_400_000,
+        )?,
+        build_timeout_ms: positive(
+            "schema_build_timeout_ms",
+            s.schema_build_timeout_ms,
+            t.build_timeout_ms,
+            7 * 86_400_000,
+        )?,
+        attempts_max: positive(
+            "schema_ddl_attempts_max",
+            s.schema_ddl_attempts_max,
+            t.attempts_max,
+            1_000,
+        )?,
+        ..t.clone()
+    };
+    if timeouts.lock_timeout_ms >= timeouts.statement_timeout_ms {
+        return Err(invalid(
+            "schema_lock_timeout_ms",
+            format!(
+                "{} is not less than schema_statement_timeout_ms ({}): a lock wait would end as a statement timeout, which is not retried",
+                timeouts.lock_timeout_ms, timeouts.statement_timeout_ms
+            ),
+        ));
+    }
+    let pause = s.schema_backfill_pause_ms.unwrap_or(d.backfill_pause_ms);
+    if pause > 60_000 {
+        return Err(invalid(
+            "schema_backfill_pause_ms",
+            format!("{pause} is more than 60000"),
+        ));
+    }
+    Ok(MigrationConfig {
+        timeouts,
+        backfill_batch_rows: positive(
+            "schema_backfill_batch_rows",
+            s.schema_backfill_batch_rows,
+            d.backfill_batch_rows,
+            1_000_000,
+        )?,
+        backfill_pause_ms: pause,
+        migrations_dir: s.schema_migrations_dir.clone(),
+        ..d
+    })
 }
 
 fn planner_llm_config(s: &Settings) -> Result<Option<LlmConfig>, ConfigError> {

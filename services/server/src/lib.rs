@@ -158,7 +158,10 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         config.relay.clone(),
         config.agents.clone(),
         uuid::Uuid::new_v4().to_string(),
-        swarm(),
+        swarm(schema::migration::Migrator::new(
+            schema::migration::HistoryStore::new(appender.clone(), reader.clone(), config.limits),
+            config.schema.clone(),
+        )),
     );
     let event_store = EventStoreService::new(appender, reader, commits.clone(), config.limits).into_server();
 
@@ -261,10 +264,10 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
 
 /// Every agent with the operations built so far: `probe` on each, and the
 /// schema agent's own.
-fn swarm() -> Vec<agents::AgentSpec> {
+fn swarm(migrator: schema::migration::Migrator) -> Vec<agents::AgentSpec> {
     let mut swarm = agents::AgentsRuntime::swarm();
     if let Some(spec) = swarm.iter_mut().find(|s| s.name == schema::agent::AGENT) {
-        for (operation, implementation) in schema::agent::operations() {
+        for (operation, implementation) in schema::agent::operations(migrator) {
             spec.operations.insert(operation.to_owned(), implementation);
         }
     }

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod migrate_cli;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use server::{Config, Settings};
@@ -30,7 +32,8 @@ enum Command {
     /// SIGINT or SIGTERM.
     Serve(ServeArgs),
     /// Apply dbswarm's own database migrations and exit; or, with a
-    /// subcommand, work on a target database's migrations.
+    /// subcommand, lint, plan, apply, complete, roll back or show a target
+    /// database's migrations.
     Migrate(MigrateArgs),
 }
 
@@ -49,6 +52,8 @@ enum TargetMigration {
     /// every statement's lock level, rewrite and size, and its hazards with
     /// the safe alternative. Exits with 1 when a hazard is blocking.
     Lint(LintArgs),
+    #[command(flatten)]
+    Lifecycle(migrate_cli::Lifecycle),
 }
 
 #[derive(clap::Args)]
@@ -83,7 +88,7 @@ impl ServeArgs {
     }
 }
 
-/// Exit code of a lint that found a blocking hazard.
+/// Exit code of a lint (or plan, or apply) that found a blocking hazard.
 const EXIT_BLOCKING: u8 = 1;
 /// Exit code of a command that could not do its work.
 const EXIT_FAILED: u8 = 2;
@@ -120,6 +125,13 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 target: Some(TargetMigration::Lint(args)),
                 ..
             }) => lint(args).await,
+            Command::Migrate(MigrateArgs {
+                target: Some(TargetMigration::Lifecycle(command)),
+                ..
+            }) => Ok(match migrate_cli::run(command).await? {
+                migrate_cli::Ended::Done => Outcome::Done,
+                migrate_cli::Ended::Blocking => Outcome::Blocking,
+            }),
             Command::Migrate(args) => migrate(args.own.load()?).await.map(|()| Outcome::Done),
         }
     })

@@ -286,7 +286,7 @@ async fn a_valid_plan_comes_back_validated_and_the_request_is_what_the_protocol_
     for line in [
         "- backup.create:",
         "- schema.apply:",
-        "migration (string, required)",
+        "object (string, required)",
         r#"{"error": "#,
     ] {
         assert!(prompt.contains(line), "{line} is not in the prompt");

@@ -14,6 +14,7 @@ mod read_models;
 mod relay;
 mod schedules;
 mod schema_dependencies;
+mod schema_migrations;
 mod server;
 mod snapshot;
 mod subscribe;

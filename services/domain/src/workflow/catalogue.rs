@@ -102,13 +102,31 @@ const OPERATIONS: &[(&str, &str, Params)] = &[
     ("query", "explain", &[TARGET, ("sql", Text, true)]),
     ("query", "detect_regressions", &[TARGET]),
     ("query", "unused_indexes", &[TARGET]),
-    ("schema", "plan", &[TARGET, ("migration", Text, false)]),
+    (
+        "schema",
+        "plan",
+        &[TARGET, ("migration", Text, false), ("definition", Object, false)],
+    ),
     (
         "schema",
         "lint",
-        &[TARGET, ("migration", Text, false), ("sql", Text, false)],
+        &[
+            TARGET,
+            ("migration", Text, false),
+            ("definition", Object, false),
+            ("sql", Text, false),
+        ],
     ),
-    ("schema", "apply", &[TARGET, ("migration", Text, true)]),
+    (
+        "schema",
+        "apply",
+        &[
+            TARGET,
+            ("migration", Text, false),
+            ("definition", Object, false),
+            ("complete", Boolean, false),
+        ],
+    ),
     ("schema", "complete", &[TARGET, ("migration", Text, false)]),
     ("schema", "rollback", &[TARGET, ("migration", Text, false)]),
     ("schema", "status", &[TARGET]),
@@ -200,7 +218,26 @@ mod tests {
                  "params": {"projection": "user_list"}, "dependencies": ["validate_data", "invalidate_cache"]}
             ]
         });
-        Plan::from_json(&plan.to_string(), &declared()).unwrap();
+        let plan = Plan::from_json(&plan.to_string(), &declared()).unwrap();
+        // The rollback works on the migration its task applied
+        let (_, run) = plan.task("run_migration").unwrap();
+        let rollback = run.compensation.as_ref().unwrap();
+        assert_eq!(rollback.params.get("migration"), Some(&json!("add_user_roles")));
+    }
+
+    /// A compensation takes only the task's parameters its own operation
+    /// declares, and keeps those it sets itself.
+    #[test]
+    fn compensations_inherit_the_parameters_they_declare() {
+        let plan = json!({"name": "m", "tasks": [
+            {"id": "apply", "agent": "schema", "operation": "apply",
+             "params": {"database": "app", "migration": "m1", "complete": true},
+             "compensation": {"operation": "rollback", "params": {"database": "other"}}}]});
+        let plan = Plan::from_json(&plan.to_string(), &declared()).unwrap();
+        let rollback = plan.tasks[0].compensation.as_ref().unwrap();
+        assert_eq!(rollback.params.get("database"), Some(&json!("other")));
+        assert_eq!(rollback.params.get("migration"), Some(&json!("m1")));
+        assert!(!rollback.params.contains_key("complete"));
     }
 
     /// The plan shown in the README, as written there.

@@ -141,6 +141,26 @@ pub struct CompensationSpec {
     pub params: Map<String, Value>,
 }
 
+/// A compensation undoes its task, so it works on what the task worked
+/// on: it takes the task's parameters that its own operation declares,
+/// unless it sets them itself (`rollback` after `apply` gets `database`
+/// and `migration`, not `complete`).
+fn inherit_params(
+    mut compensation: CompensationSpec,
+    task_params: &Map<String, Value>,
+    spec: Option<&OperationSpec>,
+) -> CompensationSpec {
+    let Some(spec) = spec else {
+        return compensation;
+    };
+    for (name, value) in task_params {
+        if spec.params.contains_key(name) && !compensation.params.contains_key(name) {
+            compensation.params.insert(name.clone(), value.clone());
+        }
+    }
+    compensation
+}
+
 // ---------------------------------------------------------------- validated
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -224,7 +244,11 @@ impl Plan {
                 &task.params,
                 &mut problems,
             );
-            if let Some(compensation) = &task.compensation {
+            let compensation = task.compensation.clone().map(|c| {
+                let spec = catalogue.operation(&task.agent, &c.operation);
+                inherit_params(c, &task.params, spec)
+            });
+            if let Some(compensation) = &compensation {
                 check_operation(
                     &format!("{context} compensation"),
                     catalogue,
@@ -277,7 +301,7 @@ impl Plan {
                 dependencies,
                 timeout_ms,
                 retries,
-                compensation: task.compensation.clone(),
+                compensation,
             });
         }
         if let Some(cycle) = find_cycle(&tasks) {

@@ -1,0 +1,341 @@
+//! `dbswarm migrate plan|apply|complete|rollback|status`: a target
+//! database's migrations from the command line (CI pipelines), with the
+//! same engine and the same history (events in dbswarm's own database) as
+//! the schema agent's operations. Human output by default, `--json` for
+//! machines.
+
+use std::fmt::Write;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+
+use anyhow::Context;
+use schema::migration::{
+    HistoryStore, Migration, MigrationError, Migrator, PlanReport, ProgressSink, RunReport, StatusReport,
+    Target, load_file,
+};
+
+use crate::ServeArgs;
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The target database, by the name it was registered under (Admin.RegisterDatabase).
+    #[arg(long, value_name = "NAME")]
+    database: String,
+    /// Print the result as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    own: Box<ServeArgs>,
+}
+
+#[derive(clap::Args)]
+pub struct MigrationArg {
+    /// The migration: a file (.yaml, .yml, .json or .sql; its name is the
+    /// file name without extension) or the name of one in schema_migrations_dir.
+    migration: String,
+}
+
+#[derive(clap::Subcommand)]
+pub enum Lifecycle {
+    /// Show every statement of every phase, the lint of its SQL and what
+    /// depends on what it changes; changes nothing. Exits with 1 when lint
+    /// finds a blocking hazard.
+    Plan {
+        #[command(flatten)]
+        migration: MigrationArg,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Expand (new columns, sync triggers, views of the new version in
+    /// schema <schema>_<migration>), backfill in batches and validate;
+    /// with --complete, contract too. Applying a migration in progress
+    /// resumes it. Exits with 1 when lint finds a blocking hazard.
+    Apply {
+        #[command(flatten)]
+        migration: MigrationArg,
+        /// Complete (contract) right after the expand.
+        #[arg(long)]
+        complete: bool,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Contract the migration in progress: the old shape goes.
+    Complete {
+        /// The migration in progress (default: whichever it is).
+        migration: Option<String>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Undo the migration in progress (before complete): the database is
+    /// left as it was before apply.
+    Rollback {
+        /// The migration in progress (default: whichever it is).
+        migration: Option<String>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Applied migrations, the one in progress, and those waiting in schema_migrations_dir.
+    Status {
+        #[command(flatten)]
+        run: RunArgs,
+    },
+}
+
+/// How a lifecycle command ended, when it did its work.
+pub enum Ended {
+    Done,
+    Blocking,
+}
+
+pub async fn run(command: Lifecycle) -> anyhow::Result<Ended> {
+    match command {
+        Lifecycle::Plan { migration, run } => {
+            let (migrator, target, json) = connect(run).await?;
+            let migration = resolve(&migrator, &migration.migration)?;
+            let report = migrator.plan(&target, migration).await?;
+            let blocking = report.lint.iter().any(|l| l.report.summary.blocking_count > 0);
+            print(json, &report, human_plan)?;
+            Ok(if blocking { Ended::Blocking } else { Ended::Done })
+        }
+        Lifecycle::Apply {
+            migration,
+            complete,
+            run,
+        } => {
+            let (migrator, target, json) = connect(run).await?;
+            let migration = resolve(&migrator, &migration.migration)?;
+            match migrator
+                .apply(&target, migration, complete, &StderrProgress)
+                .await
+            {
+                Ok(report) => print(json, &report, human_run).map(|()| Ended::Done),
+                Err(error @ MigrationError::Lint { .. }) => {
+                    eprintln!("dbswarm: {error}");
+                    Ok(Ended::Blocking)
+                }
+                Err(error) => Err(error.into()),
+            }
+        }
+        Lifecycle::Complete { migration, run } => {
+            let (migrator, target, json) = connect(run).await?;
+            let report = migrator.complete(&target, migration.as_deref()).await?;
+            print(json, &report, human_run).map(|()| Ended::Done)
+        }
+        Lifecycle::Rollback { migration, run } => {
+            let (migrator, target, json) = connect(run).await?;
+            let report = migrator.rollback(&target, migration.as_deref()).await?;
+            print(json, &report, human_run).map(|()| Ended::Done)
+        }
+        Lifecycle::Status { run } => {
+            let (migrator, target, json) = connect(run).await?;
+            let report = migrator.status(&target).await?;
+            print(json, &report, human_status).map(|()| Ended::Done)
+        }
+    }
+}
+
+/// The engine on dbswarm's own database and the registered target.
+async fn connect(run: RunArgs) -> anyhow::Result<(Migrator, Target, bool)> {
+    let config = run.own.load()?;
+    let pool = server::connect(&config).await?;
+    event_store::MIGRATOR
+        .run(&pool)
+        .await
+        .context("cannot apply dbswarm's own migrations")?;
+    let (appender, _committers) = event_store::Appender::start(pool.clone(), config.append);
+    let reader = event_store::Reader::new(pool.clone(), config.read);
+    let targets = agents::Targets::new(
+        pool.clone(),
+        appender.clone(),
+        config.limits,
+        agents::TargetsConfig::default(),
+    );
+    let (target_pool, url) = targets.pool_for(schema::agent::AGENT, &run.database).await?;
+    let migrator = Migrator::new(HistoryStore::new(appender, reader, config.limits), config.schema);
+    let target = Target {
+        name: run.database,
+        pool: target_pool,
+        url,
+    };
+    Ok((migrator, target, run.json))
+}
+
+fn resolve(migrator: &Migrator, migration: &str) -> anyhow::Result<Migration> {
+    let path = Path::new(migration);
+    if path.extension().is_some() || path.components().count() > 1 {
+        return Ok(load_file(path)?);
+    }
+    Ok(migrator.named(migration)?)
+}
+
+fn print<T: serde::Serialize>(json: bool, value: &T, human: fn(&T) -> String) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{}", human(value));
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr, a line per report.
+struct StderrProgress;
+
+impl ProgressSink for StderrProgress {
+    fn report<'a>(&'a self, percent: f64, message: String) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let filled = ((percent / 5.0).round() as usize).min(20);
+            eprintln!(
+                "[{}{}] {percent:5.1}% {message}",
+                "#".repeat(filled),
+                " ".repeat(20 - filled)
+            );
+        })
+    }
+}
+
+fn human_plan(report: &PlanReport) -> String {
+    let mut out = String::new();
+    let m = &report.migration;
+    let _ = writeln!(
+        out,
+        "migration {} on database {} ({} operation(s))",
+        m.name,
+        report.database,
+        m.operations.len()
+    );
+    let _ = writeln!(out, "  {}", report.verdict);
+    let _ = writeln!(
+        out,
+        "  new version: SET search_path TO {}, {}",
+        report.plan.version_schema, m.schema
+    );
+    let step = |out: &mut String, description: &str, sql: &str| {
+        let _ = writeln!(out, "    - {description}");
+        for line in sql.lines() {
+            let _ = writeln!(out, "        {line}");
+        }
+    };
+    let _ = writeln!(out, "expand:");
+    step(
+        &mut out,
+        &report.plan.create_version_schema.description,
+        &report.plan.create_version_schema.sql,
+    );
+    for item in &report.plan.expand {
+        match item {
+            schema::migration::steps::ExpandItem::Step(s) => step(&mut out, &s.description, &s.sql),
+            schema::migration::steps::ExpandItem::Script(s) => {
+                step(&mut out, &format!("operation {} (sql)", s.operation), &s.up)
+            }
+        }
+    }
+    for backfill in &report.plan.backfills {
+        let _ = writeln!(
+            out,
+            "backfill: {} (~{} rows) in key order of {}, batches of at most the configured rows",
+            backfill.table, backfill.estimated_rows, backfill.key
+        );
+    }
+    if !report.plan.validate.is_empty() {
+        let _ = writeln!(out, "validate:");
+        for s in &report.plan.validate {
+            step(&mut out, &s.description, &s.sql);
+        }
+    }
+    let _ = writeln!(out, "complete (one transaction):");
+    for s in &report.plan.complete {
+        step(&mut out, &s.description, &s.sql);
+    }
+    let _ = writeln!(out, "rollback (before complete):");
+    for s in report.plan.rollback.iter().chain(&report.plan.rollback_indexes) {
+        step(&mut out, &s.description, &s.sql);
+    }
+    for s in &report.plan.rollback_scripts {
+        match &s.down {
+            Some(down) => step(&mut out, &format!("operation {} (sql) down", s.operation), down),
+            None => step(
+                &mut out,
+                &format!("operation {} (sql) has no down", s.operation),
+                "-- cannot be undone",
+            ),
+        }
+    }
+    for object in &report.dependents {
+        let names: Vec<String> = object
+            .dependents
+            .iter()
+            .map(|d| format!("{} {}", d.kind, d.name))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{} is used by: {}",
+            object.object,
+            if names.is_empty() {
+                "nothing".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
+    for lint in &report.lint {
+        let _ = writeln!(out, "lint of operation {} (sql):", lint.operation);
+        for line in crate::human_report(&lint.report).lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out
+}
+
+fn human_run(report: &RunReport) -> String {
+    let mut out = format!(
+        "migration {} on database {}: {}{} (version {}, {} rows backfilled, {} ms)\n",
+        report.migration,
+        report.database,
+        report.state.replace('_', " "),
+        if report.already { " already" } else { "" },
+        report.version,
+        report.rows_backfilled,
+        report.duration_ms
+    );
+    if report.state == "expanded"
+        && let Some(schema) = &report.version_schema
+    {
+        let _ = writeln!(
+            out,
+            "  clients of the new version: SET search_path TO {schema}, ...; then `dbswarm migrate complete` or `rollback`"
+        );
+    }
+    out
+}
+
+fn human_status(report: &StatusReport) -> String {
+    let mut out = format!("database {}\n", report.database);
+    if report.applied.is_empty() {
+        out.push_str("  no migration applied\n");
+    }
+    for applied in &report.applied {
+        let _ = writeln!(out, "  {:>4}  {}  applied", applied.version, applied.name);
+    }
+    if let Some(active) = &report.active {
+        let phase = match &active.phase {
+            schema::migration::history::Phase::Expanding => {
+                "expanding (apply again to resume, or roll back)".to_owned()
+            }
+            schema::migration::history::Phase::Expanded => {
+                "expanded: both versions live; complete or roll back".to_owned()
+            }
+            schema::migration::history::Phase::NeedsRollback { error } => {
+                format!("failed ({error}); roll back")
+            }
+        };
+        let _ = writeln!(out, "  {:>4}  {}  {phase}", active.version, active.migration.name);
+        for (table, done, total) in &active.backfill {
+            let _ = writeln!(out, "        backfill {table}: {done} of ~{total} rows");
+        }
+    }
+    for pending in &report.pending {
+        let _ = writeln!(out, "     -  {pending}  pending");
+    }
+    out
+}
