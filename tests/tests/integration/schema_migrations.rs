@@ -698,22 +698,21 @@ operations:
         ]
     );
 
-    // Given the SQL migration applied, then a task that fails after it
-    let mut apply = task(
-        "apply",
-        "apply",
-        json!({"database": "app", "migration": "0002_roles"}),
-        &[],
-    );
+    // Given the SQL migration linted and applied, then a task that fails after it
+    let params = json!({"database": "app", "migration": "0002_roles"});
+    let lint = task("lint", "lint", params.clone(), &[]);
+    let mut apply = task("apply", "apply", params, &["lint"]);
     apply["compensation"] = json!({"operation": "rollback"});
     let doomed = crate::orchestration::probe("doomed", "integrity", &["apply"], json!({"fail": true}));
     let workflow = crate::orchestration::execute_and_wait(
         &mut client,
-        &json!({"name": "roles", "tasks": [apply, doomed]}),
+        &json!({"name": "roles", "tasks": [lint, apply, doomed]}),
     )
     .await;
-    // Then the workflow fails and the migration is rolled back as its compensation
+    // Then the SQL passed lint, the workflow fails, and the migration is
+    // rolled back as its compensation
     assert_eq!(workflow.status, "failed", "{}", workflow.summary);
+    assert_eq!(result(&workflow, "lint")["summary"]["blocking_count"], 0);
     assert_eq!(workflow.tasks_compensated, 1);
     let roles: Option<String> = sqlx::query_scalar("SELECT to_regclass('public.roles')::text")
         .fetch_one(&target)
@@ -736,4 +735,156 @@ operations:
     std::fs::remove_dir_all(dir).unwrap();
     db.drop_database().await;
     target_db.drop_database().await;
+}
+
+/// `dbswarm migrate plan|apply|complete|rollback|status` on the command
+/// line: the same engine and history as the agent; exit 1 on a blocking
+/// lint hazard, 2 when the work cannot be done, with the reason.
+#[tokio::test]
+async fn the_migrate_commands_plan_apply_roll_back_and_complete_from_the_command_line() {
+    use api::proto;
+    use api::proto::admin_client::AdminClient;
+
+    let db = TestDb::create().await;
+    let target_db = TestDb::create().await;
+    let target = target_db.pool().await;
+    sqlx::raw_sql(
+        "CREATE TABLE users (id bigserial PRIMARY KEY, email text); \
+         INSERT INTO users (email) SELECT 'u' || g || '@example.com' FROM generate_series(1, 3000) g;",
+    )
+    .execute(&target)
+    .await
+    .unwrap();
+    let server = TestServer::start(settings_for(&db)).await;
+    let mut admin = AdminClient::connect(server.channel_url()).await.unwrap();
+    admin
+        .register_database(proto::RegisterDatabaseRequest {
+            name: "app".into(),
+            url: target_db.url.clone(),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    server.stop().await;
+    let dir = std::env::temp_dir().join(format!("dbswarm-cli-{}", target_db.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let migration = dir.join("0001_email_required.yaml");
+    std::fs::write(
+        &migration,
+        "name: 0001_email_required\noperations:\n  - alter_column: {table: users, column: email, not_null: true, up: \"coalesce(email, 'unknown')\"}\n",
+    )
+    .unwrap();
+    let hazard = dir.join("0002_hazard.sql");
+    std::fs::write(&hazard, "CREATE INDEX users_email ON users (email);").unwrap();
+    let migrate = |args: &[&str]| {
+        let output = std::process::Command::new(dbswarm_binary())
+            .arg("migrate")
+            .args(args)
+            .args(["--database-url", &db.url])
+            .output()
+            .expect("run dbswarm migrate");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code(), text)
+    };
+    let file = migration.to_str().unwrap();
+
+    let (code, text) = migrate(&["plan", file, "--database", "app"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("apply starts it as version 1"), "{text}");
+    assert!(text.contains("VALIDATE CONSTRAINT"), "{text}");
+
+    let (code, text) = migrate(&["apply", file, "--database", "app", "--json"]);
+    assert_eq!(code, Some(0), "{text}");
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(report["state"], "expanded");
+    assert_eq!(report["rows_backfilled"], 3000);
+
+    let (code, text) = migrate(&["status", "--database", "app"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("0001_email_required  expanded"), "{text}");
+
+    let (code, text) = migrate(&["rollback", "--database", "app"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("rolled back"), "{text}");
+
+    let (code, text) = migrate(&["apply", file, "--database", "app", "--complete"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("completed"), "{text}");
+    let nullable: String = sqlx::query_scalar(
+        "SELECT is_nullable::text FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'email'",
+    )
+    .fetch_one(&target)
+    .await
+    .unwrap();
+    assert_eq!(nullable, "NO");
+
+    // Bad input: applied twice, a lock hazard, an unknown database
+    let (code, text) = migrate(&["apply", file, "--database", "app"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("is already applied (version 1)"), "{text}");
+    let (code, text) = migrate(&["apply", hazard.to_str().unwrap(), "--database", "app"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("require-concurrent-index-creation"), "{text}");
+    let (code, text) = migrate(&["plan", hazard.to_str().unwrap(), "--database", "app"]);
+    assert_eq!(code, Some(1), "{text}");
+    let (code, text) = migrate(&["status", "--database", "nope"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("nope"), "{text}");
+
+    std::fs::remove_dir_all(dir).unwrap();
+    target.close().await;
+    db.drop_database().await;
+    target_db.drop_database().await;
+}
+
+/// An apply that dies midway (its task dropped, its connections closed)
+/// leaves the migration in progress; applying it again resumes it, and
+/// the result is the same as an uninterrupted run.
+#[tokio::test]
+async fn an_interrupted_apply_resumes_when_applied_again() {
+    let f = Fixture::new().await;
+    f.pgbench_init(1).await;
+    let pool = &f.target.pool;
+    let migration = yaml(
+        r#"
+name: resumable
+operations:
+  - sql: {up: "CREATE TABLE audit (id int)", down: "DROP TABLE audit"}
+  - alter_column: {table: pgbench_accounts, column: abalance, type: bigint, up: "abalance::bigint + 1"}
+"#,
+    );
+    // Given an apply stopped while it works
+    let migrator = f.migrator.clone();
+    let target = f.target.clone();
+    let first = migration.clone();
+    let running = tokio::spawn(async move { migrator.apply(&target, first, false, &NoProgress).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    running.abort();
+    let _ = running.await;
+    let status = f.migrator.status(&f.target).await.unwrap();
+    let active = status.active.expect("in progress");
+    assert_eq!(active.migration.name, "resumable");
+
+    // When it is applied again, then it resumes: the SQL operation is not run twice
+    let resumed = f
+        .migrator
+        .apply(&f.target, migration, true, &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(resumed.state, "completed");
+    let wrong: i64 = sqlx::query_scalar("SELECT count(*) FROM pgbench_accounts WHERE abalance <> 1")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(wrong, 0, "every row's new value computed from its old one");
+    let audit: Option<String> = sqlx::query_scalar("SELECT to_regclass('public.audit')::text")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(audit.as_deref(), Some("audit"));
+    f.drop().await;
 }

@@ -529,6 +529,19 @@ operations:
         assert!(unnamed.to_string().contains("needs a name"), "{unnamed}");
     }
 
+    /// The migration shown in the README, as written there.
+    #[test]
+    fn the_readme_migration_is_valid() {
+        let readme = include_str!("../../../../README.md");
+        let yaml = readme
+            .split("```yaml\n")
+            .find(|block| block.starts_with("name: 0002_accounts"))
+            .and_then(|rest| rest.split("```").next())
+            .expect("the migration example in the README");
+        let migration = Migration::parse(yaml, Format::Yaml, None).unwrap();
+        assert_eq!(migration.operations.len(), 7);
+    }
+
     fn invalid(text: &str) -> String {
         Migration::parse(text, Format::Yaml, None)
             .unwrap_err()

@@ -42,6 +42,8 @@ const UNLOCK: &str = include_str!("../sql/unlock.sql");
 
 /// The advisory lock key of schema changes on a target ("dbswSCHM").
 const LOCK_KEY: i64 = 0x6462_7377_5343_484d;
+/// How long a schema change waits for another one's lock before it is refused as busy.
+const LOCK_WAIT_MS: u64 = 2_000;
 
 /// Lint rules that do not apply to a SQL operation run by the engine: it
 /// sets lock_timeout itself and runs each operation in a transaction.
@@ -1074,17 +1076,25 @@ impl Migrator {
         // Closed, not pooled, when dropped: the session lock never
         // outlives the runner, whatever way it stops.
         conn.close_on_drop();
-        let granted: bool = sqlx::query_scalar(TRY_LOCK)
-            .bind(LOCK_KEY)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| self.target_error(target, describe(&e)))?;
-        if !granted {
-            return Err(MigrationError::Busy {
-                target: target.name.clone(),
-            });
+        // A runner that just died may hold it for a moment more (its
+        // connection is being closed): wait a little before refusing.
+        let waited = Instant::now();
+        loop {
+            let granted: bool = sqlx::query_scalar(TRY_LOCK)
+                .bind(LOCK_KEY)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| self.target_error(target, describe(&e)))?;
+            if granted {
+                return Ok(TargetLock { conn });
+            }
+            if waited.elapsed() >= Duration::from_millis(LOCK_WAIT_MS) {
+                return Err(MigrationError::Busy {
+                    target: target.name.clone(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(TargetLock { conn })
     }
 
     fn target_error(&self, target: &Target, error: String) -> MigrationError {
