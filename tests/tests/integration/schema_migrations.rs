@@ -15,7 +15,7 @@ use event_store::{AppendConfig, Appender, ReadConfig, Reader};
 use schema::migration::{
     Format, HistoryStore, Migration, MigrationConfig, MigrationError, Migrator, NoProgress, Target, Timeouts,
 };
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use tests::*;
 
 /// lock_timeout of the tests' migrations.
@@ -886,5 +886,96 @@ operations:
         .await
         .unwrap();
     assert_eq!(audit.as_deref(), Some("audit"));
+    f.drop().await;
+}
+
+/// A long transaction holding a table: the migration's DDL gives up after
+/// lock_timeout and tries again (so writers never queue behind it for
+/// long); it goes through once the transaction ends, or, past its
+/// attempts, fails naming the lock, and rollback later leaves the
+/// database as it was.
+#[tokio::test]
+async fn ddl_waits_for_locks_in_bounded_attempts_with_backoff() {
+    let f = Fixture::new().await;
+    f.pgbench_init(1).await;
+    let pool = &f.target.pool;
+    let before = snapshot(pool).await;
+    let hold_table = |hold_ms: u64| {
+        let url = f.target_db.url.clone();
+        async move {
+            let mut reader = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::raw_sql("BEGIN; SELECT count(*) FROM pgbench_tellers")
+                .execute(&mut reader)
+                .await
+                .unwrap();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+                sqlx::raw_sql("COMMIT").execute(&mut reader).await.unwrap();
+            })
+        }
+    };
+    let migration = yaml(
+        "name: tellers\noperations: [{rename_column: {table: pgbench_tellers, from: filler, to: note}}]",
+    );
+
+    // Given a reader holding pgbench_tellers for a while, when the migration completes
+    f.migrator
+        .apply(&f.target, migration.clone(), false, &NoProgress)
+        .await
+        .unwrap();
+    let holder = hold_table(1_500).await;
+    let completed = f.migrator.complete(&f.target, None).await.unwrap();
+    holder.await.unwrap();
+    // Then its rename waited for the lock in short attempts and went through
+    assert_eq!(completed.state, "completed");
+    assert!(
+        columns(pool, "pgbench_tellers")
+            .await
+            .iter()
+            .any(|(c, _)| c == "note")
+    );
+
+    // Given a migrator with few attempts and a reader that holds the table throughout
+    let impatient = Migrator::new(
+        HistoryStore::new(
+            Appender::start(f.store_pool.clone(), AppendConfig::default()).0,
+            Reader::new(f.store_pool.clone(), ReadConfig::default()),
+            Limits::default(),
+        ),
+        MigrationConfig {
+            timeouts: Timeouts {
+                attempts_max: 3,
+                ..test_config().timeouts
+            },
+            ..test_config()
+        },
+    );
+    let before_retype = snapshot(pool).await;
+    assert_ne!(before_retype, before);
+    let holder = hold_table(4_000).await;
+    let retype = yaml(
+        "name: tellers_bigint\noperations: [{alter_column: {table: pgbench_tellers, column: tbalance, type: bigint}}]",
+    );
+    let failed = impatient
+        .apply(&f.target, retype, false, &NoProgress)
+        .await
+        .unwrap_err();
+    // Then it fails naming the lock and the attempts; undoing it needed the lock too
+    let message = failed.to_string();
+    assert!(
+        message.contains("the lock was not granted within lock_timeout (200 ms) in 3 attempts"),
+        "{message}"
+    );
+    holder.await.unwrap();
+    let status = f.migrator.status(&f.target).await.unwrap();
+    if let Some(active) = status.active {
+        // The cleanup was blocked as well: rollback once the table is free
+        assert!(matches!(
+            active.phase,
+            schema::migration::history::Phase::NeedsRollback { .. }
+        ));
+        f.migrator.rollback(&f.target, None).await.unwrap();
+    }
+    assert_eq!(snapshot(pool).await, before_retype, "nothing half-applied");
     f.drop().await;
 }
