@@ -889,6 +889,20 @@ operations:
     f.drop().await;
 }
 
+/// A reader's transaction holding pgbench_tellers for `hold_ms` (it has
+/// its lock when this returns); the handle ends with the transaction.
+async fn hold_table(url: &str, hold_ms: u64) -> tokio::task::JoinHandle<()> {
+    let mut reader = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::raw_sql("BEGIN; SELECT count(*) FROM pgbench_tellers")
+        .execute(&mut reader)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+        sqlx::raw_sql("COMMIT").execute(&mut reader).await.unwrap();
+    })
+}
+
 /// A long transaction holding a table: the migration's DDL gives up after
 /// lock_timeout and tries again (so writers never queue behind it for
 /// long); it goes through once the transaction ends, or, past its
@@ -900,20 +914,6 @@ async fn ddl_waits_for_locks_in_bounded_attempts_with_backoff() {
     f.pgbench_init(1).await;
     let pool = &f.target.pool;
     let before = snapshot(pool).await;
-    let hold_table = |hold_ms: u64| {
-        let url = f.target_db.url.clone();
-        async move {
-            let mut reader = sqlx::PgConnection::connect(&url).await.unwrap();
-            sqlx::raw_sql("BEGIN; SELECT count(*) FROM pgbench_tellers")
-                .execute(&mut reader)
-                .await
-                .unwrap();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(hold_ms)).await;
-                sqlx::raw_sql("COMMIT").execute(&mut reader).await.unwrap();
-            })
-        }
-    };
     let migration = yaml(
         "name: tellers\noperations: [{rename_column: {table: pgbench_tellers, from: filler, to: note}}]",
     );
@@ -923,7 +923,7 @@ async fn ddl_waits_for_locks_in_bounded_attempts_with_backoff() {
         .apply(&f.target, migration.clone(), false, &NoProgress)
         .await
         .unwrap();
-    let holder = hold_table(1_500).await;
+    let holder = hold_table(&f.target_db.url, 1_500).await;
     let completed = f.migrator.complete(&f.target, None).await.unwrap();
     holder.await.unwrap();
     // Then its rename waited for the lock in short attempts and went through
@@ -952,7 +952,7 @@ async fn ddl_waits_for_locks_in_bounded_attempts_with_backoff() {
     );
     let before_retype = snapshot(pool).await;
     assert_ne!(before_retype, before);
-    let holder = hold_table(4_000).await;
+    let holder = hold_table(&f.target_db.url, 4_000).await;
     let retype = yaml(
         "name: tellers_bigint\noperations: [{alter_column: {table: pgbench_tellers, column: tbalance, type: bigint}}]",
     );
