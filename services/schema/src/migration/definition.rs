@@ -14,8 +14,9 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
-/// Bytes of a migration's definition at most (1 MiB).
-pub const DEFINITION_BYTES_MAX: usize = 1 << 20;
+/// Bytes of a migration's definition at most (512 KiB): the definition is
+/// kept in its `MigrationStarted` event, within the store's event size.
+pub const DEFINITION_BYTES_MAX: usize = 512 << 10;
 /// Operations of one migration at most.
 pub const OPERATIONS_MAX: usize = 100;
 /// Characters of a migration's name at most (its version schema is
