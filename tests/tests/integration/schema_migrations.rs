@@ -636,6 +636,16 @@ operations:
         serde_json::from_str(&task.result_json).unwrap()
     };
 
+    // The directory is a versioned list: 0002 does not run before 0001
+    let early = json!({"name": "early", "tasks": [task("apply", "apply", json!({"database": "app", "migration": "0002_roles"}), &[])]});
+    let workflow = crate::orchestration::execute_and_wait(&mut client, &early).await;
+    assert_eq!(workflow.status, "failed");
+    assert!(
+        workflow.tasks[0].error.contains("comes after '0001_split_name'"),
+        "{}",
+        workflow.tasks[0].error
+    );
+
     // Given plan -> apply -> status, when the workflow runs
     let mut apply = task(
         "apply",

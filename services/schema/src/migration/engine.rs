@@ -449,6 +449,7 @@ impl Migrator {
                 Ok(self.report(target, &migration, "expanded", active.version, 0, started, true))
             };
         }
+        self.check_order(&history, &migration)?;
         // Refusals (applied, another in progress) before touching the target.
         history::decide(
             &history,
@@ -518,6 +519,26 @@ impl Migrator {
             rows_backfilled,
             duration_ms: started.elapsed().as_millis() as u64,
             already,
+        }
+    }
+
+    /// A migration of the directory runs after those before it (in file
+    /// name order) are applied: the directory is a versioned list.
+    fn check_order(&self, history: &History, migration: &Migration) -> Result<(), MigrationError> {
+        let Some(dir) = &self.config.migrations_dir else {
+            return Ok(());
+        };
+        let names = list_names(dir)?;
+        let Some(position) = names.iter().position(|n| n == &migration.name) else {
+            return Ok(());
+        };
+        match names[..position].iter().find(|n| history.applied(n).is_none()) {
+            Some(missing) => Err(MigrationError::Refused(format!(
+                "migration '{}' comes after '{missing}' in {}, which is not applied yet; apply '{missing}' first",
+                migration.name,
+                dir.display()
+            ))),
+            None => Ok(()),
         }
     }
 
