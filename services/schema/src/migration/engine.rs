@@ -568,7 +568,7 @@ impl Migrator {
                 ExpandItem::Script(script) => self
                     .run_script(target, migration, plan, script, &script.up, script.operation)
                     .await
-                    .map_err(|e| ("expand", e.to_string()))?,
+                    .map_err(|e| ("expand", without_name(e)))?,
             }
         }
         let mut rows = 0;
@@ -1123,6 +1123,18 @@ impl Migrator {
             target: target.name.clone(),
             error: target.url.scrub(&error),
         }
+    }
+}
+
+/// The error's text without the migration's name (for a message that
+/// names it already).
+fn without_name(error: MigrationError) -> String {
+    match error {
+        MigrationError::Exec { error, .. } => error.to_string(),
+        MigrationError::Script {
+            operation, message, ..
+        } => format!("operation {operation} (sql): {message}"),
+        other => other.to_string(),
     }
 }
 
