@@ -210,8 +210,15 @@ fn human_plan(report: &PlanReport) -> String {
         "  new version: SET search_path TO {}, {}",
         report.plan.version_schema, m.schema
     );
-    let step = |out: &mut String, description: &str, sql: &str| {
-        let _ = writeln!(out, "    - {description}");
+    let step = |out: &mut String, description: &str, sql: &str, lock: Option<schema::LockLevel>| {
+        match lock {
+            Some(lock) => {
+                let _ = writeln!(out, "    - {description}  [{lock} on the table]");
+            }
+            None => {
+                let _ = writeln!(out, "    - {description}");
+            }
+        }
         for line in sql.lines() {
             let _ = writeln!(out, "        {line}");
         }
@@ -221,43 +228,53 @@ fn human_plan(report: &PlanReport) -> String {
         &mut out,
         &report.plan.create_version_schema.description,
         &report.plan.create_version_schema.sql,
+        None,
     );
     for item in &report.plan.expand {
         match item {
-            schema::migration::steps::ExpandItem::Step(s) => step(&mut out, &s.description, &s.sql),
-            schema::migration::steps::ExpandItem::Script(s) => {
-                step(&mut out, &format!("operation {} (sql)", s.operation), &s.up)
-            }
+            schema::migration::steps::ExpandItem::Step(s) => step(&mut out, &s.description, &s.sql, s.lock),
+            schema::migration::steps::ExpandItem::Script(s) => step(
+                &mut out,
+                &format!("operation {} (sql): see its lint below", s.operation),
+                &s.up,
+                None,
+            ),
         }
     }
     for backfill in &report.plan.backfills {
         let _ = writeln!(
             out,
-            "backfill: {} (~{} rows) in key order of {}, batches of at most the configured rows",
+            "backfill: {} (~{} rows) in key order of {}, in batches (ROW EXCLUSIVE, row locks of one batch at a time)",
             backfill.table, backfill.estimated_rows, backfill.key
         );
     }
     if !report.plan.validate.is_empty() {
         let _ = writeln!(out, "validate:");
         for s in &report.plan.validate {
-            step(&mut out, &s.description, &s.sql);
+            step(&mut out, &s.description, &s.sql, s.lock);
         }
     }
     let _ = writeln!(out, "complete (one transaction):");
     for s in &report.plan.complete {
-        step(&mut out, &s.description, &s.sql);
+        step(&mut out, &s.description, &s.sql, s.lock);
     }
     let _ = writeln!(out, "rollback (before complete):");
     for s in report.plan.rollback.iter().chain(&report.plan.rollback_indexes) {
-        step(&mut out, &s.description, &s.sql);
+        step(&mut out, &s.description, &s.sql, s.lock);
     }
     for s in &report.plan.rollback_scripts {
         match &s.down {
-            Some(down) => step(&mut out, &format!("operation {} (sql) down", s.operation), down),
+            Some(down) => step(
+                &mut out,
+                &format!("operation {} (sql) down", s.operation),
+                down,
+                None,
+            ),
             None => step(
                 &mut out,
                 &format!("operation {} (sql) has no down", s.operation),
                 "-- cannot be undone",
+                None,
             ),
         }
     }

@@ -806,6 +806,10 @@ async fn the_migrate_commands_plan_apply_roll_back_and_complete_from_the_command
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("apply starts it as version 1"), "{text}");
     assert!(text.contains("VALIDATE CONSTRAINT"), "{text}");
+    assert!(
+        text.contains("validate that every row has _dbswarm_new_email (no write lock)  [SHARE UPDATE EXCLUSIVE on the table]"),
+        "{text}"
+    );
 
     let (code, text) = migrate(&["apply", file, "--database", "app", "--json"]);
     assert_eq!(code, Some(0), "{text}");

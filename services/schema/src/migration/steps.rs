@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::definition::{IDENTIFIER_BYTES_MAX, Migration, Operation, RESERVED_PREFIX};
+use crate::lint::LockLevel;
 
 /// One column as the catalog has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +64,11 @@ pub struct Step {
     /// that fails leaves it invalid, and it is dropped and built again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub builds_index: Option<(String, String)>,
+    /// The strongest lock it takes on the migrated table (held only for
+    /// the catalog change unless it is a build or validation, which take
+    /// a lock that lets writers go on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<LockLevel>,
 }
 
 /// Rows of one table to fill through the sync trigger, in key order.
@@ -408,12 +414,14 @@ pub fn plan(
                     ),
                     transactional: false,
                     builds_index: Some((migration.schema.clone(), name.clone())),
+                    lock: Some(LockLevel::ShareUpdateExclusive),
                 }));
                 rollback_indexes.push(Step {
                     description: format!("drop index {name}"),
                     sql: format!("DROP INDEX CONCURRENTLY IF EXISTS {index}"),
                     transactional: false,
                     builds_index: None,
+                    lock: Some(LockLevel::ShareUpdateExclusive),
                 });
             }
         }
@@ -427,6 +435,7 @@ pub fn plan(
             sql: format!("DROP SCHEMA IF EXISTS {} CASCADE", quote(schema)),
             transactional: true,
             builds_index: None,
+            lock: None,
         })
         .collect();
     let mut rollback = Vec::new();
@@ -457,12 +466,14 @@ pub fn plan(
             sql: format!("CREATE SCHEMA IF NOT EXISTS {}", quote(&version_schema)),
             transactional: true,
             builds_index: None,
+            lock: None,
         },
         drop_version_schema: Step {
             description: format!("drop version schema {version_schema}"),
             sql: format!("DROP SCHEMA IF EXISTS {} CASCADE", quote(&version_schema)),
             transactional: true,
             builds_index: None,
+            lock: None,
         },
         version_schema,
         expand,
@@ -506,11 +517,12 @@ struct TablePlan {
 
 fn plan_table(table: &TableShape, change: &TableChange, version_schema: &str) -> Result<TablePlan, String> {
     let rel = relation(&table.schema, &table.name);
-    let step = |description: String, sql: String| Step {
+    let step = |description: String, sql: String, lock: Option<LockLevel>| Step {
         description,
         sql,
         transactional: true,
         builds_index: None,
+        lock,
     };
     let mut expand = Vec::new();
     let mut validate = Vec::new();
@@ -521,10 +533,12 @@ fn plan_table(table: &TableShape, change: &TableChange, version_schema: &str) ->
     rollback.push(step(
         format!("drop the sync trigger of {}", table.name),
         format!("DROP TRIGGER IF EXISTS {} ON {rel}", quote(&sync)),
+        Some(LockLevel::AccessExclusive),
     ));
     rollback.push(step(
         format!("drop the sync function of {}", table.name),
         format!("DROP FUNCTION IF EXISTS {function}()"),
+        None,
     ));
     complete.extend(rollback.iter().cloned());
     // Twins: one per altered or added column.
@@ -547,10 +561,12 @@ fn plan_table(table: &TableShape, change: &TableChange, version_schema: &str) ->
                 "ALTER TABLE {rel} ADD COLUMN IF NOT EXISTS {} {type_name}",
                 quote(&twin)
             ),
+            Some(LockLevel::AccessExclusive),
         ));
         rollback.push(step(
             format!("drop {twin}"),
             format!("ALTER TABLE {rel} DROP COLUMN IF EXISTS {}", quote(&twin)),
+            Some(LockLevel::AccessExclusive),
         ));
         if *not_null {
             let check = not_null_check(column);
@@ -562,10 +578,12 @@ fn plan_table(table: &TableShape, change: &TableChange, version_schema: &str) ->
                     quote(&check),
                     quote(&twin)
                 ),
-            ));
+        Some(LockLevel::AccessExclusive),
+    ));
             validate.push(step(
                 format!("validate that every row has {twin} (no write lock)"),
                 format!("ALTER TABLE {rel} VALIDATE CONSTRAINT {}", quote(&check)),
+                Some(LockLevel::ShareUpdateExclusive),
             ));
         }
     }
@@ -579,6 +597,7 @@ fn plan_table(table: &TableShape, change: &TableChange, version_schema: &str) ->
                     "ALTER TABLE {rel} ALTER COLUMN {} SET DEFAULT {default}",
                     quote(&twin(column))
                 ),
+                Some(LockLevel::AccessExclusive),
             ));
         }
     }
@@ -590,6 +609,7 @@ fn plan_table(table: &TableShape, change: &TableChange, version_schema: &str) ->
                     "ALTER TABLE {rel} ALTER COLUMN {} SET DEFAULT {default}",
                     quote(&twin(added.column))
                 ),
+                Some(LockLevel::AccessExclusive),
             ));
         }
     }
@@ -600,6 +620,7 @@ fn plan_table(table: &TableShape, change: &TableChange, version_schema: &str) ->
                 table.name
             ),
             sync_function(table, change, version_schema, &function),
+            None,
         ));
         expand.push(step(
             format!("sync trigger on {}", table.name),
@@ -607,7 +628,8 @@ fn plan_table(table: &TableShape, change: &TableChange, version_schema: &str) ->
                 "CREATE OR REPLACE TRIGGER {} BEFORE INSERT OR UPDATE ON {rel} FOR EACH ROW EXECUTE FUNCTION {function}()",
                 quote(&sync)
             ),
-        ));
+        Some(LockLevel::ShareRowExclusive),
+    ));
     }
     expand.push(step(
         format!("view {version_schema}.{} of the new version", table.name),
@@ -616,12 +638,14 @@ fn plan_table(table: &TableShape, change: &TableChange, version_schema: &str) ->
             relation(version_schema, &table.name),
             new_version_columns(table, change).join(", ")
         ),
+        Some(LockLevel::AccessShare),
     ));
     rollback.insert(
         0,
         step(
             format!("drop view {version_schema}.{}", table.name),
             format!("DROP VIEW IF EXISTS {}", relation(version_schema, &table.name)),
+            None,
         ),
     );
     let backfill = if change.needs_backfill() {
@@ -653,12 +677,14 @@ fn plan_table(table: &TableShape, change: &TableChange, version_schema: &str) ->
         complete.push(step(
             format!("rename {from} to {to}"),
             format!("ALTER TABLE {rel} RENAME COLUMN {} TO {}", quote(from), quote(to)),
+            Some(LockLevel::AccessExclusive),
         ));
     }
     for column in change.dropped.keys() {
         complete.push(step(
             format!("drop {column}"),
             format!("ALTER TABLE {rel} DROP COLUMN {}", quote(column)),
+            Some(LockLevel::AccessExclusive),
         ));
     }
     for (column, _, not_null) in &twins {
@@ -667,6 +693,7 @@ fn plan_table(table: &TableShape, change: &TableChange, version_schema: &str) ->
             complete.push(step(
                 format!("drop the old {column}"),
                 format!("ALTER TABLE {rel} DROP COLUMN {}", quote(column)),
+                Some(LockLevel::AccessExclusive),
             ));
         }
         complete.push(step(
@@ -676,11 +703,13 @@ fn plan_table(table: &TableShape, change: &TableChange, version_schema: &str) ->
                 quote(&twin),
                 quote(column)
             ),
+            Some(LockLevel::AccessExclusive),
         ));
         if *not_null {
             complete.push(step(
                 format!("{column} NOT NULL (proven by the validated check: no scan)"),
                 format!("ALTER TABLE {rel} ALTER COLUMN {} SET NOT NULL", quote(column)),
+                Some(LockLevel::AccessExclusive),
             ));
             complete.push(step(
                 format!("drop the check that proved {column} NOT NULL"),
@@ -688,6 +717,7 @@ fn plan_table(table: &TableShape, change: &TableChange, version_schema: &str) ->
                     "ALTER TABLE {rel} DROP CONSTRAINT {}",
                     quote(&not_null_check(column))
                 ),
+                Some(LockLevel::AccessExclusive),
             ));
         }
     }
@@ -937,6 +967,17 @@ mod tests {
         assert_eq!(
             sqls(&plan.validate),
             vec![r#"ALTER TABLE "public"."pgbench_accounts" VALIDATE CONSTRAINT "_dbswarm_nn_bid""#]
+        );
+        assert_eq!(
+            plan.validate[0].lock,
+            Some(LockLevel::ShareUpdateExclusive),
+            "writers go on"
+        );
+        assert!(
+            plan.complete
+                .iter()
+                .all(|s| s.lock == Some(LockLevel::AccessExclusive)),
+            "complete is brief catalog changes under ACCESS EXCLUSIVE"
         );
         let complete = sqls(&plan.complete);
         assert!(
