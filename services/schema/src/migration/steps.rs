@@ -976,7 +976,8 @@ mod tests {
         assert!(
             plan.complete
                 .iter()
-                .all(|s| s.lock == Some(LockLevel::AccessExclusive)),
+                .filter_map(|s| s.lock)
+                .all(|lock| lock == LockLevel::AccessExclusive),
             "complete is brief catalog changes under ACCESS EXCLUSIVE"
         );
         let complete = sqls(&plan.complete);
