@@ -158,10 +158,13 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         config.relay.clone(),
         config.agents.clone(),
         uuid::Uuid::new_v4().to_string(),
-        swarm(schema::migration::Migrator::new(
-            schema::migration::HistoryStore::new(appender.clone(), reader.clone(), config.limits),
-            config.schema.clone(),
-        )),
+        swarm(
+            schema::migration::Migrator::new(
+                schema::migration::HistoryStore::new(appender.clone(), reader.clone(), config.limits),
+                config.schema.clone(),
+            ),
+            query::journal::Journal::new(appender.clone(), reader.clone(), config.limits),
+        ),
     );
     let event_store = EventStoreService::new(appender, reader, commits.clone(), config.limits).into_server();
 
@@ -263,14 +266,21 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
 }
 
 /// Every agent with the operations built so far: `probe` on each, and the
-/// schema agent's own.
-fn swarm(migrator: schema::migration::Migrator) -> Vec<agents::AgentSpec> {
+/// schema and query agents' own.
+fn swarm(migrator: schema::migration::Migrator, journal: query::journal::Journal) -> Vec<agents::AgentSpec> {
     let mut swarm = agents::AgentsRuntime::swarm();
-    if let Some(spec) = swarm.iter_mut().find(|s| s.name == schema::agent::AGENT) {
-        for (operation, implementation) in schema::agent::operations(migrator) {
-            spec.operations.insert(operation.to_owned(), implementation);
+    let mut add = |agent: &str, operations: Vec<(&'static str, Arc<dyn agents::Operation>)>| {
+        if let Some(spec) = swarm.iter_mut().find(|s| s.name == agent) {
+            for (operation, implementation) in operations {
+                spec.operations.insert(operation.to_owned(), implementation);
+            }
         }
-    }
+    };
+    add(schema::agent::AGENT, schema::agent::operations(migrator));
+    add(
+        query::agent::AGENT,
+        query::agent::operations(journal, query::agent::QueryAgentConfig::default()),
+    );
     swarm
 }
 

@@ -9,6 +9,7 @@ mod consumer;
 mod llm_planner;
 mod orchestration;
 mod projections;
+mod query_agent;
 mod read;
 mod read_models;
 mod relay;

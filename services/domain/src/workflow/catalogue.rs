@@ -99,7 +99,11 @@ const OPERATIONS: &[(&str, &str, Params)] = &[
             ("name", Text, false),
         ],
     ),
-    ("query", "explain", &[TARGET, ("sql", Text, true)]),
+    (
+        "query",
+        "explain",
+        &[TARGET, ("sql", Text, true), ("analyze", Boolean, false)],
+    ),
     ("query", "detect_regressions", &[TARGET]),
     ("query", "unused_indexes", &[TARGET]),
     (

@@ -1,0 +1,2 @@
+-- Drops one hypothetical index of this session.
+SELECT hypopg_drop_index($1::oid)

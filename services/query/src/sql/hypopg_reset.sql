@@ -1,0 +1,2 @@
+-- Drops every hypothetical index of this session.
+SELECT hypopg_reset()

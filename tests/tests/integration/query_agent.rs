@@ -1,0 +1,370 @@
+//! The query agent against a real PostgreSQL with pg_stat_statements:
+//! workload analysis with plan findings, EXPLAIN with rewrite hints,
+//! unused and duplicate indexes, and a regression (an index dropped)
+//! detected between snapshots, with the plans before and after.
+
+use api::proto;
+use api::proto::admin_client::AdminClient;
+use serde_json::{Value, json};
+use tests::*;
+
+use crate::orchestration::{execute_and_wait, workflows_client};
+
+async fn serve_with_users(rows: i64) -> (TestDb, TestDb, sqlx::PgPool, TestServer) {
+    let db = TestDb::create().await;
+    let target_db = TestDb::create().await;
+    let target = target_db.pool().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE users (id bigserial PRIMARY KEY, tenant_id int NOT NULL, email text NOT NULL, created_at timestamptz NOT NULL); \
+         INSERT INTO users (tenant_id, email, created_at) \
+           SELECT g % 100, 'user' || g || '@example.com', now() - g * interval '1 minute' FROM generate_series(1, {rows}) g; \
+         ANALYZE users;"
+    )))
+    .execute(&target)
+    .await
+    .unwrap();
+    let server = TestServer::start(with_workflows(settings_for(&db))).await;
+    let mut admin = AdminClient::connect(server.channel_url()).await.unwrap();
+    admin
+        .register_database(proto::RegisterDatabaseRequest {
+            name: "app".into(),
+            url: target_db.url.clone(),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    (db, target_db, target, server)
+}
+
+fn task(operation: &str, params: Value) -> Value {
+    json!({"name": operation, "tasks": [{"id": "t", "agent": "query", "operation": operation, "params": params}]})
+}
+
+fn result(workflow: &proto::Workflow) -> Value {
+    assert_eq!(
+        workflow.status, "completed",
+        "{} {:?}",
+        workflow.summary, workflow.tasks[0].error
+    );
+    serde_json::from_str(&workflow.tasks[0].result_json).unwrap()
+}
+
+async fn look_up_emails(target: &sqlx::PgPool, count: i64) {
+    for i in 0..count {
+        let _: Option<(i64,)> = sqlx::query_as("SELECT id FROM users WHERE email = $1")
+            .bind(format!("user{}@example.com", i * 7 + 1))
+            .fetch_optional(target)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn analyze_explain_and_unused_indexes_name_what_is_slow_and_what_is_wasted() {
+    let (db, target_db, target, server) = serve_with_users(50_000).await;
+    let mut client = workflows_client(&server).await;
+    look_up_emails(&target, 30).await;
+
+    // The workload: the email lookup is the heaviest statement, a selective sequential scan
+    let analyzed = result(
+        &execute_and_wait(
+            &mut client,
+            &task("analyze", json!({"database": "app", "table": "users"})),
+        )
+        .await,
+    );
+    let statements = analyzed["statements"].as_array().unwrap();
+    let lookup = statements
+        .iter()
+        .find(|s| s["query"].as_str().unwrap().contains("WHERE email = $1"))
+        .unwrap_or_else(|| panic!("the email lookup in {statements:#?}"));
+    assert!(lookup["calls"].as_i64().unwrap() >= 30, "{lookup}");
+    assert!(
+        lookup["plan"].as_str().unwrap().contains("Seq Scan on"),
+        "{lookup}"
+    );
+    let kinds: Vec<&str> = lookup["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"selective_seq_scan"), "{lookup}");
+
+    // EXPLAIN with hints; bad SQL and unknown tables are named
+    let explained = result(
+        &execute_and_wait(
+            &mut client,
+            &task(
+                "explain",
+                json!({"database": "app", "sql": "SELECT id FROM users WHERE email LIKE '%@example.com'"}),
+            ),
+        )
+        .await,
+    );
+    let hints: Vec<&str> = explained["hints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["kind"].as_str().unwrap())
+        .collect();
+    assert!(hints.contains(&"leading_wildcard_like"), "{explained}");
+    assert!(
+        explained["plan"][0]["Plan"]["Node Type"].is_string(),
+        "{explained}"
+    );
+    let syntax = execute_and_wait(
+        &mut client,
+        &task(
+            "explain",
+            json!({"database": "app", "sql": "SELEC id FROM users"}),
+        ),
+    )
+    .await;
+    assert_eq!(syntax.status, "failed");
+    assert!(
+        syntax.tasks[0].error.contains("syntax error"),
+        "{}",
+        syntax.tasks[0].error
+    );
+    let unknown = execute_and_wait(
+        &mut client,
+        &task(
+            "explain",
+            json!({"database": "app", "sql": "SELECT * FROM ghosts WHERE id = $1"}),
+        ),
+    )
+    .await;
+    assert_eq!(unknown.status, "failed");
+    assert!(
+        unknown.tasks[0].error.contains("\"ghosts\" does not exist"),
+        "{}",
+        unknown.tasks[0].error
+    );
+    let analyze_params = execute_and_wait(
+        &mut client,
+        &task(
+            "explain",
+            json!({"database": "app", "sql": "SELECT * FROM users WHERE id = $1", "analyze": true}),
+        ),
+    )
+    .await;
+    assert!(
+        analyze_params.tasks[0]
+            .error
+            .contains("only be explained without ANALYZE"),
+        "{}",
+        analyze_params.tasks[0].error
+    );
+
+    // Unused and duplicate indexes, with their size
+    sqlx::raw_sql(
+        "CREATE INDEX users_tenant ON users (tenant_id); CREATE INDEX users_tenant_created ON users (tenant_id, created_at);",
+    )
+    .execute(&target)
+    .await
+    .unwrap();
+    let indexes =
+        result(&execute_and_wait(&mut client, &task("unused_indexes", json!({"database": "app"}))).await);
+    let unused: Vec<&str> = indexes["unused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert!(unused.contains(&"public.users_tenant"), "{indexes}");
+    assert!(
+        !unused.contains(&"public.users_pkey"),
+        "a primary key is never unused: {indexes}"
+    );
+    let duplicate = &indexes["duplicates"][0];
+    assert_eq!(duplicate["redundant"], "public.users_tenant", "{indexes}");
+    assert_eq!(
+        duplicate["covered_by"], "public.users_tenant_created",
+        "{indexes}"
+    );
+    assert!(indexes["reclaimable_bytes"].as_i64().unwrap() > 0);
+
+    target.close().await;
+    server.stop().await;
+    db.drop_database().await;
+    target_db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_statement_made_slower_by_a_dropped_index_is_flagged_with_its_plans() {
+    let (db, target_db, target, server) = serve_with_users(50_000).await;
+    sqlx::raw_sql("CREATE INDEX users_email ON users (email)")
+        .execute(&target)
+        .await
+        .unwrap();
+    let mut client = workflows_client(&server).await;
+    let detect = || task("detect_regressions", json!({"database": "app"}));
+
+    // Given two snapshots around a period of fast lookups
+    let first = result(&execute_and_wait(&mut client, &detect()).await);
+    assert!(
+        first["note"].as_str().unwrap().contains("first snapshot"),
+        "{first}"
+    );
+    look_up_emails(&target, 80).await;
+    let second = result(&execute_and_wait(&mut client, &detect()).await);
+    assert_eq!(second["regressions"], json!([]), "{second}");
+    // When the index goes and the lookups go on
+    sqlx::raw_sql("DROP INDEX users_email")
+        .execute(&target)
+        .await
+        .unwrap();
+    look_up_emails(&target, 80).await;
+    let third = result(&execute_and_wait(&mut client, &detect()).await);
+
+    // Then the lookup is flagged, with the plan before and after
+    let regressions = third["regressions"].as_array().unwrap();
+    let lookup = regressions
+        .iter()
+        .find(|r| {
+            r["regression"]["query"]
+                .as_str()
+                .unwrap()
+                .contains("WHERE email = $1")
+        })
+        .unwrap_or_else(|| panic!("the email lookup in {third:#}"));
+    assert!(lookup["regression"]["ratio"].as_f64().unwrap() > 2.0, "{lookup}");
+    assert!(
+        lookup["plan_before"].as_str().unwrap().contains("users_email"),
+        "{lookup}"
+    );
+    assert!(
+        lookup["plan_after"].as_str().unwrap().contains("Seq Scan"),
+        "{lookup}"
+    );
+    // And the regression is an event of the database's workload stream
+    let pool = db.pool().await;
+    let types: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM events WHERE stream_id = 'workload-app' ORDER BY event_version",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(types.iter().filter(|t| *t == "WorkloadSnapshotTaken").count(), 3);
+    assert!(types.iter().any(|t| t == "QueryRegressed"), "{types:?}");
+
+    pool.close().await;
+    target.close().await;
+    server.stop().await;
+    db.drop_database().await;
+    target_db.drop_database().await;
+}
+
+/// Index advice over the workload with HypoPG: nothing for a workload no
+/// index helps; exactly the email and (tenant_id, created_at) indexes for
+/// lookups by email and by tenant and time, each with the statements it
+/// helps, their cost before and after, and its size.
+#[tokio::test]
+async fn index_advice_recommends_exactly_the_indexes_the_workload_needs() {
+    let (db, target_db, target, server) = serve_with_users(200_000).await;
+    let mut client = workflows_client(&server).await;
+    let recommend = || task("recommend_indexes", json!({"database": "app", "table": "users"}));
+
+    // Given a workload no index helps: every row, a third of the rows
+    // spread over the whole table, a function of a column
+    for i in 0..20 {
+        let _: (i64,) = sqlx::query_as("SELECT count(*) FROM users")
+            .fetch_one(&target)
+            .await
+            .unwrap();
+        let _: Vec<(i64, String)> = sqlx::query_as("SELECT id, email FROM users WHERE tenant_id > $1")
+            .bind(66 + i % 3)
+            .fetch_all(&target)
+            .await
+            .unwrap();
+        let _: Option<(i64,)> = sqlx::query_as("SELECT id FROM users WHERE lower(email) = $1")
+            .bind(format!("user{i}@example.com"))
+            .fetch_optional(&target)
+            .await
+            .unwrap();
+    }
+    let advice = result(&execute_and_wait(&mut client, &recommend()).await);
+    assert_eq!(advice["hypopg"], true, "{advice}");
+    // (Only the set-up INSERT, whose `interval $4` cannot be prepared, is not explained)
+    let not_explained = advice["not_explained"].as_array().unwrap();
+    assert!(
+        not_explained
+            .iter()
+            .all(|q| q.as_str().unwrap().starts_with("INSERT")),
+        "{advice:#}"
+    );
+    assert_eq!(advice["recommendations"], json!([]), "{advice:#}");
+
+    // Given lookups by email and by tenant over time
+    look_up_emails(&target, 50).await;
+    for i in 0..50 {
+        let _: Vec<(i64,)> = sqlx::query_as(
+            "SELECT id FROM users WHERE tenant_id = $1 AND created_at > $2 ORDER BY created_at DESC LIMIT 20",
+        )
+        .bind(i % 100)
+        .bind(chrono::Utc::now() - chrono::Duration::days(30))
+        .fetch_all(&target)
+        .await
+        .unwrap();
+    }
+    let advice = result(&execute_and_wait(&mut client, &recommend()).await);
+    let recommended: Vec<Vec<&str>> = advice["recommendations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r["columns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap())
+                .collect()
+        })
+        .collect();
+    assert_eq!(recommended.len(), 2, "{advice:#}");
+    assert!(recommended.contains(&vec!["email"]), "{advice:#}");
+    assert!(
+        recommended.contains(&vec!["tenant_id", "created_at"]),
+        "{advice:#}"
+    );
+    for recommendation in advice["recommendations"].as_array().unwrap() {
+        assert!(
+            recommendation["create_sql"]
+                .as_str()
+                .unwrap()
+                .starts_with("CREATE INDEX CONCURRENTLY")
+        );
+        assert!(
+            recommendation["estimated_size_bytes"].as_i64().unwrap() > 0,
+            "{recommendation}"
+        );
+        let gain = &recommendation["queries"][0];
+        assert!(
+            gain["cost_after"].as_f64().unwrap() < gain["cost_before"].as_f64().unwrap(),
+            "{gain}"
+        );
+    }
+
+    // Given the email index exists, it is not recommended again
+    sqlx::raw_sql("CREATE INDEX users_email ON users (email)")
+        .execute(&target)
+        .await
+        .unwrap();
+    let advice = result(&execute_and_wait(&mut client, &recommend()).await);
+    let recommended: Vec<&Value> = advice["recommendations"].as_array().unwrap().iter().collect();
+    assert_eq!(recommended.len(), 1, "{advice:#}");
+    assert!(
+        advice["rejected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["reason"].as_str().unwrap().contains("public.users_email")),
+        "{advice:#}"
+    );
+
+    target.close().await;
+    server.stop().await;
+    db.drop_database().await;
+    target_db.drop_database().await;
+}
