@@ -13,6 +13,9 @@ use sqlx::PgPool;
 
 use crate::advisor::{AdvisorConfig, WorkloadStatement, candidates_of, choose, evaluate, writes_per_table};
 use crate::candidates::{Catalog, ExistingIndex};
+use crate::create::{
+    CreateConfig, IndexSpec, build, default_name, drop_index, judge, measure, statements_for,
+};
 use crate::explain::{ExplainOptions, explain};
 use crate::indexes::{read_indexes, report};
 use crate::journal::{Journal, RecordedRegression, RecordedSnapshot};
@@ -46,6 +49,10 @@ pub struct QueryAgentConfig {
     pub advisor: AdvisorConfig,
     /// The heaviest statements the advisor weighs at most.
     pub statements_advised_max: usize,
+    pub create: CreateConfig,
+    /// How long `create_index` measures the workload after the build, ms
+    /// (the task's `measure_ms` overrides it).
+    pub measure_window_ms: u64,
 }
 
 impl Default for QueryAgentConfig {
@@ -58,6 +65,8 @@ impl Default for QueryAgentConfig {
             baseline_snapshots: 4,
             advisor: AdvisorConfig::default(),
             statements_advised_max: 50,
+            create: CreateConfig::default(),
+            measure_window_ms: 30_000,
         }
     }
 }
@@ -74,6 +83,7 @@ pub fn operations(journal: Journal, config: QueryAgentConfig) -> Vec<(&'static s
         ("analyze", Arc::new(Analyze(shared.clone()))),
         ("explain", Arc::new(Explain(shared.clone()))),
         ("recommend_indexes", Arc::new(RecommendIndexes(shared.clone()))),
+        ("create_index", Arc::new(CreateIndex(shared.clone()))),
         ("detect_regressions", Arc::new(DetectRegressions(shared))),
         ("unused_indexes", Arc::new(UnusedIndexes)),
     ]
@@ -89,8 +99,29 @@ fn text_param<'a>(params: &'a Map<String, Value>, name: &str) -> Result<&'a str,
     }
 }
 
+/// The target named by `database`, or, when none is named and exactly
+/// one is registered, that one (so "optimize slow queries in the users
+/// table" needs no database when there is only one).
 async fn target(task: &TaskContext) -> Result<(String, PgPool, domain::target::ConnectionUrl), String> {
-    let name = text_param(&task.command.params, "database")?;
+    let named;
+    let name = match task.command.params.get("database") {
+        Some(_) => text_param(&task.command.params, "database")?,
+        None => {
+            let registered = task.deps.targets.list().await.map_err(|e| e.to_string())?;
+            named = match registered.as_slice() {
+                [only] => only.name.clone(),
+                [] => return Err("needs parameter 'database'; no target database is registered".into()),
+                many => {
+                    let names: Vec<&str> = many.iter().map(|t| t.name.as_str()).collect();
+                    return Err(format!(
+                        "needs parameter 'database': the registered ones are {}",
+                        names.join(", ")
+                    ));
+                }
+            };
+            &named
+        }
+    };
     let (pool, url) = task
         .deps
         .targets
@@ -502,91 +533,250 @@ impl Operation for RecommendIndexes {
 
     fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
         Box::pin(async move {
-            let shared = &self.0;
             let params = &task.command.params;
             let table = match params.get("table") {
                 Some(_) => Some(text_param(params, "table")?.to_owned()),
                 None => None,
             };
             let (database, pool, url) = target(task).await?;
-            let scrub = |e: String| url.scrub(&e);
-            let snapshot = snapshot(&pool).await.map_err(scrub)?;
-            let all: Vec<WorkloadStatement> = snapshot
-                .statements
+            let mut answer = advise(&pool, &self.0.config, table.as_deref())
+                .await
+                .map_err(|e| url.scrub(&e))?;
+            answer["database"] = json!(database);
+            Ok(answer)
+        })
+    }
+}
+
+/// The index advice over the workload of the database `pool` connects to
+/// (what `query.recommend_indexes` answers), optionally only for `table`.
+pub async fn advise(pool: &PgPool, config: &QueryAgentConfig, table: Option<&str>) -> Result<Value, String> {
+    let snapshot = snapshot(pool).await?;
+    let all: Vec<WorkloadStatement> = snapshot
+        .statements
+        .iter()
+        .map(|s| WorkloadStatement {
+            queryid: s.queryid,
+            query: s.query.clone(),
+            calls: s.calls,
+            total_ms: s.total_exec_ms,
+        })
+        .collect();
+    let writes = writes_per_table(&all);
+    let statements: Vec<WorkloadStatement> = all
+        .into_iter()
+        .filter(|s| explainable(&s.query))
+        .take(config.statements_advised_max)
+        .collect();
+    let catalog = catalog(pool).await?;
+    let existing: Vec<ExistingIndex> = read_indexes(pool)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|i| i.is_valid && i.plain_btree)
+        .map(|i| ExistingIndex {
+            name: i.name,
+            table: i.table_name,
+            columns: i.columns,
+            unique: i.is_unique,
+            primary: i.is_primary,
+            valid: i.is_valid,
+        })
+        .collect();
+    let advisor = &config.advisor;
+    let (mut candidates, mut rejected) = candidates_of(&statements, &catalog, &existing, advisor);
+    if let Some(table) = table {
+        let wanted = |t: &str| t == table || t.ends_with(&format!(".{table}"));
+        candidates.retain(|c, _| wanted(&c.table));
+        rejected.retain(|r| wanted(&r.table));
+    }
+    while candidates.len() > advisor.candidates_max {
+        candidates.pop_last();
+    }
+    let options = ExplainOptions {
+        analyze: false,
+        statement_timeout_ms: config.statement_timeout_ms,
+    };
+    let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
+    // Hypothetical indexes live in the session: it is not pooled again.
+    conn.close_on_drop();
+    let (baseline, evaluations) = match evaluate(&mut conn, &statements, &candidates, options).await {
+        Ok(evaluated) => evaluated,
+        Err(error @ crate::advisor::AdvisorError::NoHypoPg(_)) => {
+            return Ok(json!({
+                "hypopg": false,
+                "error": error.to_string(),
+                "recommendations": [],
+                "candidates": candidates.keys().collect::<Vec<_>>(),
+            }));
+        }
+        Err(error) => return Err(error.to_string()),
+    };
+    let not_explained: Vec<&str> = statements
+        .iter()
+        .zip(&baseline)
+        .filter(|(_, cost)| cost.is_none())
+        .map(|(s, _)| s.query.as_str())
+        .collect();
+    let not_explained = json!(not_explained);
+    let mut advice = choose(&statements, &baseline, &evaluations, &writes, advisor);
+    advice.rejected.extend(rejected);
+    let mut answer = to_json(&advice)?;
+    answer["hypopg"] = json!(true);
+    answer["statements_considered"] = json!(statements.len());
+    answer["not_explained"] = not_explained;
+    Ok(answer)
+}
+
+/// Longest measurement window a task may ask for, ms.
+const MEASURE_MS_MAX: u64 = 3_600_000;
+
+/// `query.create_index {database, table, columns, name?, measure_ms?}`:
+/// builds the index CONCURRENTLY under lock_timeout (a failed build's
+/// invalid index dropped), then measures the statements it was meant for
+/// over a window (their real mean time per call from pg_stat_statements,
+/// before against after) and checks their plans use it; an index the
+/// planner does not use or that does not make them faster is dropped
+/// again. `IndexCreated` or `IndexDropped` records the numbers and why.
+struct CreateIndex(Arc<Shared>);
+
+impl CreateIndex {
+    fn spec(params: &Map<String, Value>, catalog: &Catalog) -> Result<IndexSpec, String> {
+        let table = text_param(params, "table")?;
+        let table = if table.contains('.') {
+            table.to_owned()
+        } else {
+            format!("public.{table}")
+        };
+        let known = catalog
+            .tables
+            .get(&table)
+            .ok_or_else(|| format!("there is no table {table}"))?;
+        let columns: Vec<String> = match params.get("columns") {
+            Some(Value::Array(items)) if !items.is_empty() && items.len() <= 32 => items
                 .iter()
-                .map(|s| WorkloadStatement {
-                    queryid: s.queryid,
-                    query: s.query.clone(),
-                    calls: s.calls,
-                    total_ms: s.total_exec_ms,
+                .map(|c| match c {
+                    Value::String(c) if known.contains(c) => Ok(c.clone()),
+                    Value::String(c) => Err(format!("table {table} has no column {c}")),
+                    other => Err(format!("'columns' must hold column names, not {other}")),
                 })
-                .collect();
-            let writes = writes_per_table(&all);
-            let statements: Vec<WorkloadStatement> = all
-                .into_iter()
-                .filter(|s| explainable(&s.query))
-                .take(shared.config.statements_advised_max)
-                .collect();
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err("'columns' must be a list of 1 to 32 column names".into()),
+            None => return Err("needs parameter 'columns'".into()),
+        };
+        let name = match params.get("name") {
+            Some(_) => text_param(params, "name")?.to_owned(),
+            None => default_name(&table, &columns),
+        };
+        if name.len() > 63 || name.contains('"') {
+            return Err(format!(
+                "index name '{name}' must be at most 63 bytes, without '\"'"
+            ));
+        }
+        Ok(IndexSpec { table, columns, name })
+    }
+}
+
+impl Operation for CreateIndex {
+    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+        Box::pin(async move {
+            let shared = &self.0;
+            let params = &task.command.params;
+            let window_ms = match params.get("measure_ms") {
+                None => shared.config.measure_window_ms,
+                Some(Value::Number(n)) if n.as_u64().is_some_and(|ms| ms <= MEASURE_MS_MAX) => {
+                    n.as_u64().unwrap_or(0)
+                }
+                Some(other) => {
+                    return Err(format!(
+                        "parameter 'measure_ms' must be 0 to {MEASURE_MS_MAX}, not {other}"
+                    ));
+                }
+            };
+            let (database, pool, url) = target(task).await?;
+            let scrub = |e: String| url.scrub(&e);
             let catalog = catalog(&pool).await.map_err(scrub)?;
-            let existing: Vec<ExistingIndex> = read_indexes(&pool)
+            let index = Self::spec(params, &catalog)?;
+            let (schema, _) = index.table.split_once('.').unwrap_or(("public", &index.table));
+            if crate::create::valid(&pool, schema, &index.name)
                 .await
                 .map_err(|e| scrub(e.to_string()))?
-                .into_iter()
-                .filter(|i| i.is_valid && i.plain_btree)
-                .map(|i| ExistingIndex {
-                    name: i.name,
-                    table: i.table_name,
-                    columns: i.columns,
-                    unique: i.is_unique,
-                    primary: i.is_primary,
-                    valid: i.is_valid,
-                })
-                .collect();
-            let config = &shared.config.advisor;
-            let (mut candidates, mut rejected) = candidates_of(&statements, &catalog, &existing, config);
-            if let Some(table) = &table {
-                let wanted = |t: &str| t == table || t.ends_with(&format!(".{table}"));
-                candidates.retain(|c, _| wanted(&c.table));
-                rejected.retain(|r| wanted(&r.table));
+                == Some(true)
+            {
+                return Err(format!("index {schema}.{} already exists", index.name));
             }
-            while candidates.len() > config.candidates_max {
-                candidates.pop_last();
-            }
-            let options = ExplainOptions {
-                analyze: false,
-                statement_timeout_ms: shared.config.statement_timeout_ms,
-            };
-            let mut conn = pool.acquire().await.map_err(|e| scrub(e.to_string()))?;
-            // Hypothetical indexes live in the session: it is not pooled again.
-            conn.close_on_drop();
-            let (baseline, evaluations) = match evaluate(&mut conn, &statements, &candidates, options).await {
-                Ok(evaluated) => evaluated,
-                Err(error @ crate::advisor::AdvisorError::NoHypoPg(_)) => {
-                    return Ok(json!({
-                        "database": database,
-                        "hypopg": false,
-                        "error": scrub(error.to_string()),
-                        "recommendations": [],
-                        "candidates": candidates.keys().collect::<Vec<_>>(),
-                    }));
+            let earlier = shared
+                .journal
+                .recent_snapshots(&database, 1)
+                .await
+                .map_err(|e| e.to_string())?
+                .pop();
+            let at_build = snapshot(&pool).await.map_err(scrub)?;
+            let meant_for = statements_for(&index, &at_build, &catalog);
+            task.progress(10.0, format!("building {}", index.create_sql()))
+                .await;
+            build(&pool, &index, &shared.config.create)
+                .await
+                .map_err(|e| scrub(e.to_string()))?;
+            task.progress(50.0, format!("measuring its statements for {window_ms} ms"))
+                .await;
+            tokio::time::sleep(std::time::Duration::from_millis(window_ms)).await;
+            let after = snapshot(&pool).await.map_err(scrub)?;
+            let tables = table_statistics(&pool).await.map_err(scrub)?;
+            let rows = table_rows(&tables);
+            let mut uses = std::collections::BTreeSet::new();
+            for statement in after.statements.iter().filter(|s| meant_for.contains(&s.queryid)) {
+                if let Ok((_, analysis)) = explained(shared, &pool, &statement.query, false, &rows).await
+                    && analysis
+                        .scans
+                        .iter()
+                        .any(|s| s.index_name.as_deref() == Some(index.name.as_str()))
+                {
+                    uses.insert(statement.queryid);
                 }
-                Err(error) => return Err(scrub(error.to_string())),
-            };
-            let not_explained: Vec<&str> = statements
-                .iter()
-                .zip(&baseline)
-                .filter(|(_, cost)| cost.is_none())
-                .map(|(s, _)| s.query.as_str())
-                .collect();
-            let not_explained = json!(not_explained);
-            let mut advice = choose(&statements, &baseline, &evaluations, &writes, config);
-            advice.rejected.extend(rejected);
-            let mut answer = to_json(&advice)?;
-            answer["database"] = json!(database);
-            answer["hypopg"] = json!(true);
-            answer["statements_considered"] = json!(statements.len());
-            answer["not_explained"] = not_explained;
-            Ok(answer)
+            }
+            let measurements = measure(
+                &meant_for,
+                earlier.as_ref().map(|e| &e.snapshot),
+                &at_build,
+                &after,
+                &|queryid| uses.contains(&queryid),
+                shared.config.create.calls_min,
+            );
+            let verdict = judge(&measurements, &shared.config.create);
+            if !verdict.keep {
+                drop_index(&pool, &index, &shared.config.create)
+                    .await
+                    .map_err(|e| scrub(e.to_string()))?;
+            }
+            let outcome = json!({
+                "database": database,
+                "index": index,
+                "create_sql": index.create_sql(),
+                "kept": verdict.keep,
+                "speedup": verdict.speedup,
+                "reason": verdict.reason,
+                "measure_ms": window_ms,
+                "measurements": measurements,
+            });
+            shared
+                .journal
+                .record_index_outcome(&database, verdict.keep, outcome.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let plans = plans_of(shared, &pool, &after).await;
+            shared
+                .journal
+                .record_snapshot(
+                    &database,
+                    &RecordedSnapshot {
+                        snapshot: after,
+                        plans,
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(outcome)
         })
     }
 }

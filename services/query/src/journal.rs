@@ -17,6 +17,8 @@ use crate::workload::{Regression, WorkloadSnapshot};
 
 pub const SNAPSHOT_TAKEN: &str = "WorkloadSnapshotTaken";
 pub const QUERY_REGRESSED: &str = "QueryRegressed";
+pub const INDEX_CREATED: &str = "IndexCreated";
+pub const INDEX_DROPPED: &str = "IndexDropped";
 
 /// Events read back when looking for earlier snapshots, at most.
 pub const EVENTS_READ_MAX: u64 = 200;
@@ -109,6 +111,18 @@ impl Journal {
     ) -> Result<(), JournalError> {
         self.append(database, QUERY_REGRESSED, serde_json::to_value(regression)?)
             .await
+    }
+
+    /// An index built by the agent and kept (`IndexCreated`) or dropped
+    /// again (`IndexDropped`), with its measurements and the reason.
+    pub async fn record_index_outcome(
+        &self,
+        database: &str,
+        kept: bool,
+        data: Value,
+    ) -> Result<(), JournalError> {
+        let event_type = if kept { INDEX_CREATED } else { INDEX_DROPPED };
+        self.append(database, event_type, data).await
     }
 
     /// The last `count` snapshots of the database, oldest first.

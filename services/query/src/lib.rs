@@ -14,6 +14,7 @@
 pub mod advisor;
 pub mod agent;
 pub mod candidates;
+pub mod create;
 pub mod explain;
 pub mod indexes;
 pub mod journal;

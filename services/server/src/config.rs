@@ -11,6 +11,7 @@ use event_store::relay::RelayConfig;
 use event_store::{AppendConfig, ReadConfig};
 use projections::RuntimeConfig;
 use projections::cache::CacheConfig;
+use query::agent::QueryAgentConfig;
 use sagas::OrchestratorConfig;
 use sagas::llm::{LlmConfig, LlmPlanner};
 use schema::migration::{MigrationConfig, Timeouts};
@@ -266,6 +267,9 @@ pub struct Settings {
     /// Pause between backfill batches, ms [default: 10].
     #[arg(long, env = "DBSWARM_SCHEMA_BACKFILL_PAUSE_MS", value_name = "MS")]
     pub schema_backfill_pause_ms: Option<u64>,
+    /// How long query.create_index measures its statements after building an index (a task's measure_ms overrides it), ms [default: 30000].
+    #[arg(long, env = "DBSWARM_QUERY_MEASURE_WINDOW_MS", value_name = "MS")]
+    pub query_measure_window_ms: Option<u64>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "DBSWARM_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -302,6 +306,7 @@ pub struct Config {
     /// None: plain-English requests are planned by the rules only.
     pub planner_llm: Option<LlmConfig>,
     pub schema: MigrationConfig,
+    pub query: QueryAgentConfig,
     pub log_format: LogFormat,
 }
 
@@ -377,6 +382,7 @@ impl Settings {
             schema_ddl_attempts_max,
             schema_backfill_batch_rows,
             schema_backfill_pause_ms,
+            query_measure_window_ms,
             log_format,
         )
     }
@@ -446,6 +452,7 @@ impl Config {
         let agents = agents_config(&s)?;
         let planner_llm = planner_llm_config(&s)?;
         let schema = schema_config(&s)?;
+        let query = query_config(&s)?;
         let limit_defaults = Limits::default();
         let append_defaults = AppendConfig::default();
         let read_defaults = ReadConfig::default();
@@ -633,9 +640,25 @@ impl Config {
             agents,
             planner_llm,
             schema,
+            query,
             log_format,
         })
     }
+}
+
+fn query_config(s: &Settings) -> Result<QueryAgentConfig, ConfigError> {
+    let d = QueryAgentConfig::default();
+    let window = s.query_measure_window_ms.unwrap_or(d.measure_window_ms);
+    if window > 3_600_000 {
+        return Err(invalid(
+            "query_measure_window_ms",
+            format!("{window} is more than 3600000"),
+        ));
+    }
+    Ok(QueryAgentConfig {
+        measure_window_ms: window,
+        ..d
+    })
 }
 
 fn schema_config(s: &Settings) -> Result<MigrationConfig, ConfigError> {

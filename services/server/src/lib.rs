@@ -164,6 +164,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
                 config.schema.clone(),
             ),
             query::journal::Journal::new(appender.clone(), reader.clone(), config.limits),
+            config.query.clone(),
         ),
     );
     let event_store = EventStoreService::new(appender, reader, commits.clone(), config.limits).into_server();
@@ -267,7 +268,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
 
 /// Every agent with the operations built so far: `probe` on each, and the
 /// schema and query agents' own.
-fn swarm(migrator: schema::migration::Migrator, journal: query::journal::Journal) -> Vec<agents::AgentSpec> {
+fn swarm(
+    migrator: schema::migration::Migrator,
+    journal: query::journal::Journal,
+    query_config: query::agent::QueryAgentConfig,
+) -> Vec<agents::AgentSpec> {
     let mut swarm = agents::AgentsRuntime::swarm();
     let mut add = |agent: &str, operations: Vec<(&'static str, Arc<dyn agents::Operation>)>| {
         if let Some(spec) = swarm.iter_mut().find(|s| s.name == agent) {
@@ -279,7 +284,7 @@ fn swarm(migrator: schema::migration::Migrator, journal: query::journal::Journal
     add(schema::agent::AGENT, schema::agent::operations(migrator));
     add(
         query::agent::AGENT,
-        query::agent::operations(journal, query::agent::QueryAgentConfig::default()),
+        query::agent::operations(journal, query_config),
     );
     swarm
 }

@@ -11,6 +11,13 @@ use tests::*;
 use crate::orchestration::{execute_and_wait, workflows_client};
 
 async fn serve_with_users(rows: i64) -> (TestDb, TestDb, sqlx::PgPool, TestServer) {
+    serve_with_users_and(rows, |settings| settings).await
+}
+
+async fn serve_with_users_and(
+    rows: i64,
+    settings: impl FnOnce(server::Settings) -> server::Settings,
+) -> (TestDb, TestDb, sqlx::PgPool, TestServer) {
     let db = TestDb::create().await;
     let target_db = TestDb::create().await;
     let target = target_db.pool().await;
@@ -23,7 +30,7 @@ async fn serve_with_users(rows: i64) -> (TestDb, TestDb, sqlx::PgPool, TestServe
     .execute(&target)
     .await
     .unwrap();
-    let server = TestServer::start(with_workflows(settings_for(&db))).await;
+    let server = TestServer::start(settings(with_workflows(settings_for(&db)))).await;
     let mut admin = AdminClient::connect(server.channel_url()).await.unwrap();
     admin
         .register_database(proto::RegisterDatabaseRequest {
@@ -363,6 +370,174 @@ async fn index_advice_recommends_exactly_the_indexes_the_workload_needs() {
         "{advice:#}"
     );
 
+    target.close().await;
+    server.stop().await;
+    db.drop_database().await;
+    target_db.drop_database().await;
+}
+
+/// The seed's request in plain English, end to end: analyse, recommend,
+/// and create the email index while lookups and inserts go on; the index
+/// is kept with its measured speed-up. An index the planner does not use
+/// is created, measured and dropped again, with the reason as an event;
+/// unknown tables and columns are named.
+#[tokio::test]
+async fn the_seed_request_creates_the_email_index_and_measures_the_gain() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let (db, target_db, target, server) = serve_with_users_and(200_000, |mut settings| {
+        settings.query_measure_window_ms = Some(2_000);
+        settings
+    })
+    .await;
+    let mut client = workflows_client(&server).await;
+
+    // Given lookups by email and inserts, running throughout
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (pool, stop) = (target.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0_i64;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                let _: Option<(i64,)> = sqlx::query_as("SELECT id FROM users WHERE email = $1")
+                    .bind(format!("user{}@example.com", i * 13 % 200_000))
+                    .fetch_optional(&pool)
+                    .await
+                    .unwrap();
+                sqlx::query("INSERT INTO users (tenant_id, email, created_at) VALUES ($1, $2, now())")
+                    .bind((i % 100) as i32)
+                    .bind(format!("new{i}@example.com"))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            i
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+
+    // When the seed's request runs
+    let request = proto::ExecuteRequest {
+        request: Some(proto::execute_request::Request::Operation(
+            "Optimize slow queries in the users table and create an index on email".into(),
+        )),
+        wait: true,
+        wait_timeout_ms: 120_000,
+        ..Default::default()
+    };
+    let workflow = client
+        .execute(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .workflow
+        .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let iterations = load.await.unwrap();
+    assert!(iterations > 10, "the load ran {iterations} times");
+
+    // Then it analysed, recommended the email index, created it and kept it, faster
+    assert_eq!(
+        workflow.status, "completed",
+        "{} {:?}",
+        workflow.summary, workflow.tasks
+    );
+    let by_id = |id: &str| -> Value {
+        let task = workflow.tasks.iter().find(|t| t.task_id == id).unwrap();
+        serde_json::from_str(&task.result_json).unwrap()
+    };
+    let recommended = by_id("query_recommend_indexes");
+    assert_eq!(
+        recommended["recommendations"][0]["columns"],
+        json!(["email"]),
+        "{recommended:#}"
+    );
+    let created = by_id("query_create_index");
+    assert_eq!(created["kept"], true, "{created:#}");
+    assert!(created["speedup"].as_f64().unwrap() > 2.0, "{created:#}");
+    assert!(
+        created["reason"].as_str().unwrap().contains("faster"),
+        "{created:#}"
+    );
+    let valid: bool =
+        sqlx::query_scalar("SELECT indisvalid FROM pg_index WHERE indexrelid = 'users_email_idx'::regclass")
+            .fetch_one(&target)
+            .await
+            .unwrap();
+    assert!(valid);
+
+    // Given lookups in a table of five rows, an index on its scope column
+    // is built, found unused by the planner (one page: a scan is cheaper),
+    // and dropped
+    sqlx::raw_sql(
+        "CREATE TABLE settings (key text PRIMARY KEY, value text, scope int); \
+         INSERT INTO settings SELECT 'k' || g, 'v' || g, g FROM generate_series(1, 5) g; ANALYZE settings;",
+    )
+    .execute(&target)
+    .await
+    .unwrap();
+    for scope in 0..20 {
+        let _: Vec<(String,)> = sqlx::query_as("SELECT value FROM settings WHERE scope = $1")
+            .bind(scope % 5)
+            .fetch_all(&target)
+            .await
+            .unwrap();
+    }
+    let unused = result(
+        &execute_and_wait(
+            &mut client,
+            &task(
+                "create_index",
+                json!({"database": "app", "table": "settings", "columns": ["scope"], "measure_ms": 200}),
+            ),
+        )
+        .await,
+    );
+    assert_eq!(unused["kept"], false, "{unused:#}");
+    assert!(
+        unused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("planner does not use it"),
+        "{unused:#}"
+    );
+    let gone: Option<String> = sqlx::query_scalar("SELECT to_regclass('public.settings_scope_idx')::text")
+        .fetch_one(&target)
+        .await
+        .unwrap();
+    assert_eq!(gone, None);
+    let pool = db.pool().await;
+    let outcomes: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM events WHERE stream_id = 'workload-app' AND event_type LIKE 'Index%' ORDER BY event_version",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(outcomes, ["IndexCreated", "IndexDropped"]);
+
+    // Bad input: an unknown table, an unknown column
+    for (params, expected) in [
+        (
+            json!({"database": "app", "table": "ghosts", "columns": ["id"]}),
+            "there is no table public.ghosts",
+        ),
+        (
+            json!({"database": "app", "table": "users", "columns": ["phone"]}),
+            "table public.users has no column phone",
+        ),
+    ] {
+        let failed = execute_and_wait(&mut client, &task("create_index", params)).await;
+        assert_eq!(failed.status, "failed");
+        assert!(
+            failed.tasks[0].error.contains(expected),
+            "{}",
+            failed.tasks[0].error
+        );
+    }
+
+    pool.close().await;
     target.close().await;
     server.stop().await;
     db.drop_database().await;

@@ -97,6 +97,7 @@ const OPERATIONS: &[(&str, &str, Params)] = &[
             ("table", Text, true),
             ("columns", Array, true),
             ("name", Text, false),
+            ("measure_ms", Integer, false),
         ],
     ),
     (

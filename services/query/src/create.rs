@@ -1,0 +1,421 @@
+//! `query.create_index`: build an index without blocking writes, then
+//! prove it: the statements it was meant for are measured again (their
+//! real mean time per call from pg_stat_statements, over a window after
+//! the build, against the time before it) and their plans checked; an
+//! index the planner does not use, or that does not make its statements
+//! faster, is dropped again. Both outcomes are events with the numbers.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::{AssertSqlSafe, PgPool};
+
+use crate::candidates::{Catalog, shape};
+use crate::workload::{PeriodStats, WorkloadSnapshot, period};
+
+const INDEX_VALID: &str = include_str!("sql/index_valid.sql");
+
+/// An index to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IndexSpec {
+    /// `schema.table`.
+    pub table: String,
+    pub columns: Vec<String>,
+    pub name: String,
+}
+
+impl IndexSpec {
+    fn schema_and_table(&self) -> (&str, &str) {
+        self.table.split_once('.').unwrap_or(("public", &self.table))
+    }
+
+    fn qualified_name(&self) -> String {
+        format!("{}.{}", quote(self.schema_and_table().0), quote(&self.name))
+    }
+
+    pub fn create_sql(&self) -> String {
+        let (schema, table) = self.schema_and_table();
+        let columns: Vec<String> = self.columns.iter().map(|c| quote(c)).collect();
+        format!(
+            "CREATE INDEX CONCURRENTLY {} ON {}.{} ({})",
+            quote(&self.name),
+            quote(schema),
+            quote(table),
+            columns.join(", ")
+        )
+    }
+
+    pub fn drop_sql(&self) -> String {
+        format!("DROP INDEX CONCURRENTLY IF EXISTS {}", self.qualified_name())
+    }
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The default name: `<table>_<columns>_idx`, within 63 bytes.
+pub fn default_name(table: &str, columns: &[String]) -> String {
+    let table = table.rsplit('.').next().unwrap_or(table);
+    let mut name = format!("{table}_{}_idx", columns.join("_"));
+    while name.len() > 63 {
+        name.pop();
+    }
+    name
+}
+
+/// How a build runs and is judged.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CreateConfig {
+    pub lock_timeout_ms: u64,
+    pub attempts_max: u32,
+    pub build_timeout_ms: u64,
+    /// Calls of a statement in the window at least, for its time to count.
+    pub calls_min: i64,
+    /// The statements must be at least this many times faster (mean per
+    /// call, weighted by calls) for the index to stay.
+    pub speedup_min: f64,
+}
+
+impl Default for CreateConfig {
+    fn default() -> Self {
+        CreateConfig {
+            lock_timeout_ms: 1_000,
+            attempts_max: 20,
+            build_timeout_ms: 3_600_000,
+            calls_min: 10,
+            speedup_min: 1.2,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(
+        "building the index: the lock was not granted within lock_timeout ({lock_timeout_ms} ms) in {attempts} attempts"
+    )]
+    LockNotGranted { lock_timeout_ms: u64, attempts: u32 },
+    #[error("building the index failed ({0}); the invalid index it left was dropped")]
+    BuildFailed(String),
+    #[error("database: {0}")]
+    Database(String),
+}
+
+/// Statements (queryids) the index is meant for: those reading its table
+/// with its leading column in a filter, join or ORDER BY.
+pub fn statements_for(index: &IndexSpec, snapshot: &WorkloadSnapshot, catalog: &Catalog) -> Vec<i64> {
+    let Some(leading) = index.columns.first() else {
+        return Vec::new();
+    };
+    snapshot
+        .statements
+        .iter()
+        .filter(|statement| {
+            shape(&statement.query, catalog).is_ok_and(|s| {
+                s.tables.iter().any(|t| {
+                    t.table == index.table
+                        && (t.equality.contains(leading)
+                            || t.range.contains(leading)
+                            || t.join.contains(leading)
+                            || t.order_by.first() == Some(leading))
+                })
+            })
+        })
+        .map(|s| s.queryid)
+        .collect()
+}
+
+/// Builds the index CONCURRENTLY under lock_timeout, again while the lock
+/// is not granted; a failed build's invalid index is dropped.
+pub async fn build(pool: &PgPool, index: &IndexSpec, config: &CreateConfig) -> Result<(), CreateError> {
+    let (schema, _) = index.schema_and_table();
+    // An invalid index of that name, left by an interrupted build, goes first.
+    drop_invalid(pool, schema, index, config).await?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let outcome = run_alone(pool, &index.create_sql(), config).await;
+        match outcome {
+            Ok(()) => break,
+            Err(error) if lock_timeout(&error) && attempt < config.attempts_max => {
+                drop_invalid(pool, schema, index, config).await?;
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(20)))).await;
+            }
+            Err(error) if lock_timeout(&error) => {
+                drop_invalid(pool, schema, index, config).await?;
+                return Err(CreateError::LockNotGranted {
+                    lock_timeout_ms: config.lock_timeout_ms,
+                    attempts: attempt,
+                });
+            }
+            Err(error) => {
+                drop_invalid(pool, schema, index, config).await?;
+                return Err(describe(&error));
+            }
+        }
+    }
+    match valid(pool, schema, &index.name).await? {
+        Some(true) => Ok(()),
+        _ => {
+            drop_invalid(pool, schema, index, config).await?;
+            Err(CreateError::BuildFailed("it ended invalid".into()))
+        }
+    }
+}
+
+/// Drops the index (CONCURRENTLY).
+pub async fn drop_index(pool: &PgPool, index: &IndexSpec, config: &CreateConfig) -> Result<(), CreateError> {
+    run_alone(pool, &index.drop_sql(), config)
+        .await
+        .map_err(|e| CreateError::Database(e.to_string()))
+}
+
+async fn drop_invalid(
+    pool: &PgPool,
+    schema: &str,
+    index: &IndexSpec,
+    config: &CreateConfig,
+) -> Result<(), CreateError> {
+    if valid(pool, schema, &index.name).await? == Some(false) {
+        drop_index(pool, index, config).await?;
+    }
+    Ok(())
+}
+
+fn lock_timeout(error: &sqlx::Error) -> bool {
+    error.as_database_error().and_then(|db| db.code()).as_deref() == Some("55P03")
+}
+
+fn describe(error: &sqlx::Error) -> CreateError {
+    match error.as_database_error() {
+        Some(db) => CreateError::BuildFailed(format!(
+            "{} (SQLSTATE {})",
+            db.message(),
+            db.code().unwrap_or_default()
+        )),
+        None => CreateError::Database(error.to_string()),
+    }
+}
+
+/// One statement outside a transaction block, with the timeouts set for
+/// its session and reset before the connection goes back to the pool.
+async fn run_alone(pool: &PgPool, sql: &str, config: &CreateConfig) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "SET lock_timeout = {}; SET statement_timeout = {}",
+        config.lock_timeout_ms, config.build_timeout_ms
+    )))
+    .execute(&mut *conn)
+    .await?;
+    let result = sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+        .execute(&mut *conn)
+        .await;
+    sqlx::raw_sql("RESET lock_timeout; RESET statement_timeout")
+        .execute(&mut *conn)
+        .await?;
+    result.map(|_| ())
+}
+
+/// Whether the index exists and is valid (`None`: it does not exist).
+pub async fn valid(pool: &PgPool, schema: &str, name: &str) -> Result<Option<bool>, CreateError> {
+    sqlx::query_scalar(INDEX_VALID)
+        .bind(schema)
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+        .map_err(|e| CreateError::Database(e.to_string()))
+}
+
+/// One statement's time before and after the index.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Measurement {
+    pub queryid: i64,
+    pub query: String,
+    pub before_mean_ms: f64,
+    pub before_calls: i64,
+    pub after_mean_ms: Option<f64>,
+    pub after_calls: i64,
+    /// Whether its plan (generic) uses the index.
+    pub plan_uses_index: bool,
+}
+
+/// The verdict over the measured statements.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    pub keep: bool,
+    /// Before over after, mean per call weighted by calls; none when no
+    /// statement ran often enough in the window.
+    pub speedup: Option<f64>,
+    pub reason: String,
+}
+
+/// Before: the period from `earlier` up to the build when a statement
+/// ran often enough in it, else everything the counters hold up to the
+/// build (all of it from before the index); after: the window since.
+pub fn measure(
+    statements: &[i64],
+    earlier: Option<&WorkloadSnapshot>,
+    at_build: &WorkloadSnapshot,
+    after_window: &WorkloadSnapshot,
+    uses_index: &dyn Fn(i64) -> bool,
+    calls_min: i64,
+) -> Vec<Measurement> {
+    let recent: Vec<PeriodStats> = earlier
+        .map(|e| period(e, at_build).statements)
+        .unwrap_or_default();
+    let cumulative = period(&empty_like(at_build), at_build).statements;
+    let after = period(at_build, after_window).statements;
+    statements
+        .iter()
+        .filter_map(|queryid| {
+            let then = recent
+                .iter()
+                .find(|s| s.queryid == *queryid && s.calls >= calls_min)
+                .or_else(|| cumulative.iter().find(|s| s.queryid == *queryid))?;
+            let now = after.iter().find(|s| s.queryid == *queryid);
+            Some(Measurement {
+                queryid: *queryid,
+                query: then.query.clone(),
+                before_mean_ms: then.mean_ms,
+                before_calls: then.calls,
+                after_mean_ms: now.map(|n| n.mean_ms),
+                after_calls: now.map_or(0, |n| n.calls),
+                plan_uses_index: uses_index(*queryid),
+            })
+        })
+        .collect()
+}
+
+fn empty_like(snapshot: &WorkloadSnapshot) -> WorkloadSnapshot {
+    WorkloadSnapshot {
+        taken_at_ms: 0,
+        statements: Vec::new(),
+        dealloc: snapshot.dealloc,
+        stats_reset: snapshot.stats_reset.clone(),
+    }
+}
+
+/// Keep the index only when the planner uses it for a statement it was
+/// meant for and, where the window measured them, they got faster.
+pub fn judge(measurements: &[Measurement], config: &CreateConfig) -> Verdict {
+    if measurements.is_empty() {
+        return Verdict {
+            keep: false,
+            speedup: None,
+            reason: "no statement of the workload filters, joins or sorts on its leading column".into(),
+        };
+    }
+    if !measurements.iter().any(|m| m.plan_uses_index) {
+        return Verdict {
+            keep: false,
+            speedup: None,
+            reason: "the planner does not use it for any of the statements it was meant for".into(),
+        };
+    }
+    let measured: Vec<&Measurement> = measurements
+        .iter()
+        .filter(|m| m.after_calls >= config.calls_min && m.before_calls >= config.calls_min)
+        .collect();
+    if measured.is_empty() {
+        return Verdict {
+            keep: true,
+            speedup: None,
+            reason: format!(
+                "the planner uses it; its statements ran fewer than {} times in the window, so the time gain is not measured",
+                config.calls_min
+            ),
+        };
+    }
+    let calls: f64 = measured.iter().map(|m| m.after_calls as f64).sum();
+    let before: f64 = measured
+        .iter()
+        .map(|m| m.before_mean_ms * m.after_calls as f64)
+        .sum::<f64>()
+        / calls;
+    let after: f64 = measured
+        .iter()
+        .map(|m| m.after_mean_ms.unwrap_or(0.0) * m.after_calls as f64)
+        .sum::<f64>()
+        / calls;
+    let speedup = if after > 0.0 {
+        before / after
+    } else {
+        f64::INFINITY
+    };
+    if speedup >= config.speedup_min {
+        Verdict {
+            keep: true,
+            speedup: Some(speedup),
+            reason: format!(
+                "its statements are {speedup:.1}× faster ({before:.3} ms → {after:.3} ms per call)"
+            ),
+        }
+    } else {
+        Verdict {
+            keep: false,
+            speedup: Some(speedup),
+            reason: format!(
+                "its statements are not faster enough ({before:.3} ms → {after:.3} ms per call, {speedup:.2}×; {:.2}× needed)",
+                config.speedup_min
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measurement(before: f64, after: Option<f64>, calls: i64, uses: bool) -> Measurement {
+        Measurement {
+            queryid: 1,
+            query: "SELECT 1".into(),
+            before_mean_ms: before,
+            before_calls: 100,
+            after_mean_ms: after,
+            after_calls: calls,
+            plan_uses_index: uses,
+        }
+    }
+
+    #[test]
+    fn an_index_stays_when_its_statements_got_faster_and_goes_when_unused_or_not_faster() {
+        let config = CreateConfig::default();
+        let kept = judge(&[measurement(5.0, Some(0.05), 50, true)], &config);
+        assert!(kept.keep && kept.speedup.unwrap() > 50.0, "{kept:?}");
+        let unused = judge(&[measurement(5.0, Some(5.0), 50, false)], &config);
+        assert!(
+            !unused.keep && unused.reason.contains("does not use it"),
+            "{unused:?}"
+        );
+        let slow = judge(&[measurement(5.0, Some(4.9), 50, true)], &config);
+        assert!(
+            !slow.keep && slow.reason.contains("not faster enough"),
+            "{slow:?}"
+        );
+        let unmeasured = judge(&[measurement(5.0, None, 0, true)], &config);
+        assert!(unmeasured.keep && unmeasured.speedup.is_none(), "{unmeasured:?}");
+        assert!(!judge(&[], &config).keep);
+    }
+
+    #[test]
+    fn names_and_sql_are_quoted_and_bounded() {
+        let index = IndexSpec {
+            table: "public.users".into(),
+            columns: vec!["email".into()],
+            name: default_name("public.users", &["email".into()]),
+        };
+        assert_eq!(index.name, "users_email_idx");
+        assert_eq!(
+            index.create_sql(),
+            r#"CREATE INDEX CONCURRENTLY "users_email_idx" ON "public"."users" ("email")"#
+        );
+        assert_eq!(
+            index.drop_sql(),
+            r#"DROP INDEX CONCURRENTLY IF EXISTS "public"."users_email_idx""#
+        );
+        assert!(default_name("t", &["c".repeat(80)]).len() <= 63);
+    }
+}
