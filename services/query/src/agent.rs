@@ -182,7 +182,7 @@ fn table_rows(tables: &[TableFacts]) -> TableRows {
 
 /// The generic plan of a statement, analysed; `Err` says why it cannot be.
 async fn explained(
-    shared: &Shared,
+    config: &QueryAgentConfig,
     pool: &PgPool,
     sql: &str,
     analyze: bool,
@@ -190,11 +190,11 @@ async fn explained(
 ) -> Result<(Value, PlanAnalysis), String> {
     let options = ExplainOptions {
         analyze,
-        statement_timeout_ms: shared.config.statement_timeout_ms,
+        statement_timeout_ms: config.statement_timeout_ms,
     };
     let plan = explain(pool, sql, options).await.map_err(|e| e.to_string())?;
     let analysis =
-        analyze_plan_with_table_rows(&plan, &shared.config.thresholds, rows).map_err(|e| e.to_string())?;
+        analyze_plan_with_table_rows(&plan, &config.thresholds, rows).map_err(|e| e.to_string())?;
     Ok((plan, analysis))
 }
 
@@ -235,7 +235,7 @@ async fn plans_of(shared: &Shared, pool: &PgPool, snapshot: &WorkloadSnapshot) -
         .filter(|s| explainable(&s.query))
         .take(shared.config.statements_explained_max)
     {
-        if let Ok((_, analysis)) = explained(shared, pool, &statement.query, false, &rows).await {
+        if let Ok((_, analysis)) = explained(&shared.config, pool, &statement.query, false, &rows).await {
             plans.insert(statement.queryid, plan_shape(&analysis));
         }
     }
@@ -329,10 +329,11 @@ impl Operation for Analyze {
             let heaviest = snapshot.statements.iter().filter(|s| explainable(&s.query));
             for statement in heaviest.take(shared.config.statements_explained_max) {
                 let hints = rewrite_hints(&statement.query, &is_indexed).unwrap_or_default();
-                let (analysis, error) = match explained(shared, &pool, &statement.query, false, &rows).await {
-                    Ok((_, analysis)) => (Some(analysis), None),
-                    Err(error) => (None, Some(scrub(error))),
-                };
+                let (analysis, error) =
+                    match explained(&shared.config, &pool, &statement.query, false, &rows).await {
+                        Ok((_, analysis)) => (Some(analysis), None),
+                        Err(error) => (None, Some(scrub(error))),
+                    };
                 if let Some(table) = &table {
                     let reads_table = analysis.as_ref().is_some_and(|a| {
                         a.scans
@@ -399,7 +400,7 @@ impl Operation for Explain {
             let (database, pool, url) = target(task).await?;
             // PostgreSQL judges the statement first: its errors are the precise ones.
             let tables = table_statistics(&pool).await.map_err(|e| url.scrub(&e))?;
-            let (plan, analysis) = explained(&self.0, &pool, sql, analyze, &table_rows(&tables))
+            let (plan, analysis) = explained(&self.0.config, &pool, sql, analyze, &table_rows(&tables))
                 .await
                 .map_err(|e| url.scrub(&e))?;
             let indexed = indexed_columns(&pool).await.map_err(|e| url.scrub(&e))?;
@@ -548,6 +549,25 @@ impl Operation for RecommendIndexes {
     }
 }
 
+/// What the plans of the statements say to do, without costing anything
+/// (the advice when HypoPG is not there).
+async fn plan_advice(
+    pool: &PgPool,
+    config: &QueryAgentConfig,
+    statements: &[WorkloadStatement],
+) -> Result<Value, String> {
+    let rows = table_rows(&table_statistics(pool).await?);
+    let mut advice = Vec::new();
+    for statement in statements {
+        if let Ok((_, analysis)) = explained(config, pool, &statement.query, false, &rows).await {
+            for finding in analysis.findings {
+                advice.push(json!({"query": statement.query, "kind": finding.kind, "message": finding.message, "advice": finding.advice}));
+            }
+        }
+    }
+    Ok(json!(advice))
+}
+
 /// The index advice over the workload of the database `pool` connects to
 /// (what `query.recommend_indexes` answers), optionally only for `table`.
 pub async fn advise(pool: &PgPool, config: &QueryAgentConfig, table: Option<&str>) -> Result<Value, String> {
@@ -603,10 +623,15 @@ pub async fn advise(pool: &PgPool, config: &QueryAgentConfig, table: Option<&str
     let (baseline, evaluations) = match evaluate(&mut conn, &statements, &candidates, options).await {
         Ok(evaluated) => evaluated,
         Err(error @ crate::advisor::AdvisorError::NoHypoPg(_)) => {
+            // Without hypothetical indexes nothing is costed; what the
+            // plans themselves show is still advice.
+            drop(conn);
+            let plan_advice = plan_advice(pool, config, &statements).await?;
             return Ok(json!({
                 "hypopg": false,
                 "error": error.to_string(),
                 "recommendations": [],
+                "plan_advice": plan_advice,
                 "candidates": candidates.keys().collect::<Vec<_>>(),
             }));
         }
@@ -726,7 +751,8 @@ impl Operation for CreateIndex {
             let rows = table_rows(&tables);
             let mut uses = std::collections::BTreeSet::new();
             for statement in after.statements.iter().filter(|s| meant_for.contains(&s.queryid)) {
-                if let Ok((_, analysis)) = explained(shared, &pool, &statement.query, false, &rows).await
+                if let Ok((_, analysis)) =
+                    explained(&shared.config, &pool, &statement.query, false, &rows).await
                     && analysis
                         .scans
                         .iter()

@@ -543,3 +543,76 @@ async fn the_seed_request_creates_the_email_index_and_measures_the_gain() {
     db.drop_database().await;
     target_db.drop_database().await;
 }
+
+/// A target without HypoPG (its role may not create the extension): the
+/// advice says why no index was costed and still gives what the plans show.
+#[tokio::test]
+async fn without_hypopg_the_advice_says_so_and_comes_from_the_plans() {
+    let db = TestDb::create().await;
+    let target_db = TestDb::create().await;
+    let owner = target_db.pool().await;
+    let role = format!("noext_{}", &target_db.name[13..]);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE \"{role}\" LOGIN; GRANT pg_read_all_stats TO \"{role}\"; \
+         CREATE EXTENSION pg_stat_statements; \
+         CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL); \
+         INSERT INTO users (email) SELECT 'user' || g || '@example.com' FROM generate_series(1, 50000) g; ANALYZE users; \
+         GRANT SELECT ON users TO \"{role}\";"
+    )))
+    .execute(&owner)
+    .await
+    .unwrap();
+    let (base, _) = target_db.url.rsplit_once('/').unwrap();
+    let (scheme, rest) = base.split_once("://").unwrap();
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let role_url = format!("{scheme}://{role}@{host}/{}", target_db.name);
+    let limited = sqlx::PgPool::connect(&role_url).await.unwrap();
+    look_up_emails(&limited, 20).await;
+
+    let server = TestServer::start(with_workflows(settings_for(&db))).await;
+    let mut admin = AdminClient::connect(server.channel_url()).await.unwrap();
+    admin
+        .register_database(proto::RegisterDatabaseRequest {
+            name: "app".into(),
+            url: role_url.clone(),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    let mut client = workflows_client(&server).await;
+    let advice = result(
+        &execute_and_wait(
+            &mut client,
+            &task("recommend_indexes", json!({"database": "app"})),
+        )
+        .await,
+    );
+    assert_eq!(advice["hypopg"], false, "{advice:#}");
+    assert!(
+        advice["error"]
+            .as_str()
+            .unwrap()
+            .contains("HypoPG is not available"),
+        "{advice:#}"
+    );
+    let from_plans = advice["plan_advice"].as_array().unwrap();
+    assert!(
+        from_plans
+            .iter()
+            .any(|a| a["kind"] == "selective_seq_scan" && a["advice"].as_str().unwrap().contains("(email)")),
+        "{advice:#}"
+    );
+
+    limited.close().await;
+    owner.close().await;
+    server.stop().await;
+    db.drop_database().await;
+    target_db.drop_database().await;
+    let mut admin_conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url())
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS \"{role}\"")))
+        .execute(&mut admin_conn)
+        .await
+        .unwrap();
+}
