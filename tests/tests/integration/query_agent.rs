@@ -616,3 +616,71 @@ async fn without_hypopg_the_advice_says_so_and_comes_from_the_plans() {
         .await
         .unwrap();
 }
+
+/// An invalid index left by a failed concurrent build is found and dropped
+/// before the index is built again; the agent's own failed build leaves
+/// nothing behind.
+#[tokio::test]
+async fn an_invalid_index_left_by_a_failed_build_is_dropped_and_built_again() {
+    let (db, target_db, target, server) = serve_with_users(20_000).await;
+    let mut client = workflows_client(&server).await;
+    // Given an invalid index: a unique build over duplicate tenants fails and leaves it
+    let failed = sqlx::raw_sql("CREATE UNIQUE INDEX CONCURRENTLY users_tenant_id_idx ON users (tenant_id)")
+        .execute(&target)
+        .await;
+    assert!(failed.is_err());
+    let valid: bool = sqlx::query_scalar(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'users_tenant_id_idx'::regclass",
+    )
+    .fetch_one(&target)
+    .await
+    .unwrap();
+    assert!(!valid, "the failed build left an invalid index");
+    for tenant in 0..20 {
+        let _: Vec<(i64,)> = sqlx::query_as("SELECT id FROM users WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_all(&target)
+            .await
+            .unwrap();
+    }
+    // When the agent creates the index under that name
+    let created = result(
+        &execute_and_wait(
+            &mut client,
+            &task(
+                "create_index",
+                json!({"database": "app", "table": "users", "columns": ["tenant_id"], "measure_ms": 100}),
+            ),
+        )
+        .await,
+    );
+    // Then the invalid one was replaced by a valid one (kept: the planner uses it)
+    assert_eq!(created["kept"], true, "{created:#}");
+    let valid: bool = sqlx::query_scalar(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'users_tenant_id_idx'::regclass",
+    )
+    .fetch_one(&target)
+    .await
+    .unwrap();
+    assert!(valid);
+    // And creating it again is refused, naming it
+    let again = execute_and_wait(
+        &mut client,
+        &task(
+            "create_index",
+            json!({"database": "app", "table": "users", "columns": ["tenant_id"]}),
+        ),
+    )
+    .await;
+    assert_eq!(again.status, "failed");
+    assert!(
+        again.tasks[0].error.contains("already exists"),
+        "{}",
+        again.tasks[0].error
+    );
+
+    target.close().await;
+    server.stop().await;
+    db.drop_database().await;
+    target_db.drop_database().await;
+}
