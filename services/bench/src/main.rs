@@ -19,6 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
 mod backfill;
+mod index_advice;
 mod read_models;
 mod workflows;
 
@@ -33,6 +34,7 @@ const BENCHES: &[&str] = &[
     "workflow_latency",
     "workflow_throughput",
     "backfill_throughput",
+    "index_advice_quality",
 ];
 
 /// Benchmarks of the dbswarm server (release build) against PostgreSQL.
@@ -44,8 +46,8 @@ const BENCHES: &[&str] = &[
 struct Args {
     /// Run only this benchmark: append_throughput, append_latency,
     /// fanout_latency, relay_throughput, projection_rebuild, query_uncached,
-    /// query_cached, workflow_latency, workflow_throughput or
-    /// backfill_throughput.
+    /// query_cached, workflow_latency, workflow_throughput,
+    /// backfill_throughput or index_advice_quality.
     #[arg(long)]
     only: Option<String>,
     /// Concurrent clients: each appending to its own stream (append
@@ -108,6 +110,15 @@ struct Args {
     /// (the engine's default).
     #[arg(long, default_value_t = 10)]
     backfill_pause_ms: u64,
+    /// Rounds of index_advice_quality's timed workload runs, each with no
+    /// extra index, the ideal indexes and the agent's (in alternating
+    /// order); medians are reported.
+    #[arg(long, default_value_t = 2)]
+    advice_rounds: usize,
+    /// Indexes the query agent recommends at most in index_advice_quality
+    /// (its advisor's indexes_max); default: the agent's default.
+    #[arg(long)]
+    advice_indexes_max: Option<usize>,
 }
 
 #[tokio::main]
@@ -128,6 +139,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.backfill_scale == 0 || args.backfill_batch_rows == 0 {
         bail!("--backfill-scale and --backfill-batch-rows must be at least 1");
+    }
+    if args.advice_rounds == 0 {
+        bail!("--advice-rounds must be at least 1");
     }
     if !["registry", "grpc"].contains(&args.rebuild_poll.as_str()) {
         bail!("--rebuild-poll is registry or grpc, not '{}'", args.rebuild_poll);
@@ -179,6 +193,12 @@ async fn main() -> anyhow::Result<()> {
     if wanted("backfill_throughput") {
         // Three databases: each run's pgbench tables, the migration history.
         backfill::backfill_throughput(&args, &admin_url).await?;
+    }
+    if wanted("index_advice_quality") {
+        let db = ScratchDb::create(&admin_url).await?;
+        let result = index_advice::index_advice_quality(&args, &db).await;
+        db.drop_database(&admin_url).await?;
+        result?;
     }
     Ok(())
 }

@@ -44,7 +44,7 @@ impl Default for AdvisorConfig {
     fn default() -> Self {
         AdvisorConfig {
             columns_max: 3,
-            indexes_max: 5,
+            indexes_max: 20,
             candidates_max: 100,
             improvement_min: 0.2,
             write_cost_ms_per_row: 0.01,
@@ -264,10 +264,21 @@ pub fn choose(
         .iter()
         .enumerate()
         .filter(|(i, _)| !chosen.contains(i))
-        .map(|(_, e)| Rejected {
-            table: e.candidate.table.clone(),
-            columns: e.candidate.columns.clone(),
-            reason: rejection(e, statements, baseline, writes, config),
+        .map(|(_, e)| {
+            let still_worth = net_saving(e, statements, baseline, &best, writes, config) > 0.0;
+            let reason = if still_worth {
+                format!(
+                    "it would still save time, but at most {} indexes are recommended at once (indexes_max)",
+                    config.indexes_max
+                )
+            } else {
+                rejection(e, statements, baseline, writes, config)
+            };
+            Rejected {
+                table: e.candidate.table.clone(),
+                columns: e.candidate.columns.clone(),
+                reason,
+            }
         })
         .collect();
     Advice {
@@ -516,6 +527,35 @@ mod tests {
         assert!(
             reasons["created_at"].contains("no statement's plan cost drops"),
             "{reasons:?}"
+        );
+    }
+
+    #[test]
+    fn candidates_left_out_by_the_limit_say_so() {
+        let statements = [
+            statement(1, "SELECT * FROM users WHERE email = $1", 1000, 5000.0),
+            statement(2, "SELECT * FROM users WHERE name = $1", 1000, 4000.0),
+        ];
+        let evaluations = [
+            evaluation(&["email"], &[(0, 8.0)]),
+            evaluation(&["name"], &[(1, 8.0)]),
+        ];
+        let config = AdvisorConfig {
+            indexes_max: 1,
+            ..AdvisorConfig::default()
+        };
+        let advice = choose(
+            &statements,
+            &[Some(1000.0), Some(1000.0)],
+            &evaluations,
+            &HashMap::new(),
+            &config,
+        );
+        assert_eq!(advice.recommendations.len(), 1);
+        assert!(
+            advice.rejected[0].reason.contains("at most 1 indexes"),
+            "{:?}",
+            advice.rejected
         );
     }
 
