@@ -144,6 +144,21 @@ impl TestServer {
         TestServer { running, client }
     }
 
+    /// Registers a target database under `name` (Admin.RegisterDatabase).
+    pub async fn register_target(&self, name: &str, url: &str) {
+        let mut admin = proto::admin_client::AdminClient::connect(self.channel_url())
+            .await
+            .expect("connect to the test server");
+        admin
+            .register_database(proto::RegisterDatabaseRequest {
+                name: name.to_owned(),
+                url: url.to_owned(),
+                description: String::new(),
+            })
+            .await
+            .expect("register the target");
+    }
+
     pub fn channel_url(&self) -> String {
         format!("http://{}", self.running.grpc_addr)
     }

@@ -18,6 +18,7 @@
 //! orchestrator, which matches it by attempt, so it is recorded once.
 
 mod directory;
+pub mod params;
 mod probe;
 mod runtime;
 mod targets;

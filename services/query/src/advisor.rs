@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use schema::migration::steps::quote;
 use serde::Serialize;
 use sqlparser::ast::{FromTable, Statement as SqlStatement, TableFactor, TableObject};
 use sqlparser::dialect::PostgreSqlDialect;
@@ -112,11 +113,6 @@ pub struct Rejected {
 pub struct Advice {
     pub recommendations: Vec<Recommendation>,
     pub rejected: Vec<Rejected>,
-}
-
-/// Quotes an identifier for PostgreSQL.
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// `schema.table` quoted part by part.

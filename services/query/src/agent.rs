@@ -4,9 +4,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use agents::params::{flag, optional_text, text as text_param};
 use agents::{OpFuture, Operation, TaskContext};
+use sagas::now_ms;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sqlx::PgPool;
@@ -89,16 +90,6 @@ pub fn operations(journal: Journal, config: QueryAgentConfig) -> Vec<(&'static s
     ]
 }
 
-fn text_param<'a>(params: &'a Map<String, Value>, name: &str) -> Result<&'a str, String> {
-    match params.get(name) {
-        Some(Value::String(text)) if !text.trim().is_empty() => Ok(text),
-        Some(other) => Err(format!(
-            "parameter '{name}' must be a non-empty string, not {other}"
-        )),
-        None => Err(format!("needs parameter '{name}'")),
-    }
-}
-
 /// The target named by `database`, or, when none is named and exactly
 /// one is registered, that one (so "optimize slow queries in the users
 /// table" needs no database when there is only one).
@@ -129,12 +120,6 @@ async fn target(task: &TaskContext) -> Result<(String, PgPool, domain::target::C
         .await
         .map_err(|e| e.to_string())?;
     Ok((name.to_owned(), pool, url))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<Value, String> {
@@ -312,10 +297,7 @@ impl Operation for Analyze {
         Box::pin(async move {
             let shared = &self.0;
             let params = &task.command.params;
-            let table = match params.get("table") {
-                Some(_) => Some(text_param(params, "table")?.to_owned()),
-                None => None,
-            };
+            let table = optional_text(params, "table")?;
             let (database, pool, url) = target(task).await?;
             let scrub = |e: String| url.scrub(&e);
             let snapshot = snapshot(&pool).await.map_err(scrub)?;
@@ -334,11 +316,11 @@ impl Operation for Analyze {
                         Ok((_, analysis)) => (Some(analysis), None),
                         Err(error) => (None, Some(scrub(error))),
                     };
-                if let Some(table) = &table {
+                if let Some(table) = table {
                     let reads_table = analysis.as_ref().is_some_and(|a| {
                         a.scans
                             .iter()
-                            .any(|s| &s.relation == table || s.relation.ends_with(&format!(".{table}")))
+                            .any(|s| s.relation == table || s.relation.ends_with(&format!(".{table}")))
                     });
                     if !reads_table {
                         continue;
@@ -392,11 +374,7 @@ impl Operation for Explain {
         Box::pin(async move {
             let params = &task.command.params;
             let sql = text_param(params, "sql")?;
-            let analyze = match params.get("analyze") {
-                None => false,
-                Some(Value::Bool(b)) => *b,
-                Some(other) => return Err(format!("parameter 'analyze' must be true or false, not {other}")),
-            };
+            let analyze = flag(params, "analyze")?;
             let (database, pool, url) = target(task).await?;
             // PostgreSQL judges the statement first: its errors are the precise ones.
             let tables = table_statistics(&pool).await.map_err(|e| url.scrub(&e))?;
@@ -535,12 +513,9 @@ impl Operation for RecommendIndexes {
     fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
         Box::pin(async move {
             let params = &task.command.params;
-            let table = match params.get("table") {
-                Some(_) => Some(text_param(params, "table")?.to_owned()),
-                None => None,
-            };
+            let table = optional_text(params, "table")?;
             let (database, pool, url) = target(task).await?;
-            let mut answer = advise(&pool, &self.0.config, table.as_deref())
+            let mut answer = advise(&pool, &self.0.config, table)
                 .await
                 .map_err(|e| url.scrub(&e))?;
             answer["database"] = json!(database);
@@ -689,8 +664,8 @@ impl CreateIndex {
             Some(_) => return Err("'columns' must be a list of 1 to 32 column names".into()),
             None => return Err("needs parameter 'columns'".into()),
         };
-        let name = match params.get("name") {
-            Some(_) => text_param(params, "name")?.to_owned(),
+        let name = match optional_text(params, "name")? {
+            Some(name) => name.to_owned(),
             None => default_name(&table, &columns),
         };
         if name.len() > 63 || name.contains('"') {
@@ -722,13 +697,12 @@ impl Operation for CreateIndex {
             let scrub = |e: String| url.scrub(&e);
             let catalog = catalog(&pool).await.map_err(scrub)?;
             let index = Self::spec(params, &catalog)?;
-            let (schema, _) = index.table.split_once('.').unwrap_or(("public", &index.table));
-            if crate::create::valid(&pool, schema, &index.name)
+            if crate::create::valid(&pool, &index)
                 .await
                 .map_err(|e| scrub(e.to_string()))?
                 == Some(true)
             {
-                return Err(format!("index {schema}.{} already exists", index.name));
+                return Err(format!("index {}.{} already exists", index.schema(), index.name));
             }
             let earlier = shared
                 .journal

@@ -5,15 +5,14 @@
 //! index the planner does not use, or that does not make its statements
 //! faster, is dropped again. Both outcomes are events with the numbers.
 
-use std::time::Duration;
-
+use schema::LockLevel;
+use schema::migration::executor::{ExecError, Timeouts, index_valid, run_outside_transaction, run_step};
+use schema::migration::steps::{Step, quote};
 use serde::Serialize;
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::PgPool;
 
 use crate::candidates::{Catalog, shape};
 use crate::workload::{PeriodStats, WorkloadSnapshot, period};
-
-const INDEX_VALID: &str = include_str!("sql/index_valid.sql");
 
 /// An index to create.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -25,6 +24,11 @@ pub struct IndexSpec {
 }
 
 impl IndexSpec {
+    /// The schema of its table (and so of the index).
+    pub fn schema(&self) -> &str {
+        self.schema_and_table().0
+    }
+
     fn schema_and_table(&self) -> (&str, &str) {
         self.table.split_once('.').unwrap_or(("public", &self.table))
     }
@@ -50,10 +54,6 @@ impl IndexSpec {
     }
 }
 
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 /// The default name: `<table>_<columns>_idx`, within 63 bytes.
 pub fn default_name(table: &str, columns: &[String]) -> String {
     let table = table.rsplit('.').next().unwrap_or(table);
@@ -65,11 +65,11 @@ pub fn default_name(table: &str, columns: &[String]) -> String {
 }
 
 /// How a build runs and is judged.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CreateConfig {
-    pub lock_timeout_ms: u64,
-    pub attempts_max: u32,
-    pub build_timeout_ms: u64,
+    /// lock_timeout, attempts and statement_timeout of the build and the
+    /// drop, as for a migration's index (the same executor runs them).
+    pub timeouts: Timeouts,
     /// Calls of a statement in the window at least, for its time to count.
     pub calls_min: i64,
     /// The statements must be at least this many times faster (mean per
@@ -80,27 +80,11 @@ pub struct CreateConfig {
 impl Default for CreateConfig {
     fn default() -> Self {
         CreateConfig {
-            lock_timeout_ms: 1_000,
-            attempts_max: 20,
-            build_timeout_ms: 3_600_000,
+            timeouts: Timeouts::default(),
             calls_min: 10,
             speedup_min: 1.2,
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CreateError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error(
-        "building the index: the lock was not granted within lock_timeout ({lock_timeout_ms} ms) in {attempts} attempts"
-    )]
-    LockNotGranted { lock_timeout_ms: u64, attempts: u32 },
-    #[error("building the index failed ({0}); the invalid index it left was dropped")]
-    BuildFailed(String),
-    #[error("database: {0}")]
-    Database(String),
 }
 
 /// Statements (queryids) the index is meant for: those reading its table
@@ -128,104 +112,36 @@ pub fn statements_for(index: &IndexSpec, snapshot: &WorkloadSnapshot, catalog: &
 }
 
 /// Builds the index CONCURRENTLY under lock_timeout, again while the lock
-/// is not granted; a failed build's invalid index is dropped.
-pub async fn build(pool: &PgPool, index: &IndexSpec, config: &CreateConfig) -> Result<(), CreateError> {
-    let (schema, _) = index.schema_and_table();
-    // An invalid index of that name, left by an interrupted build, goes first.
-    drop_invalid(pool, schema, index, config).await?;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let outcome = run_alone(pool, &index.create_sql(), config).await;
-        match outcome {
-            Ok(()) => break,
-            Err(error) if lock_timeout(&error) && attempt < config.attempts_max => {
-                drop_invalid(pool, schema, index, config).await?;
-                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(20)))).await;
-            }
-            Err(error) if lock_timeout(&error) => {
-                drop_invalid(pool, schema, index, config).await?;
-                return Err(CreateError::LockNotGranted {
-                    lock_timeout_ms: config.lock_timeout_ms,
-                    attempts: attempt,
-                });
-            }
-            Err(error) => {
-                drop_invalid(pool, schema, index, config).await?;
-                return Err(describe(&error));
-            }
-        }
-    }
-    match valid(pool, schema, &index.name).await? {
-        Some(true) => Ok(()),
-        _ => {
-            drop_invalid(pool, schema, index, config).await?;
-            Err(CreateError::BuildFailed("it ended invalid".into()))
-        }
-    }
+/// is not granted; an invalid index of that name (a failed build's, this
+/// one's or an earlier one's) is dropped, and built again once.
+pub async fn build(pool: &PgPool, index: &IndexSpec, config: &CreateConfig) -> Result<(), ExecError> {
+    let step = Step {
+        description: format!("build index {}", index.name),
+        sql: index.create_sql(),
+        transactional: false,
+        builds_index: Some((index.schema_and_table().0.to_owned(), index.name.clone())),
+        lock: Some(LockLevel::ShareUpdateExclusive),
+    };
+    run_step(pool, &config.timeouts, &step).await
 }
 
 /// Drops the index (CONCURRENTLY).
-pub async fn drop_index(pool: &PgPool, index: &IndexSpec, config: &CreateConfig) -> Result<(), CreateError> {
-    run_alone(pool, &index.drop_sql(), config)
-        .await
-        .map_err(|e| CreateError::Database(e.to_string()))
-}
-
-async fn drop_invalid(
-    pool: &PgPool,
-    schema: &str,
-    index: &IndexSpec,
-    config: &CreateConfig,
-) -> Result<(), CreateError> {
-    if valid(pool, schema, &index.name).await? == Some(false) {
-        drop_index(pool, index, config).await?;
-    }
-    Ok(())
-}
-
-fn lock_timeout(error: &sqlx::Error) -> bool {
-    error.as_database_error().and_then(|db| db.code()).as_deref() == Some("55P03")
-}
-
-fn describe(error: &sqlx::Error) -> CreateError {
-    match error.as_database_error() {
-        Some(db) => CreateError::BuildFailed(format!(
-            "{} (SQLSTATE {})",
-            db.message(),
-            db.code().unwrap_or_default()
-        )),
-        None => CreateError::Database(error.to_string()),
-    }
-}
-
-/// One statement outside a transaction block, with the timeouts set for
-/// its session and reset before the connection goes back to the pool.
-async fn run_alone(pool: &PgPool, sql: &str, config: &CreateConfig) -> Result<(), sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "SET lock_timeout = {}; SET statement_timeout = {}",
-        config.lock_timeout_ms, config.build_timeout_ms
-    )))
-    .execute(&mut *conn)
-    .await?;
-    let result = sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
-        .execute(&mut *conn)
-        .await;
-    sqlx::raw_sql("RESET lock_timeout; RESET statement_timeout")
-        .execute(&mut *conn)
-        .await?;
-    result.map(|_| ())
+pub async fn drop_index(pool: &PgPool, index: &IndexSpec, config: &CreateConfig) -> Result<(), ExecError> {
+    let what = format!("drop index {}", index.name);
+    let timeouts = &config.timeouts;
+    run_outside_transaction(
+        pool,
+        timeouts,
+        &what,
+        &index.drop_sql(),
+        timeouts.build_timeout_ms,
+    )
+    .await
 }
 
 /// Whether the index exists and is valid (`None`: it does not exist).
-pub async fn valid(pool: &PgPool, schema: &str, name: &str) -> Result<Option<bool>, CreateError> {
-    sqlx::query_scalar(INDEX_VALID)
-        .bind(schema)
-        .bind(name)
-        .fetch_optional(pool)
-        .await
-        .map_err(|e| CreateError::Database(e.to_string()))
+pub async fn valid(pool: &PgPool, index: &IndexSpec) -> Result<Option<bool>, ExecError> {
+    index_valid(pool, index.schema_and_table().0, &index.name, "look the index up").await
 }
 
 /// One statement's time before and after the index.

@@ -7,8 +7,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use agents::params::{flag, optional_text, text as text_param};
 use agents::{OpFuture, Operation, TaskContext};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::dependencies::dependents;
 use crate::facts::read_facts;
@@ -72,13 +73,6 @@ async fn target(task: &TaskContext) -> Result<Target, String> {
     })
 }
 
-fn optional_text<'a>(params: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, String> {
-    match params.get(name) {
-        None => Ok(None),
-        Some(_) => text_param(params, name).map(Some),
-    }
-}
-
 fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, String> {
     serde_json::to_value(value).map_err(|e| e.to_string())
 }
@@ -133,13 +127,7 @@ impl Operation for Apply {
         Box::pin(async move {
             let params = &task.command.params;
             let migration = self.migrator.from_params(params).map_err(|e| e.to_string())?;
-            let complete = match params.get("complete") {
-                None => false,
-                Some(Value::Bool(b)) => *b,
-                Some(other) => {
-                    return Err(format!("parameter 'complete' must be true or false, not {other}"));
-                }
-            };
+            let complete = flag(params, "complete")?;
             let target = target(task).await?;
             let report = self
                 .migrator
@@ -318,16 +306,6 @@ impl Operation for Lint {
                 named.join("; ")
             ))
         })
-    }
-}
-
-fn text_param<'a>(params: &'a Map<String, Value>, name: &str) -> Result<&'a str, String> {
-    match params.get(name) {
-        Some(Value::String(text)) if !text.is_empty() => Ok(text),
-        Some(other) => Err(format!(
-            "parameter '{name}' must be a non-empty string, not {other}"
-        )),
-        None => Err(format!("needs parameter '{name}'")),
     }
 }
 

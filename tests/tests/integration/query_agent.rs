@@ -4,7 +4,6 @@
 //! detected between snapshots, with the plans before and after.
 
 use api::proto;
-use api::proto::admin_client::AdminClient;
 use serde_json::{Value, json};
 use tests::*;
 
@@ -31,15 +30,7 @@ async fn serve_with_users_and(
     .await
     .unwrap();
     let server = TestServer::start(settings(with_workflows(settings_for(&db)))).await;
-    let mut admin = AdminClient::connect(server.channel_url()).await.unwrap();
-    admin
-        .register_database(proto::RegisterDatabaseRequest {
-            name: "app".into(),
-            url: target_db.url.clone(),
-            description: String::new(),
-        })
-        .await
-        .unwrap();
+    server.register_target("app", &target_db.url).await;
     (db, target_db, target, server)
 }
 
@@ -570,15 +561,7 @@ async fn without_hypopg_the_advice_says_so_and_comes_from_the_plans() {
     look_up_emails(&limited, 20).await;
 
     let server = TestServer::start(with_workflows(settings_for(&db))).await;
-    let mut admin = AdminClient::connect(server.channel_url()).await.unwrap();
-    admin
-        .register_database(proto::RegisterDatabaseRequest {
-            name: "app".into(),
-            url: role_url.clone(),
-            description: String::new(),
-        })
-        .await
-        .unwrap();
+    server.register_target("app", &role_url).await;
     let mut client = workflows_client(&server).await;
     let advice = result(
         &execute_and_wait(

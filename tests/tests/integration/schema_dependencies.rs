@@ -88,18 +88,8 @@ async fn serve_with_target(
     TestServer,
     api::proto::workflows_client::WorkflowsClient<tonic::transport::Channel>,
 ) {
-    use api::proto;
-    use api::proto::admin_client::AdminClient;
     let server = TestServer::start(with_workflows(settings_for(db))).await;
-    let mut admin = AdminClient::connect(server.channel_url()).await.unwrap();
-    admin
-        .register_database(proto::RegisterDatabaseRequest {
-            name: "app".into(),
-            url: target.url.clone(),
-            description: String::new(),
-        })
-        .await
-        .unwrap();
+    server.register_target("app", &target.url).await;
     let client = crate::orchestration::workflows_client(&server).await;
     (server, client)
 }

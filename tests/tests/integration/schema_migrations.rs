@@ -585,7 +585,6 @@ operations:
 #[tokio::test]
 async fn the_schema_agent_runs_migrations_in_workflows_and_rolls_back_as_compensation() {
     use api::proto;
-    use api::proto::admin_client::AdminClient;
     use serde_json::{Value, json};
 
     let db = TestDb::create().await;
@@ -620,15 +619,7 @@ operations:
     settings.schema_migrations_dir = Some(dir.clone());
     settings.schema_lock_timeout_ms = Some(LOCK_TIMEOUT_MS);
     let server = TestServer::start(settings).await;
-    let mut admin = AdminClient::connect(server.channel_url()).await.unwrap();
-    admin
-        .register_database(proto::RegisterDatabaseRequest {
-            name: "app".into(),
-            url: target_db.url.clone(),
-            description: String::new(),
-        })
-        .await
-        .unwrap();
+    server.register_target("app", &target_db.url).await;
     let mut client = crate::orchestration::workflows_client(&server).await;
     let task = |id: &str, operation: &str, params: Value, dependencies: &[&str]| json!({"id": id, "agent": "schema", "operation": operation, "params": params, "dependencies": dependencies});
     let result = |workflow: &proto::Workflow, id: &str| -> Value {
@@ -752,9 +743,6 @@ operations:
 /// lint hazard, 2 when the work cannot be done, with the reason.
 #[tokio::test]
 async fn the_migrate_commands_plan_apply_roll_back_and_complete_from_the_command_line() {
-    use api::proto;
-    use api::proto::admin_client::AdminClient;
-
     let db = TestDb::create().await;
     let target_db = TestDb::create().await;
     let target = target_db.pool().await;
@@ -766,15 +754,7 @@ async fn the_migrate_commands_plan_apply_roll_back_and_complete_from_the_command
     .await
     .unwrap();
     let server = TestServer::start(settings_for(&db)).await;
-    let mut admin = AdminClient::connect(server.channel_url()).await.unwrap();
-    admin
-        .register_database(proto::RegisterDatabaseRequest {
-            name: "app".into(),
-            url: target_db.url.clone(),
-            description: String::new(),
-        })
-        .await
-        .unwrap();
+    server.register_target("app", &target_db.url).await;
     server.stop().await;
     let dir = std::env::temp_dir().join(format!("dbswarm-cli-{}", target_db.name));
     std::fs::create_dir_all(&dir).unwrap();

@@ -209,24 +209,6 @@ impl From<SagaError> for MigrationError {
     }
 }
 
-impl MigrationError {
-    /// Whether the request itself is wrong (as opposed to the target or
-    /// the store failing): the CLI's exit code and the gRPC code follow.
-    pub fn is_bad_request(&self) -> bool {
-        matches!(
-            self,
-            MigrationError::Definition(_)
-                | MigrationError::Plan { .. }
-                | MigrationError::Lint { .. }
-                | MigrationError::Script { .. }
-                | MigrationError::Refused(_)
-                | MigrationError::NotFound { .. }
-                | MigrationError::NoDirectory
-                | MigrationError::NothingInProgress { .. }
-        )
-    }
-}
-
 /// What `plan` shows before anything runs.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanReport {

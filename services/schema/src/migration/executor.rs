@@ -277,7 +277,7 @@ pub async fn run_step(pool: &PgPool, timeouts: &Timeouts, step: &Step) -> Result
 }
 
 /// Whether the index exists and is valid (`None`: it does not exist).
-async fn index_valid(
+pub async fn index_valid(
     pool: &PgPool,
     schema: &str,
     index: &str,

@@ -220,7 +220,6 @@ struct TableChange<'a> {
 
 struct Altered {
     type_name: String,
-    old_type: String,
     not_null: bool,
     up: String,
     down: String,
@@ -333,7 +332,6 @@ pub fn plan(
                     column,
                     Altered {
                         type_name: new_type,
-                        old_type: old.type_name.clone(),
                         not_null: *not_null || old.not_null,
                         up: up.clone().unwrap_or(default_up),
                         down: down.clone().unwrap_or(default_down),
@@ -588,8 +586,7 @@ fn plan_table(table: &TableShape, change: &TableChange, version_schema: &str) ->
         }
     }
     // Defaults: the old column's on an altered twin, the given one on an added column.
-    for (column, altered) in &change.altered {
-        let _ = &altered.old_type;
+    for column in change.altered.keys() {
         if let Some(default) = table.column(column).and_then(|c| c.default.as_ref()) {
             expand.push(step(
                 format!("give {} the default of {column}", twin(column)),
