@@ -394,6 +394,26 @@ redis_status() {
     fi
 }
 
+# ------------------------------------------------------------ backup key
+
+BACKUP_KEY="$PDIR/backup.key"
+
+# A random AES-256 key for this profile's backups (64 hex characters),
+# readable by its owner only; owned by postgres when we are root, since
+# PostgreSQL's archive_command (dbswarm backup wal-push) reads it too.
+# The repository is $PDIR/backups: for local use only; in production keep
+# the key away from the repository.
+backup_key_up() {
+    if [[ ! -s "$BACKUP_KEY" ]]; then
+        (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$BACKUP_KEY.tmp" && echo >>"$BACKUP_KEY.tmp")
+        mv -f "$BACKUP_KEY.tmp" "$BACKUP_KEY"
+        echo "backup ($PROFILE): new key in $(rel "$BACKUP_KEY")"
+    fi
+    ((IS_ROOT)) && chown postgres:postgres "$BACKUP_KEY"
+    mkdir -p "$PDIR/backups" "$PDIR/scratch"
+    return 0
+}
+
 # ------------------------------------------------------------------- main
 
 lock() {
@@ -411,11 +431,15 @@ case "$ACTION" in
         pg_up
         nats_up
         redis_up
+        backup_key_up
         cat >"$ENV_FILE.tmp" <<ENV
 export DBSWARM_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/dbswarm
 export DBSWARM_ADMIN_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
 export DBSWARM_NATS_URL=nats://127.0.0.1:$NATS_PORT
 export DBSWARM_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+export DBSWARM_BACKUP_KEY_FILE=$BACKUP_KEY
+export DBSWARM_BACKUP_REPOSITORY_DIR=$PDIR/backups
+export DBSWARM_BACKUP_SCRATCH_DIR=$PDIR/scratch
 ENV
         mv -f "$ENV_FILE.tmp" "$ENV_FILE"
         ;;

@@ -2,6 +2,10 @@
 //! private test PostgreSQL (`make test` starts it), and an in-process
 //! dbswarm server on ephemeral ports. Panics rather than returns errors.
 
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use api::proto;
@@ -491,6 +495,377 @@ impl Drop for PrivateRedis {
             // A frozen process dies of SIGKILL too.
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+/// Whether this process runs as root (PostgreSQL refuses root: its tools
+/// then run as `postgres`, see `postgres_command`).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A PostgreSQL 15 program (`initdb`, `pg_ctl`, `psql`...): in
+/// `DBSWARM_PG_BIN` if set, else in /usr/lib/postgresql/15/bin, as
+/// `scripts/services.sh` finds them.
+pub fn pg_bin(name: &str) -> PathBuf {
+    std::env::var_os("DBSWARM_PG_BIN")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+        .join(name)
+}
+
+/// `program args` as the `postgres` user when we are root (`runuser -u
+/// postgres --`, from `/`, as `as_pg` of `scripts/services.sh`), directly
+/// otherwise; stdin is empty.
+pub fn postgres_command<S: AsRef<OsStr>>(
+    program: impl AsRef<OsStr>,
+    args: impl IntoIterator<Item = S>,
+) -> std::process::Command {
+    let mut command = if is_root() {
+        let mut command = std::process::Command::new("runuser");
+        command
+            .args(["-u", "postgres", "--"])
+            .arg(program)
+            .current_dir("/");
+        command
+    } else {
+        std::process::Command::new(program)
+    };
+    command.args(args).stdin(std::process::Stdio::null());
+    command
+}
+
+/// Runs `program args` as the `postgres` user when we are root, directly
+/// otherwise (`postgres_command`), and returns its output.
+pub fn run_as_postgres(program: &str, args: &[&str]) -> std::process::Output {
+    postgres_command(program, args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"))
+}
+
+/// `run_as_postgres` without blocking the runtime.
+async fn run_as_postgres_async<S: AsRef<OsStr>>(
+    program: &Path,
+    args: impl IntoIterator<Item = S>,
+) -> std::process::Output {
+    tokio::process::Command::from(postgres_command(program, args))
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()))
+}
+
+/// The uid and gid of the `postgres` user.
+fn postgres_ids() -> (u32, u32) {
+    static IDS: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    *IDS.get_or_init(|| {
+        // SAFETY: all-zero is a valid `passwd` (null pointers, zero ids).
+        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call, and `buffer` (which
+        // the strings of `entry` point into) outlives the use of `entry`.
+        let rc = unsafe {
+            libc::getpwnam_r(
+                c"postgres".as_ptr(),
+                &mut entry,
+                buffer.as_mut_ptr(),
+                buffer.len(),
+                &mut found,
+            )
+        };
+        assert!(
+            rc == 0 && !found.is_null(),
+            "running as root but there is no 'postgres' user to run PostgreSQL as"
+        );
+        (entry.pw_uid, entry.pw_gid)
+    })
+}
+
+/// Creates directory `path` with `mode`, owned by `postgres` when we are
+/// root.
+fn create_postgres_dir(path: &Path, mode: u32) {
+    std::fs::create_dir(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+    if is_root() {
+        let (uid, gid) = postgres_ids();
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .unwrap_or_else(|e| panic!("chown postgres {}: {e}", path.display()));
+    }
+}
+
+/// Gives a file or directory to the `postgres` user (when we are root),
+/// e.g. a backup key PostgreSQL's archive_command reads.
+pub fn give_to_postgres(path: &Path) {
+    if is_root() {
+        let (uid, gid) = postgres_ids();
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .unwrap_or_else(|e| panic!("chown postgres {}: {e}", path.display()));
+    }
+}
+
+/// `<repo>/.dbswarm/test/instances`, traversable by `postgres`.
+fn pg_instances_dir() -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root");
+    let dbswarm = repo.join(".dbswarm");
+    let dir = dbswarm.join("test").join("instances");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    // PostgreSQL runs as `postgres`: it must traverse the whole chain (the
+    // chmod fails harmlessly when another user made them, as root did).
+    for traversed in [dbswarm.clone(), dbswarm.join("test")] {
+        if let Ok(meta) = std::fs::metadata(&traversed) {
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o001 == 0 {
+                let _ = std::fs::set_permissions(&traversed, std::fs::Permissions::from_mode(mode | 0o001));
+            }
+        }
+    }
+    let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755));
+    dir
+}
+
+/// A PostgreSQL 15 cluster of a test's own (loopback, a free port, trust
+/// auth, user `postgres`), for backup and point-in-time-recovery tests that
+/// stop, crash, archive or restore it (never the shared test instance).
+/// Its directories are under `<repo>/.dbswarm/test/instances/`. `fsync`
+/// stays on: the tests rely on crash-recovery semantics.
+pub struct PrivatePostgres {
+    pub port: u16,
+    pub data_dir: PathBuf,
+    /// What drop removes: the instance directory (data, socket, log) of
+    /// `start`, nothing for `start_existing` (set it to have drop remove
+    /// the restored directory).
+    pub owned: Option<PathBuf>,
+    /// Socket directory (`socket`) and server log (`log`) of this run.
+    run_dir: PathBuf,
+    /// `run_dir` is a scratch directory of `start_existing`, which drop
+    /// removes.
+    scratch: bool,
+}
+
+impl PrivatePostgres {
+    /// A fresh, empty directory under `<repo>/.dbswarm/test/instances/`,
+    /// owned by `postgres` (when we are root): for restored data
+    /// directories and WAL archives. The caller removes it (or makes it a
+    /// `PrivatePostgres`'s `owned`).
+    pub fn new_instance_dir() -> PathBuf {
+        let id = Uuid::new_v4().simple().to_string();
+        let dir = pg_instances_dir().join(format!("pg-{}", &id[..16]));
+        create_postgres_dir(&dir, 0o755);
+        dir
+    }
+
+    /// initdb into a fresh instance directory, `extra_conf` lines appended
+    /// to postgresql.conf (after the harness's own: they win), started.
+    /// Panics with the log if it does not start.
+    pub async fn start(extra_conf: &[&str]) -> PrivatePostgres {
+        let instance = PrivatePostgres::new_instance_dir();
+        let data_dir = instance.join("data");
+        create_postgres_dir(&data_dir, 0o700);
+        create_postgres_dir(&instance.join("socket"), 0o755);
+        // Built before initdb so that drop cleans up after a failure.
+        let mut pg = PrivatePostgres {
+            port: free_loopback_port(),
+            data_dir,
+            owned: Some(instance.clone()),
+            run_dir: instance,
+            scratch: false,
+        };
+        let initdb = run_as_postgres_async(
+            &pg_bin("initdb"),
+            [
+                OsStr::new("-D"),
+                pg.data_dir.as_os_str(),
+                OsStr::new("--auth=trust"),
+                OsStr::new("--username=postgres"),
+                OsStr::new("--encoding=UTF8"),
+                OsStr::new("--locale=C"),
+            ],
+        )
+        .await;
+        assert!(
+            initdb.status.success(),
+            "initdb {} failed:\n{}{}",
+            pg.data_dir.display(),
+            String::from_utf8_lossy(&initdb.stdout),
+            String::from_utf8_lossy(&initdb.stderr)
+        );
+        let mut conf = format!(
+            "\n# PrivatePostgres (tests/src/lib.rs)\n\
+             port = {}\n\
+             listen_addresses = '127.0.0.1'\n\
+             unix_socket_directories = '{}'\n\
+             shared_buffers = 32MB\n\
+             max_wal_senders = 4\n\
+             wal_level = replica\n\
+             logging_collector = off\n",
+            pg.port,
+            pg.socket_setting()
+        );
+        for line in extra_conf {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        let conf_path = pg.data_dir.join("postgresql.conf");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&conf_path)
+            .and_then(|mut file| file.write_all(conf.as_bytes()))
+            .unwrap_or_else(|e| panic!("append to {}: {e}", conf_path.display()));
+        pg.launch().await;
+        pg
+    }
+
+    /// Starts a cluster on an existing data directory (one a restore
+    /// produced, say), already owned by `postgres` when we are root, on the
+    /// `port` its configuration names. Its socket and log go to a scratch
+    /// directory of its own; drop removes `data_dir` only if `owned` is set
+    /// to it. Panics with the log if it does not start.
+    pub async fn start_existing(data_dir: PathBuf, port: u16) -> PrivatePostgres {
+        let run_dir = PrivatePostgres::new_instance_dir();
+        create_postgres_dir(&run_dir.join("socket"), 0o755);
+        let mut pg = PrivatePostgres {
+            port,
+            data_dir,
+            owned: None,
+            run_dir,
+            scratch: true,
+        };
+        pg.launch().await;
+        pg
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/<database>`.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// The server log of this run so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.run_dir.join("log")).unwrap_or_default()
+    }
+
+    /// `pg_ctl stop -m fast` (a shutdown checkpoint); nothing if it is not
+    /// running.
+    pub async fn stop(&mut self) {
+        self.stop_mode("fast").await;
+    }
+
+    /// `pg_ctl stop -m immediate`: no shutdown checkpoint, so the next
+    /// start recovers from the WAL, as after a crash.
+    pub async fn crash(&mut self) {
+        self.stop_mode("immediate").await;
+    }
+
+    /// Stops it if it runs and starts it again on the same data directory.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.launch().await;
+    }
+
+    /// The socket directory, or '' (TCP only) when its path is too long for
+    /// a unix socket (`sun_path` is 108 bytes, as in `scripts/services.sh`).
+    fn socket_setting(&self) -> String {
+        let socket = self.run_dir.join("socket").display().to_string();
+        if socket.len() > 90 { String::new() } else { socket }
+    }
+
+    async fn launch(&mut self) {
+        let log = self.run_dir.join("log");
+        // The port and socket directory also on the command line: a
+        // restored configuration names its source's socket directory.
+        let options = format!(
+            "-p {} -c unix_socket_directories='{}'",
+            self.port,
+            self.socket_setting()
+        );
+        let started = run_as_postgres_async(
+            &pg_bin("pg_ctl"),
+            [
+                OsStr::new("-D"),
+                self.data_dir.as_os_str(),
+                OsStr::new("-l"),
+                log.as_os_str(),
+                OsStr::new("-o"),
+                OsStr::new(&options),
+                OsStr::new("-w"),
+                OsStr::new("-t"),
+                OsStr::new("60"),
+                OsStr::new("start"),
+            ],
+        )
+        .await;
+        assert!(
+            started.status.success(),
+            "PostgreSQL on {} (port {}) did not start:\n{}{}\n--- {} ---\n{}",
+            self.data_dir.display(),
+            self.port,
+            String::from_utf8_lossy(&started.stdout),
+            String::from_utf8_lossy(&started.stderr),
+            log.display(),
+            self.log()
+        );
+    }
+
+    async fn stop_mode(&mut self, mode: &str) {
+        let stopped = run_as_postgres_async(&pg_bin("pg_ctl"), self.pg_ctl_stop_args(mode)).await;
+        if stopped.status.success() {
+            return;
+        }
+        // pg_ctl status exits 3 when no server runs on the directory.
+        let status = run_as_postgres_async(
+            &pg_bin("pg_ctl"),
+            [OsStr::new("status"), OsStr::new("-D"), self.data_dir.as_os_str()],
+        )
+        .await;
+        assert!(
+            status.status.code() == Some(3),
+            "pg_ctl stop -m {mode} failed on {}:\n{}{}\n--- log ---\n{}",
+            self.data_dir.display(),
+            String::from_utf8_lossy(&stopped.stdout),
+            String::from_utf8_lossy(&stopped.stderr),
+            self.log()
+        );
+    }
+
+    fn pg_ctl_stop_args<'a>(&'a self, mode: &'a str) -> [&'a OsStr; 8] {
+        [
+            OsStr::new("-D"),
+            self.data_dir.as_os_str(),
+            OsStr::new("-m"),
+            OsStr::new(mode),
+            OsStr::new("-w"),
+            OsStr::new("-t"),
+            OsStr::new("60"),
+            OsStr::new("stop"),
+        ]
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        if self.data_dir.join("postmaster.pid").exists() {
+            // Data about to be removed need no shutdown checkpoint.
+            let discarded = self
+                .owned
+                .as_ref()
+                .is_some_and(|dir| self.data_dir.starts_with(dir));
+            let mode = if discarded { "immediate" } else { "fast" };
+            let stopped = postgres_command(pg_bin("pg_ctl"), self.pg_ctl_stop_args(mode)).output();
+            if !stopped.is_ok_and(|output| output.status.success()) && !discarded {
+                let _ = postgres_command(pg_bin("pg_ctl"), self.pg_ctl_stop_args("immediate")).output();
+            }
+        }
+        if self.scratch {
+            let _ = std::fs::remove_dir_all(&self.run_dir);
+        }
+        if let Some(dir) = &self.owned {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

@@ -103,6 +103,41 @@ pub struct TaskContext {
 }
 
 impl TaskContext {
+    /// The target named by `database`, or, when none is named and exactly
+    /// one is registered, that one (so "optimize slow queries in the users
+    /// table" needs no database when there is only one).
+    pub async fn target(
+        &self,
+        agent: &str,
+    ) -> Result<(String, PgPool, domain::target::ConnectionUrl), String> {
+        let named;
+        let name = match self.command.params.get("database") {
+            Some(_) => crate::params::text(&self.command.params, "database")?,
+            None => {
+                let registered = self.deps.targets.list().await.map_err(|e| e.to_string())?;
+                named = match registered.as_slice() {
+                    [only] => only.name.clone(),
+                    [] => return Err("needs parameter 'database'; no target database is registered".into()),
+                    many => {
+                        let names: Vec<&str> = many.iter().map(|t| t.name.as_str()).collect();
+                        return Err(format!(
+                            "needs parameter 'database': the registered ones are {}",
+                            names.join(", ")
+                        ));
+                    }
+                };
+                &named
+            }
+        };
+        let (pool, url) = self
+            .deps
+            .targets
+            .pool_for(agent, name)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((name.to_owned(), pool, url))
+    }
+
     /// Reports progress on long work (as a `TaskProgressed` event), at most
     /// every `progress_interval_ms`; a report that cannot be recorded is
     /// only logged, the work goes on.

@@ -113,6 +113,33 @@ impl ConnectionUrl {
         &self.url
     }
 
+    /// The URL without its password, and the password (percent-decoded):
+    /// for client tools (pg_dump, pg_restore), which get the password in
+    /// their environment rather than on a command line others can read.
+    pub fn for_client_tool(&self) -> (String, Option<String>) {
+        match &self.password {
+            Some(password) => (
+                self.url.replacen(&format!(":{password}@"), "@", 1),
+                Some(percent_decode(password)),
+            ),
+            None => (self.url.clone(), None),
+        }
+    }
+
+    /// The same server and credentials, another database.
+    pub fn with_database(&self, database: &str) -> ConnectionUrl {
+        let (scheme, rest) = self.url.split_once("://").unwrap_or(("postgres", &self.url));
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        let query = rest
+            .split_once('?')
+            .map(|(_, q)| format!("?{q}"))
+            .unwrap_or_default();
+        ConnectionUrl {
+            url: format!("{scheme}://{authority}/{}{query}", percent_encode(database)),
+            password: self.password.clone(),
+        }
+    }
+
     /// `text` (an error message, say) with this URL's password masked.
     pub fn scrub(&self, text: &str) -> String {
         mask(text, self.password.as_deref())
@@ -129,6 +156,42 @@ impl fmt::Debug for ConnectionUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ConnectionUrl({})", self.masked())
     }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// The password between `user:` and `@` in the authority, if any.
@@ -180,6 +243,20 @@ mod tests {
             url.scrub("connect failed for app with s3cret-pw"),
             "connect failed for app with ***"
         );
+    }
+
+    #[test]
+    fn client_tools_get_the_url_without_its_password_and_the_password_decoded() {
+        let url = ConnectionUrl::parse("postgres://app:p%40ss@db:5432/app?sslmode=disable").unwrap();
+        let (bare, password) = url.for_client_tool();
+        assert_eq!(bare, "postgres://app@db:5432/app?sslmode=disable");
+        assert_eq!(password.as_deref(), Some("p@ss"));
+        let other = url.with_database("app restore");
+        assert_eq!(
+            other.expose(),
+            "postgres://app:p%40ss@db:5432/app%20restore?sslmode=disable"
+        );
+        assert!(!other.to_string().contains("p%40ss"));
     }
 
     #[test]

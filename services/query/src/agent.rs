@@ -90,38 +90,6 @@ pub fn operations(journal: Journal, config: QueryAgentConfig) -> Vec<(&'static s
     ]
 }
 
-/// The target named by `database`, or, when none is named and exactly
-/// one is registered, that one (so "optimize slow queries in the users
-/// table" needs no database when there is only one).
-async fn target(task: &TaskContext) -> Result<(String, PgPool, domain::target::ConnectionUrl), String> {
-    let named;
-    let name = match task.command.params.get("database") {
-        Some(_) => text_param(&task.command.params, "database")?,
-        None => {
-            let registered = task.deps.targets.list().await.map_err(|e| e.to_string())?;
-            named = match registered.as_slice() {
-                [only] => only.name.clone(),
-                [] => return Err("needs parameter 'database'; no target database is registered".into()),
-                many => {
-                    let names: Vec<&str> = many.iter().map(|t| t.name.as_str()).collect();
-                    return Err(format!(
-                        "needs parameter 'database': the registered ones are {}",
-                        names.join(", ")
-                    ));
-                }
-            };
-            &named
-        }
-    };
-    let (pool, url) = task
-        .deps
-        .targets
-        .pool_for(AGENT, name)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((name.to_owned(), pool, url))
-}
-
 fn to_json<T: Serialize>(value: &T) -> Result<Value, String> {
     serde_json::to_value(value).map_err(|e| e.to_string())
 }
@@ -298,7 +266,7 @@ impl Operation for Analyze {
             let shared = &self.0;
             let params = &task.command.params;
             let table = optional_text(params, "table")?;
-            let (database, pool, url) = target(task).await?;
+            let (database, pool, url) = task.target(AGENT).await?;
             let scrub = |e: String| url.scrub(&e);
             let snapshot = snapshot(&pool).await.map_err(scrub)?;
             let indexed = indexed_columns(&pool).await.map_err(scrub)?;
@@ -375,7 +343,7 @@ impl Operation for Explain {
             let params = &task.command.params;
             let sql = text_param(params, "sql")?;
             let analyze = flag(params, "analyze")?;
-            let (database, pool, url) = target(task).await?;
+            let (database, pool, url) = task.target(AGENT).await?;
             // PostgreSQL judges the statement first: its errors are the precise ones.
             let tables = table_statistics(&pool).await.map_err(|e| url.scrub(&e))?;
             let (plan, analysis) = explained(&self.0.config, &pool, sql, analyze, &table_rows(&tables))
@@ -409,7 +377,7 @@ impl Operation for DetectRegressions {
     fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
         Box::pin(async move {
             let shared = &self.0;
-            let (database, pool, url) = target(task).await?;
+            let (database, pool, url) = task.target(AGENT).await?;
             let journal_error = |e: crate::journal::JournalError| e.to_string();
             let earlier = shared
                 .journal
@@ -477,7 +445,7 @@ impl Operation for UnusedIndexes {
 
     fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
         Box::pin(async move {
-            let (database, pool, url) = target(task).await?;
+            let (database, pool, url) = task.target(AGENT).await?;
             let indexes = read_indexes(&pool).await.map_err(|e| url.scrub(&e.to_string()))?;
             let mut answer = to_json(&report(&indexes))?;
             answer["database"] = json!(database);
@@ -514,7 +482,7 @@ impl Operation for RecommendIndexes {
         Box::pin(async move {
             let params = &task.command.params;
             let table = optional_text(params, "table")?;
-            let (database, pool, url) = target(task).await?;
+            let (database, pool, url) = task.target(AGENT).await?;
             let mut answer = advise(&pool, &self.0.config, table)
                 .await
                 .map_err(|e| url.scrub(&e))?;
@@ -693,7 +661,7 @@ impl Operation for CreateIndex {
                     ));
                 }
             };
-            let (database, pool, url) = target(task).await?;
+            let (database, pool, url) = task.target(AGENT).await?;
             let scrub = |e: String| url.scrub(&e);
             let catalog = catalog(&pool).await.map_err(scrub)?;
             let index = Self::spec(params, &catalog)?;

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use agents::AgentsConfig;
+use backup::crypto::BackupKey;
+use backup::engine::BackupConfig;
 use domain::Limits;
 use event_store::relay::RelayConfig;
 use event_store::{AppendConfig, ReadConfig};
@@ -270,6 +272,32 @@ pub struct Settings {
     /// How long query.create_index measures its statements after building an index (a task's measure_ms overrides it), ms [default: 30000].
     #[arg(long, env = "DBSWARM_QUERY_MEASURE_WINDOW_MS", value_name = "MS")]
     pub query_measure_window_ms: Option<u64>,
+    /// Directory of the backup repository (backups and archived WAL, encrypted) [default: .dbswarm/backups].
+    #[arg(long, env = "DBSWARM_BACKUP_REPOSITORY_DIR", value_name = "DIR")]
+    pub backup_repository_dir: Option<PathBuf>,
+    /// File holding the AES-256 backup key (64 hex characters; `dbswarm backup generate-key` writes one); keep it away from the repository. Without it the backup agent refuses to work [default: none].
+    #[arg(long, env = "DBSWARM_BACKUP_KEY_FILE", value_name = "FILE")]
+    pub backup_key_file: Option<PathBuf>,
+    /// gzip level pg_dump / pg_basebackup compress with before encryption, 0 (none) to 9 [default: 0].
+    #[arg(long, env = "DBSWARM_BACKUP_COMPRESSION_LEVEL", value_name = "0-9")]
+    pub backup_compression_level: Option<u32>,
+    /// Target databases whose WAL archiving the backup agent may configure (ALTER SYSTEM), comma-separated [default: none].
+    #[arg(
+        long,
+        env = "DBSWARM_BACKUP_ARCHIVE_TARGETS",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    pub backup_archive_targets: Option<Vec<String>>,
+    /// Where restore tests and point-in-time restores without a named directory create instances [default: .dbswarm/scratch].
+    #[arg(long, env = "DBSWARM_BACKUP_SCRATCH_DIR", value_name = "DIR")]
+    pub backup_scratch_dir: Option<PathBuf>,
+    /// The dbswarm executable PostgreSQL runs as archive_command / restore_command [default: this executable].
+    #[arg(long, env = "DBSWARM_BACKUP_EXECUTABLE", value_name = "FILE")]
+    pub backup_executable: Option<PathBuf>,
+    /// Directory of pg_dump, pg_restore, pg_basebackup and pg_ctl [default: /usr/lib/postgresql/15/bin].
+    #[arg(long, env = "DBSWARM_BACKUP_PG_BIN_DIR", value_name = "DIR")]
+    pub backup_pg_bin_dir: Option<PathBuf>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "DBSWARM_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -307,6 +335,7 @@ pub struct Config {
     pub planner_llm: Option<LlmConfig>,
     pub schema: MigrationConfig,
     pub query: QueryAgentConfig,
+    pub backup: BackupConfig,
     pub log_format: LogFormat,
 }
 
@@ -383,6 +412,13 @@ impl Settings {
             schema_backfill_batch_rows,
             schema_backfill_pause_ms,
             query_measure_window_ms,
+            backup_repository_dir,
+            backup_key_file,
+            backup_compression_level,
+            backup_archive_targets,
+            backup_scratch_dir,
+            backup_executable,
+            backup_pg_bin_dir,
             log_format,
         )
     }
@@ -453,6 +489,7 @@ impl Config {
         let planner_llm = planner_llm_config(&s)?;
         let schema = schema_config(&s)?;
         let query = query_config(&s)?;
+        let backup = backup_config(&s)?;
         let limit_defaults = Limits::default();
         let append_defaults = AppendConfig::default();
         let read_defaults = ReadConfig::default();
@@ -641,9 +678,63 @@ impl Config {
             planner_llm,
             schema,
             query,
+            backup,
             log_format,
         })
     }
+}
+
+fn absolute(setting: &'static str, path: &Path) -> Result<PathBuf, ConfigError> {
+    std::path::absolute(path).map_err(|e| invalid(setting, format!("{}: {e}", path.display())))
+}
+
+fn backup_config(s: &Settings) -> Result<BackupConfig, ConfigError> {
+    let d = BackupConfig::default();
+    let (key, key_file) = match &s.backup_key_file {
+        Some(path) => {
+            let path = absolute("backup_key_file", path)?;
+            let key = BackupKey::from_file(&path).map_err(|e| invalid("backup_key_file", e.to_string()))?;
+            (Some(key), Some(path))
+        }
+        None => (None, None),
+    };
+    let compression_level = s.backup_compression_level.unwrap_or(d.compression_level);
+    if compression_level > 9 {
+        return Err(invalid(
+            "backup_compression_level",
+            format!("{compression_level} is outside 0..=9"),
+        ));
+    }
+    let archive_targets = s.backup_archive_targets.clone().unwrap_or_default();
+    for name in &archive_targets {
+        domain::target::TargetName::parse(name)
+            .map_err(|e| invalid("backup_archive_targets", e.to_string()))?;
+    }
+    let repository_dir = absolute(
+        "backup_repository_dir",
+        s.backup_repository_dir.as_deref().unwrap_or(&d.repository_dir),
+    )?;
+    let scratch_dir = absolute(
+        "backup_scratch_dir",
+        s.backup_scratch_dir.as_deref().unwrap_or(&d.scratch_dir),
+    )?;
+    let executable = absolute(
+        "backup_executable",
+        s.backup_executable.as_deref().unwrap_or(&d.executable),
+    )?;
+    Ok(BackupConfig {
+        repository_dir,
+        key,
+        key_file,
+        tools: backup::tools::Tools {
+            bin_dir: s.backup_pg_bin_dir.clone().unwrap_or(d.tools.bin_dir.clone()),
+        },
+        compression_level,
+        scratch_dir,
+        archive_targets,
+        executable,
+        ..d
+    })
 }
 
 fn query_config(s: &Settings) -> Result<QueryAgentConfig, ConfigError> {

@@ -165,6 +165,10 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             ),
             query::journal::Journal::new(appender.clone(), reader.clone(), config.limits),
             config.query.clone(),
+            backup::engine::Backups::new(
+                config.backup.clone(),
+                backup::engine::CatalogueStore::new(appender.clone(), reader.clone(), config.limits),
+            ),
         ),
     );
     let event_store = EventStoreService::new(appender, reader, commits.clone(), config.limits).into_server();
@@ -267,11 +271,12 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
 }
 
 /// Every agent with the operations built so far: `probe` on each, and the
-/// schema and query agents' own.
+/// schema, query and backup agents' own.
 fn swarm(
     migrator: schema::migration::Migrator,
     journal: query::journal::Journal,
     query_config: query::agent::QueryAgentConfig,
+    backups: backup::engine::Backups,
 ) -> Vec<agents::AgentSpec> {
     let mut swarm = agents::AgentsRuntime::swarm();
     let mut add = |agent: &str, operations: Vec<(&'static str, Arc<dyn agents::Operation>)>| {
@@ -286,6 +291,7 @@ fn swarm(
         query::agent::AGENT,
         query::agent::operations(journal, query_config),
     );
+    add(backup::agent::AGENT, backup::agent::operations(backups));
     swarm
 }
 

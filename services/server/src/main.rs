@@ -7,6 +7,7 @@ use std::path::PathBuf;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod backup_cli;
 mod migrate_cli;
 
 use anyhow::Context;
@@ -35,6 +36,11 @@ enum Command {
     /// subcommand, lint, plan, apply, complete, roll back or show a target
     /// database's migrations.
     Migrate(MigrateArgs),
+    /// Backups of target databases: create, list, verify, restore,
+    /// restore-pitr, test-restore, apply-retention; and generate-key, and
+    /// wal-push / wal-fetch (PostgreSQL's archive and restore commands).
+    #[command(subcommand)]
+    Backup(backup_cli::BackupCommand),
 }
 
 #[derive(clap::Args)]
@@ -88,7 +94,9 @@ impl ServeArgs {
     }
 }
 
-/// Exit code of a lint (or plan, or apply) that found a blocking hazard.
+/// Exit code of a lint (or plan, or apply) that found a blocking hazard,
+/// of a backup verification or restore test that failed, and of a
+/// wal-fetch of a file the archive does not have.
 const EXIT_BLOCKING: u8 = 1;
 /// Exit code of a command that could not do its work.
 const EXIT_FAILED: u8 = 2;
@@ -133,6 +141,10 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 migrate_cli::Ended::Blocking => Outcome::Blocking,
             }),
             Command::Migrate(args) => migrate(args.own.load()?).await.map(|()| Outcome::Done),
+            Command::Backup(command) => Ok(match backup_cli::run(command).await? {
+                backup_cli::Ended::Done => Outcome::Done,
+                backup_cli::Ended::Failed => Outcome::Blocking,
+            }),
         }
     })
 }

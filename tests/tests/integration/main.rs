@@ -2,12 +2,14 @@
 //! `make test`), a fresh database per test, an in-process server.
 
 mod append;
+mod backup_agent;
 mod bad_input;
 mod cache;
 mod concurrency;
 mod consumer;
 mod llm_planner;
 mod orchestration;
+mod private_postgres;
 mod projections;
 mod query_agent;
 mod read;

@@ -439,19 +439,16 @@ async fn bad_plans_and_requests_are_refused_with_the_problem_named() {
     assert_eq!(plan["tasks"][0]["agent"], "backup");
     assert_eq!(plan["tasks"][1]["operation"], "apply");
     assert_eq!(plan["tasks"][1]["params"]["migration"], "add_user_roles");
-    // The same request for real: no agent serves backup.create yet
+    // An operation no agent serves yet is refused before anything runs
     let unserved = client
-        .execute(proto::ExecuteRequest {
-            request: Some(proto::execute_request::Request::Operation(
-                "back up the database then run migration add_user_roles".into(),
-            )),
-            ..Default::default()
-        })
+        .execute(execute_request(&json!({"name": "check", "tasks": [
+            {"id": "check", "agent": "integrity", "operation": "check"}
+        ]})))
         .await
         .unwrap_err();
     assert_eq!(unserved.code(), Code::Unimplemented, "{unserved:?}");
     assert!(
-        unserved.message().contains("backup.create"),
+        unserved.message().contains("integrity.check"),
         "{}",
         unserved.message()
     );

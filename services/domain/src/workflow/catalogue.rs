@@ -36,21 +36,32 @@ const OPERATIONS: &[(&str, &str, Params)] = &[
     (
         "backup",
         "create",
-        &[TARGET, ("kind", Text, false), ("tables", Array, false)],
+        &[
+            TARGET,
+            ("kind", Text, false),
+            ("tables", Array, false),
+            ("checksum_tables", Array, false),
+        ],
     ),
-    ("backup", "delete", &[("backup_id", Text, false)]),
-    ("backup", "verify", &[("backup_id", Text, false)]),
+    ("backup", "delete", &[TARGET, ("backup_id", Text, true)]),
+    ("backup", "verify", &[TARGET, ("backup_id", Text, false)]),
     (
         "backup",
         "restore",
-        &[("backup_id", Text, false), ("into_database", Text, false)],
+        &[TARGET, ("backup_id", Text, false), ("into_database", Text, false)],
     ),
     (
         "backup",
         "restore_pitr",
-        &[("target_time", Text, true), ("backup_id", Text, false)],
+        &[
+            TARGET,
+            ("target_time", Text, true),
+            ("backup_id", Text, false),
+            ("data_directory", Text, false),
+            ("port", Integer, false),
+        ],
     ),
-    ("backup", "test_restore", &[("backup_id", Text, false)]),
+    ("backup", "test_restore", &[TARGET, ("backup_id", Text, false)]),
     ("backup", "list", &[TARGET]),
     (
         "backup",

@@ -1,0 +1,921 @@
+//! The backup engine: create, verify, restore, test and prune backups of
+//! target databases, with the catalogue kept as events (stream
+//! `backups-<target>`). The agent's operations and the CLI both call it.
+//!
+//! Every backup is written into a locked `.partial` directory of the
+//! repository and published by a rename after its signed manifest; its
+//! catalogue entry is started before and completed (or failed) after. A
+//! backup whose writer died is found by the next one (its lock is free)
+//! and marked failed, so it never blocks what comes after it.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use domain::target::ConnectionUrl;
+use sagas::{Aggregate, AggregateStore, SagaError};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{AssertSqlSafe, PgPool};
+use tokio::io::AsyncWriteExt;
+
+use crate::catalogue::{
+    self, BackupKind, Catalogue, CatalogueCommand, CatalogueError, CatalogueEvent, CheckOutcome,
+};
+use crate::crypto::{self, BackupKey, CryptoError, StreamDigest};
+use crate::facts::{self, SizedTable};
+use crate::manifest::{FORMAT_VERSION, Manifest, ManifestFile, TableFacts};
+use crate::repository::{Repository, RepositoryError};
+use crate::tools::{self, ToolError, Tools};
+
+const SERVER_POSITION: &str = include_str!("sql/server_position.sql");
+
+/// The data file of a logical backup (pg_dump's custom format, encrypted).
+pub const LOGICAL_FILE: &str = "database.dump.enc";
+
+/// How often long work reports its progress.
+const PROGRESS_INTERVAL_MS: u64 = 1_000;
+
+/// Database names PostgreSQL accepts at most (NAMEDATALEN - 1).
+const DATABASE_NAME_BYTES_MAX: usize = 63;
+
+/// How backups are made and kept.
+#[derive(Debug, Clone)]
+pub struct BackupConfig {
+    /// The repository directory.
+    pub repository_dir: PathBuf,
+    /// The encryption key; without one the agent refuses to write or
+    /// read backups (it never writes an unencrypted one).
+    pub key: Option<BackupKey>,
+    /// The file the key was read from: PostgreSQL's archive_command and
+    /// restore_command read it too (a key given as text cannot be handed
+    /// to them, so physical backups need a file).
+    pub key_file: Option<PathBuf>,
+    pub tools: Tools,
+    /// gzip level pg_dump / pg_basebackup compress with before
+    /// encryption (0: none).
+    pub compression_level: u32,
+    /// Tables up to this size get a checksum recorded at backup time
+    /// (larger ones only a row count, unless named in `checksum_tables`).
+    pub checksum_table_bytes_max: i64,
+    /// Where scratch instances of restore tests and point-in-time
+    /// restores without a named directory go.
+    pub scratch_dir: PathBuf,
+    /// Targets whose WAL archiving the agent may configure (ALTER SYSTEM).
+    pub archive_targets: Vec<String>,
+    /// The `dbswarm` executable PostgreSQL runs as archive_command and
+    /// restore_command.
+    pub executable: PathBuf,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            repository_dir: PathBuf::from(".dbswarm/backups"),
+            key: None,
+            key_file: None,
+            tools: Tools::default(),
+            compression_level: 0,
+            checksum_table_bytes_max: 64 * 1024 * 1024,
+            scratch_dir: PathBuf::from(".dbswarm/scratch"),
+            archive_targets: Vec::new(),
+            executable: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("dbswarm")),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(
+        "no backup encryption key is configured: set backup_key_file (or DBSWARM_BACKUP_KEY_FILE) to a file holding 32 bytes as 64 hex characters (`dbswarm backup generate-key` writes one); backups are never written unencrypted"
+    )]
+    NoKey,
+    /// Bad input or a state that does not allow the request.
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Catalogue(#[from] SagaError),
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+    #[error("{file}: {error}")]
+    Crypto { file: String, error: CryptoError },
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Io(String),
+}
+
+impl BackupError {
+    /// Whether the request itself is wrong (as opposed to the work failing).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, BackupError::Refused(_) | BackupError::NoKey)
+            || matches!(self, BackupError::Catalogue(SagaError::Refused(_)))
+    }
+}
+
+/// Reports progress of long work (a task's progress events, a CLI's bar).
+pub trait ProgressSink: Send + Sync {
+    fn report<'a>(&'a self, percent: f64, message: String) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+}
+
+/// Progress nobody watches.
+pub struct NoProgress;
+
+impl ProgressSink for NoProgress {
+    fn report<'a>(&'a self, _: f64, _: String) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async {})
+    }
+}
+
+/// The catalogue as an aggregate of the sagas' store.
+pub struct CatalogueAggregate;
+
+impl Aggregate for CatalogueAggregate {
+    const KIND: &'static str = "backups";
+    type State = Catalogue;
+    type Event = CatalogueEvent;
+    type Command = CatalogueCommand;
+    type Context = ();
+    type Error = CatalogueError;
+
+    fn decide(
+        state: &Catalogue,
+        command: CatalogueCommand,
+        _: (),
+    ) -> Result<Vec<CatalogueEvent>, CatalogueError> {
+        catalogue::decide(state, command)
+    }
+    fn evolve(state: Catalogue, event: &CatalogueEvent) -> Catalogue {
+        catalogue::evolve(state, event)
+    }
+    fn event_type(event: &CatalogueEvent) -> &'static str {
+        event.event_type()
+    }
+    fn data(event: &CatalogueEvent) -> Value {
+        event.data()
+    }
+    fn from_stored(event_type: &str, data: Value) -> Result<CatalogueEvent, String> {
+        CatalogueEvent::from_stored(event_type, data)
+    }
+    fn creates(_: &CatalogueCommand) -> bool {
+        true
+    }
+    fn live(_: &Catalogue) -> bool {
+        true
+    }
+}
+
+impl From<CatalogueError> for SagaError {
+    fn from(error: CatalogueError) -> SagaError {
+        SagaError::Refused(error.to_string())
+    }
+}
+
+pub type CatalogueStore = AggregateStore<CatalogueAggregate>;
+
+/// A registered target database.
+#[derive(Clone)]
+pub struct Target {
+    pub name: String,
+    pub pool: PgPool,
+    pub url: ConnectionUrl,
+}
+
+/// What to back up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateRequest {
+    pub kind: BackupKind,
+    /// Logical only: these tables instead of the whole database.
+    pub tables: Vec<String>,
+    /// Tables to checksum whatever their size.
+    pub checksum_tables: Vec<String>,
+}
+
+/// The outcome of a verification.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    pub backup_id: String,
+    pub passed: bool,
+    pub files_checked: usize,
+    pub bytes_checked: u64,
+    pub wal_segments_checked: usize,
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Restored {
+    pub backup_id: String,
+    pub into_database: String,
+    pub bytes: u64,
+    pub duration_ms: u64,
+}
+
+#[derive(Clone)]
+pub struct Backups {
+    repository: Repository,
+    config: Arc<BackupConfig>,
+    catalogue: CatalogueStore,
+}
+
+pub fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// A new backup's id: its start time to the millisecond (ids sort by
+/// time), its kind and a random suffix.
+pub fn new_backup_id(kind: BackupKind, at: DateTime<Utc>) -> String {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!(
+        "{}-{}-{}",
+        at.format("%Y%m%dT%H%M%S%3fZ"),
+        kind.as_str(),
+        &random[..8]
+    )
+}
+
+/// Bytes, human-readable.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// "12.0 MiB of ~40.0 MiB (30%), 85.3 MiB/s", and the percent.
+fn progress_line(done: u64, total: Option<u64>, started: Instant) -> (f64, String) {
+    let seconds = started.elapsed().as_secs_f64().max(0.001);
+    let rate = format!("{}/s", human_bytes((done as f64 / seconds) as u64));
+    match total.filter(|t| *t > 0) {
+        Some(total) => {
+            let percent = (done as f64 * 100.0 / total as f64).min(99.0);
+            (
+                percent,
+                format!(
+                    "{} of ~{} ({percent:.0}%), {rate}",
+                    human_bytes(done),
+                    human_bytes(total)
+                ),
+            )
+        }
+        None => (0.0, format!("{}, {rate}", human_bytes(done))),
+    }
+}
+
+/// Runs `work`, reporting the byte counter's progress every second.
+pub(crate) async fn with_progress<T>(
+    progress: &dyn ProgressSink,
+    counter: &AtomicU64,
+    total: Option<u64>,
+    work: impl Future<Output = T>,
+) -> T {
+    let started = Instant::now();
+    let reporter = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(PROGRESS_INTERVAL_MS)).await;
+            let (percent, line) = progress_line(counter.load(Ordering::Relaxed), total, started);
+            progress.report(percent, line).await;
+        }
+    };
+    tokio::select! {
+        result = work => result,
+        () = reporter => unreachable!("the reporter never ends"),
+    }
+}
+
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn check_database_name(name: &str) -> Result<(), BackupError> {
+    if name.is_empty() || name.len() > DATABASE_NAME_BYTES_MAX || name.contains('\0') {
+        return Err(BackupError::Refused(format!(
+            "'{name}' is not a database name (1 to {DATABASE_NAME_BYTES_MAX} bytes)"
+        )));
+    }
+    Ok(())
+}
+
+impl Backups {
+    pub fn new(config: BackupConfig, catalogue: CatalogueStore) -> Backups {
+        Backups {
+            repository: Repository::new(config.repository_dir.clone()),
+            config: Arc::new(config),
+            catalogue,
+        }
+    }
+
+    pub fn config(&self) -> &BackupConfig {
+        &self.config
+    }
+
+    pub fn repository(&self) -> &Repository {
+        &self.repository
+    }
+
+    pub fn key(&self) -> Result<&BackupKey, BackupError> {
+        self.config.key.as_ref().ok_or(BackupError::NoKey)
+    }
+
+    /// The catalogue of a target (the `backup.list` read model).
+    pub async fn catalogue(&self, target: &str) -> Result<Catalogue, BackupError> {
+        Ok(self.catalogue.load(target).await?.0)
+    }
+
+    pub(crate) async fn record(&self, target: &str, command: CatalogueCommand) -> Result<(), BackupError> {
+        self.catalogue.execute(target, command, || ()).await?;
+        Ok(())
+    }
+
+    /// A completed backup of the target: the named one, or the latest.
+    pub async fn completed_backup(
+        &self,
+        target: &str,
+        backup_id: Option<&str>,
+        kind: Option<BackupKind>,
+    ) -> Result<catalogue::Entry, BackupError> {
+        let catalogue = self.catalogue(target).await?;
+        let entry = match backup_id {
+            Some(id) => {
+                crate::repository::check_backup_id(id)?;
+                let entry = catalogue.backups.get(id).ok_or_else(|| {
+                    BackupError::Refused(format!("backup {id} of database '{target}' does not exist"))
+                })?;
+                if entry.completion().is_none() {
+                    return Err(BackupError::Refused(format!(
+                        "backup {id} of database '{target}' did not complete; only completed backups can be used"
+                    )));
+                }
+                entry
+            }
+            None => catalogue.latest(kind).ok_or_else(|| {
+                let what = kind.map_or(String::new(), |k| format!("{} ", k.as_str()));
+                BackupError::Refused(format!("database '{target}' has no completed {what}backup"))
+            })?,
+        };
+        if let Some(kind) = kind
+            && entry.kind != kind
+        {
+            return Err(BackupError::Refused(format!(
+                "backup {} is a {} backup; this needs a {} one",
+                entry.backup_id,
+                entry.kind.as_str(),
+                kind.as_str()
+            )));
+        }
+        Ok(entry.clone())
+    }
+
+    /// Marks backups whose writer died as failed (removing their files),
+    /// and completes those that were published but not recorded.
+    pub async fn reconcile(&self, target: &str) -> Result<(), BackupError> {
+        for backup_id in self.repository.abandoned(target).await? {
+            self.repository.remove_partial(target, &backup_id).await?;
+            self.fail_if_running(
+                target,
+                &backup_id,
+                "interrupted: its writer stopped before it finished",
+            )
+            .await?;
+        }
+        let catalogue = self.catalogue(target).await?;
+        let published = self.repository.backup_ids(target).await?;
+        for entry in catalogue.running() {
+            if self.partial_exists(target, &entry.backup_id).await {
+                continue;
+            }
+            if published.contains(&entry.backup_id) {
+                let manifest = self
+                    .repository
+                    .manifest(target, &entry.backup_id, self.key()?)
+                    .await?;
+                self.record(
+                    target,
+                    CatalogueCommand::Complete {
+                        backup_id: entry.backup_id.clone(),
+                        completion: manifest.completion(),
+                    },
+                )
+                .await?;
+            } else {
+                self.fail_if_running(
+                    target,
+                    &entry.backup_id,
+                    "interrupted: its writer stopped before it began",
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn partial_exists(&self, target: &str, backup_id: &str) -> bool {
+        let Ok(dir) = self.repository.backup_dir(target, backup_id) else {
+            return false;
+        };
+        let partial = dir.with_file_name(format!("{backup_id}.partial"));
+        tokio::fs::try_exists(partial).await.unwrap_or(false)
+    }
+
+    async fn fail_if_running(&self, target: &str, backup_id: &str, reason: &str) -> Result<(), BackupError> {
+        let catalogue = self.catalogue(target).await?;
+        if catalogue
+            .backups
+            .get(backup_id)
+            .is_some_and(|e| matches!(e.status, catalogue::Status::Running))
+        {
+            self.record(
+                target,
+                CatalogueCommand::Fail {
+                    backup_id: backup_id.to_owned(),
+                    reason: reason.to_owned(),
+                    at_ms: now_ms(),
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Takes a backup of the target and records it in the catalogue.
+    pub async fn create(
+        &self,
+        target: &Target,
+        request: &CreateRequest,
+        progress: &dyn ProgressSink,
+    ) -> Result<Manifest, BackupError> {
+        let key = self.key()?.clone();
+        if request.kind == BackupKind::Physical && !request.tables.is_empty() {
+            return Err(BackupError::Refused(
+                "a physical backup covers the whole server; 'tables' is for logical backups".into(),
+            ));
+        }
+        let mut tables = Vec::with_capacity(request.tables.len());
+        if !request.tables.is_empty() || !request.checksum_tables.is_empty() {
+            // Named tables are checked before anything is recorded: a typo
+            // is bad input, not a failed backup.
+            let mut conn = target.pool.acquire().await?;
+            tables = facts::resolve_tables(&mut conn, &request.tables)
+                .await
+                .map_err(BackupError::Refused)?
+                .into_iter()
+                .map(|t| t.name)
+                .collect();
+            facts::resolve_tables(&mut conn, &request.checksum_tables)
+                .await
+                .map_err(BackupError::Refused)?;
+        }
+        self.reconcile(&target.name).await?;
+        let started_at = Utc::now();
+        let backup_id = new_backup_id(request.kind, started_at);
+        let pending = self.repository.begin(&target.name, &backup_id).await?;
+        self.record(
+            &target.name,
+            CatalogueCommand::Start {
+                backup_id: backup_id.clone(),
+                kind: request.kind,
+                tables,
+                at_ms: started_at.timestamp_millis(),
+            },
+        )
+        .await?;
+        let written = match request.kind {
+            BackupKind::Logical => {
+                self.write_logical(target, request, &key, &pending, &backup_id, started_at, progress)
+                    .await
+            }
+            BackupKind::Physical => {
+                crate::physical::write_physical(
+                    self, target, &key, &pending, &backup_id, started_at, progress,
+                )
+                .await
+            }
+        };
+        let published = match written {
+            Ok(manifest) => pending
+                .publish(&manifest, &key)
+                .await
+                .map(|_| manifest)
+                .map_err(BackupError::from),
+            Err(error) => {
+                pending.discard().await;
+                Err(error)
+            }
+        };
+        match published {
+            Ok(manifest) => {
+                self.record(
+                    &target.name,
+                    CatalogueCommand::Complete {
+                        backup_id,
+                        completion: manifest.completion(),
+                    },
+                )
+                .await?;
+                Ok(manifest)
+            }
+            Err(error) => {
+                let reason = target.url.scrub(&error.to_string());
+                let recorded = self
+                    .record(
+                        &target.name,
+                        CatalogueCommand::Fail {
+                            backup_id: backup_id.clone(),
+                            reason,
+                            at_ms: now_ms(),
+                        },
+                    )
+                    .await;
+                if let Err(not_recorded) = recorded {
+                    tracing::warn!(%backup_id, error = %not_recorded, "cannot record a failed backup; the next backup marks it failed");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// pg_dump in custom format from a snapshot exported by a repeatable-
+    /// read transaction, in which the table facts are read meanwhile: the
+    /// dump and the recorded counts and checksums see the same data.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_logical(
+        &self,
+        target: &Target,
+        request: &CreateRequest,
+        key: &BackupKey,
+        pending: &crate::repository::Pending,
+        backup_id: &str,
+        started_at: DateTime<Utc>,
+        progress: &dyn ProgressSink,
+    ) -> Result<Manifest, BackupError> {
+        let mut snapshot = target.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *snapshot)
+            .await?;
+        let snapshot_id: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+            .fetch_one(&mut *snapshot)
+            .await?;
+        let (start_lsn, server_version, dbname): (String, String, String) =
+            sqlx::query_as(SERVER_POSITION).fetch_one(&mut *snapshot).await?;
+        let tables: Vec<SizedTable> = if request.tables.is_empty() {
+            facts::user_tables(&mut snapshot).await?
+        } else {
+            facts::resolve_tables(&mut snapshot, &request.tables)
+                .await
+                .map_err(BackupError::Refused)?
+        };
+        let checksum_tables = facts::resolve_tables(&mut snapshot, &request.checksum_tables)
+            .await
+            .map_err(BackupError::Refused)?;
+        let checksum_names: Vec<String> = checksum_tables.into_iter().map(|t| t.name).collect();
+        let estimated_bytes: u64 = tables.iter().map(|t| t.bytes.max(0) as u64).sum();
+
+        let mut command = self.config.tools.client("pg_dump", &target.url);
+        command
+            .arg("--format=custom")
+            .arg(format!("--compress={}", self.config.compression_level))
+            .arg(format!("--snapshot={snapshot_id}"))
+            .stdout(std::process::Stdio::piped());
+        if !request.tables.is_empty() {
+            // The resolved, quoted names: pg_dump reads --table as a
+            // pattern, in which a quoted name matches only itself.
+            command.args(tables.iter().map(|t| format!("--table={}", t.name)));
+        }
+        let mut child = tools::spawn(&mut command, "pg_dump")?;
+        let stderr = tokio::spawn(tools::collect_stderr(child.stderr.take()));
+        let mut stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| BackupError::Io("pg_dump has no stdout".into()))?;
+        let path = pending.file(LOGICAL_FILE);
+        let mut file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| BackupError::Io(format!("{}: {e}", path.display())))?;
+        let counter = AtomicU64::new(0);
+        let dump = async {
+            let mut on_progress = |bytes: u64| counter.store(bytes, Ordering::Relaxed);
+            let digest = crypto::encrypt_stream(key, &mut stdout, &mut file, &mut on_progress)
+                .await
+                .map_err(|error| BackupError::Crypto {
+                    file: LOGICAL_FILE.into(),
+                    error,
+                })?;
+            file.shutdown()
+                .await
+                .map_err(|e| BackupError::Io(format!("{}: {e}", path.display())))?;
+            Ok::<StreamDigest, BackupError>(digest)
+        };
+        let read_facts = facts::table_facts(
+            &mut snapshot,
+            &tables,
+            &checksum_names,
+            self.config.checksum_table_bytes_max,
+        );
+        let (digest, table_facts) = with_progress(progress, &counter, Some(estimated_bytes), async {
+            tokio::join!(dump, read_facts)
+        })
+        .await;
+        let exit = tools::finish(child, stderr, "pg_dump").await;
+        snapshot.rollback().await?;
+        exit.map_err(|e| scrub_tool(e, &target.url))?;
+        let digest = digest?;
+        let table_facts: Vec<TableFacts> = table_facts?;
+        let (stop_lsn, _, _): (String, String, String) =
+            sqlx::query_as(SERVER_POSITION).fetch_one(&target.pool).await?;
+        Ok(Manifest {
+            format_version: FORMAT_VERSION,
+            backup_id: backup_id.to_owned(),
+            target: target.name.clone(),
+            dbname,
+            kind: BackupKind::Logical,
+            tables: if request.tables.is_empty() {
+                vec![]
+            } else {
+                tables.iter().map(|t| t.name.clone()).collect()
+            },
+            started_at,
+            stopped_at: Utc::now(),
+            start_lsn,
+            stop_lsn,
+            timeline: 0,
+            start_wal_segment: String::new(),
+            stop_wal_segment: String::new(),
+            server_version,
+            key_fingerprint: key.fingerprint().to_owned(),
+            compression_level: self.config.compression_level,
+            files: vec![ManifestFile {
+                name: LOGICAL_FILE.into(),
+                digest,
+            }],
+            table_facts,
+        })
+    }
+
+    /// Re-reads every file of a backup: the stored bytes against the
+    /// manifest's SHA-256, then decrypted (each chunk authenticated) against
+    /// the plaintext's; a physical backup's WAL chain must be complete. The
+    /// outcome is recorded in the catalogue.
+    pub async fn verify(&self, target: &str, backup_id: Option<&str>) -> Result<Verification, BackupError> {
+        let key = self.key()?;
+        let entry = self.completed_backup(target, backup_id, None).await?;
+        let backup_id = entry.backup_id.clone();
+        let mut verification = Verification {
+            backup_id: backup_id.clone(),
+            passed: false,
+            files_checked: 0,
+            bytes_checked: 0,
+            wal_segments_checked: 0,
+            problems: Vec::new(),
+        };
+        match self.repository.manifest(target, &backup_id, key).await {
+            Err(error) => verification.problems.push(error.to_string()),
+            Ok(manifest) => {
+                let dir = self.repository.backup_dir(target, &backup_id)?;
+                for file in &manifest.files {
+                    verification.files_checked += 1;
+                    match check_file(key, &dir.join(&file.name), &file.digest).await {
+                        Ok(bytes) => verification.bytes_checked += bytes,
+                        Err(problem) => verification.problems.push(format!("{}: {problem}", file.name)),
+                    }
+                }
+                if manifest.kind == BackupKind::Physical {
+                    let (checked, problems) =
+                        crate::physical::check_wal_chain(self, target, &manifest).await?;
+                    verification.wal_segments_checked = checked;
+                    verification.problems.extend(problems);
+                }
+            }
+        }
+        verification.passed = verification.problems.is_empty();
+        self.record(
+            target,
+            CatalogueCommand::RecordVerification {
+                backup_id,
+                outcome: CheckOutcome {
+                    at_ms: now_ms(),
+                    passed: verification.passed,
+                    problems: verification.problems.clone(),
+                },
+            },
+        )
+        .await?;
+        Ok(verification)
+    }
+
+    /// The verified manifest of a completed backup (a wrong key is named).
+    pub async fn usable_manifest(&self, target: &str, backup_id: &str) -> Result<Manifest, BackupError> {
+        Ok(self.repository.manifest(target, backup_id, self.key()?).await?)
+    }
+
+    /// Restores a logical backup into a new database on the target's
+    /// server. All or nothing: pg_restore runs in one transaction, only
+    /// authenticated plaintext reaches it, and on any failure the new
+    /// database is dropped.
+    pub async fn restore(
+        &self,
+        target: &Target,
+        backup_id: Option<&str>,
+        into_database: Option<&str>,
+        progress: &dyn ProgressSink,
+    ) -> Result<Restored, BackupError> {
+        let entry = self
+            .completed_backup(&target.name, backup_id, Some(BackupKind::Logical))
+            .await?;
+        let manifest = self.usable_manifest(&target.name, &entry.backup_id).await?;
+        let into = match into_database {
+            Some(name) => name.to_owned(),
+            None => format!(
+                "{}_restore_{}",
+                manifest.dbname.chars().take(30).collect::<String>(),
+                Utc::now().format("%Y%m%d%H%M%S")
+            ),
+        };
+        let restored = self
+            .restore_into_new_database(target, &manifest, &into, progress)
+            .await?;
+        self.record(
+            &target.name,
+            CatalogueCommand::RecordRestore {
+                backup_id: entry.backup_id.clone(),
+                into: into.clone(),
+                target_time: None,
+                at_ms: now_ms(),
+            },
+        )
+        .await?;
+        Ok(restored)
+    }
+
+    pub(crate) async fn restore_into_new_database(
+        &self,
+        target: &Target,
+        manifest: &Manifest,
+        into: &str,
+        progress: &dyn ProgressSink,
+    ) -> Result<Restored, BackupError> {
+        check_database_name(into)?;
+        let key = self.key()?;
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(into)
+            .fetch_one(&target.pool)
+            .await?;
+        if exists {
+            return Err(BackupError::Refused(format!(
+                "database '{into}' already exists; a backup is restored into a new database (name another with 'into_database')"
+            )));
+        }
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "CREATE DATABASE {} TEMPLATE template0",
+            quote_ident(into)
+        )))
+        .execute(&target.pool)
+        .await?;
+        let started = Instant::now();
+        let result = self.pg_restore(key, target, manifest, into, progress).await;
+        match result {
+            Ok(bytes) => Ok(Restored {
+                backup_id: manifest.backup_id.clone(),
+                into_database: into.to_owned(),
+                bytes,
+                duration_ms: started.elapsed().as_millis() as u64,
+            }),
+            Err(error) => {
+                let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(into));
+                if let Err(not_dropped) = sqlx::raw_sql(AssertSqlSafe(drop)).execute(&target.pool).await {
+                    tracing::warn!(database = into, error = %not_dropped, "cannot drop a failed restore's database");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn pg_restore(
+        &self,
+        key: &BackupKey,
+        target: &Target,
+        manifest: &Manifest,
+        into: &str,
+        progress: &dyn ProgressSink,
+    ) -> Result<u64, BackupError> {
+        let file = manifest
+            .files
+            .iter()
+            .find(|f| f.name == LOGICAL_FILE)
+            .ok_or_else(|| {
+                BackupError::Refused(format!("backup {} has no {LOGICAL_FILE}", manifest.backup_id))
+            })?;
+        let path = self
+            .repository
+            .backup_dir(&target.name, &manifest.backup_id)?
+            .join(&file.name);
+        let mut source = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| BackupError::Io(format!("{}: {e}", file.name)))?;
+        let mut command = self
+            .config
+            .tools
+            .client("pg_restore", &target.url.with_database(into));
+        command
+            .args(["--exit-on-error", "--single-transaction"])
+            .stdin(std::process::Stdio::piped());
+        let mut child = tools::spawn(&mut command, "pg_restore")?;
+        let stderr = tokio::spawn(tools::collect_stderr(child.stderr.take()));
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| BackupError::Io("pg_restore has no stdin".into()))?;
+        let counter = AtomicU64::new(0);
+        let feed = async {
+            let mut on_progress = |bytes: u64| counter.store(bytes, Ordering::Relaxed);
+            let digest = crypto::decrypt_stream(key, &mut source, &mut stdin, &mut on_progress).await;
+            drop(stdin);
+            digest
+        };
+        let digest = with_progress(progress, &counter, Some(file.digest.plain_bytes), feed).await;
+        match digest {
+            Err(CryptoError::Io(io)) if io.kind() == std::io::ErrorKind::BrokenPipe => {
+                // pg_restore stopped reading: its own error says why.
+                tools::finish(child, stderr, "pg_restore")
+                    .await
+                    .map_err(|e| scrub_tool(e, &target.url))?;
+                Err(BackupError::Io("pg_restore stopped reading the backup".into()))
+            }
+            Err(error) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                Err(BackupError::Crypto {
+                    file: file.name.clone(),
+                    error,
+                })
+            }
+            Ok(digest) => {
+                tools::finish(child, stderr, "pg_restore")
+                    .await
+                    .map_err(|e| scrub_tool(e, &target.url))?;
+                if digest.plain_sha256 != file.digest.plain_sha256 {
+                    return Err(BackupError::Refused(format!(
+                        "{}: the restored bytes' SHA-256 {} is not the manifest's {}",
+                        file.name, digest.plain_sha256, file.digest.plain_sha256
+                    )));
+                }
+                Ok(digest.plain_bytes)
+            }
+        }
+    }
+}
+
+pub(crate) fn scrub_tool(error: ToolError, url: &ConnectionUrl) -> BackupError {
+    match error {
+        ToolError::Failed {
+            program,
+            status,
+            stderr,
+        } => BackupError::Tool(ToolError::Failed {
+            program,
+            status,
+            stderr: url.scrub(&stderr),
+        }),
+        other => BackupError::Tool(other),
+    }
+}
+
+/// Checks one stored file against its manifest entry; returns its size.
+pub async fn check_file(
+    key: &BackupKey,
+    path: &std::path::Path,
+    expected: &StreamDigest,
+) -> Result<u64, String> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    let mut sink = tokio::io::sink();
+    let digest = crypto::decrypt_stream(key, &mut file, &mut sink, &mut |_| {})
+        .await
+        .map_err(|e| e.to_string())?;
+    if digest.stored_sha256 != expected.stored_sha256 || digest.stored_bytes != expected.stored_bytes {
+        return Err(format!(
+            "SHA-256 {} ({} bytes) is not the manifest's {} ({} bytes)",
+            digest.stored_sha256, digest.stored_bytes, expected.stored_sha256, expected.stored_bytes
+        ));
+    }
+    if digest.plain_sha256 != expected.plain_sha256 {
+        return Err(format!(
+            "decrypted SHA-256 {} is not the manifest's {}",
+            digest.plain_sha256, expected.plain_sha256
+        ));
+    }
+    Ok(digest.stored_bytes)
+}

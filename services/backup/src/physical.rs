@@ -1,0 +1,966 @@
+//! Physical backups: pg_basebackup (tar to stdout, the WAL it needs
+//! fetched into it, so it restores on its own) encrypted as it streams,
+//! plus continuous WAL archiving into the repository — the archived
+//! segments are the incremental part that point-in-time recovery replays.
+//!
+//! PostgreSQL itself archives: its `archive_command` runs
+//! `dbswarm backup wal-push`, and a restored instance's `restore_command`
+//! runs `dbswarm backup wal-fetch` (pgBackRest's model), each encrypting or
+//! decrypting one file with the key file. The agent sets archive_command
+//! for the targets it is allowed to configure.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use tokio::io::AsyncWriteExt;
+
+use crate::catalogue::{BackupKind, CatalogueCommand};
+use crate::crypto::{self, BackupKey, CryptoError};
+use crate::engine::{BackupError, Backups, ProgressSink, Target, now_ms, with_progress};
+use crate::manifest::{FORMAT_VERSION, Manifest, ManifestFile};
+use crate::repository::{Pending, Repository, set_private, tmp_path};
+use crate::tools::{self, give_to_postgres};
+
+/// The data file of a physical backup: the data directory as a tar
+/// stream (gzip-compressed when configured), encrypted.
+pub const BASE_FILE: &str = "base.tar.enc";
+
+const ARCHIVE_SETTINGS: &str = include_str!("sql/archive_settings.sql");
+const ARCHIVER_STATUS: &str = include_str!("sql/archiver_status.sql");
+
+/// How long a backup waits for the WAL it ends in to be archived.
+const ARCHIVE_WAIT_MS: u64 = 60_000;
+/// How long a restored instance may take to start and reach its target.
+const RECOVERY_WAIT_MS: u64 = 600_000;
+/// WAL segments a chain check looks at most.
+const WAL_SEGMENTS_MAX: usize = 1_000_000;
+
+/// A log sequence number (`XXXXXXXX/XXXXXXXX`).
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (high, low) = text.trim().split_once('/')?;
+    let high = u64::from_str_radix(high, 16).ok()?;
+    let low = u64::from_str_radix(low, 16).ok()?;
+    (high <= u32::MAX as u64 && low <= u32::MAX as u64).then_some((high << 32) | low)
+}
+
+/// The WAL segment (file name) holding `lsn` on `timeline`.
+pub fn segment_name(timeline: u32, lsn: u64, segment_bytes: u64) -> String {
+    segment_file(timeline, lsn / segment_bytes, segment_bytes)
+}
+
+fn segments_per_id(segment_bytes: u64) -> u64 {
+    0x1_0000_0000 / segment_bytes
+}
+
+fn segment_file(timeline: u32, segment_number: u64, segment_bytes: u64) -> String {
+    let per = segments_per_id(segment_bytes);
+    format!(
+        "{timeline:08X}{:08X}{:08X}",
+        segment_number / per,
+        segment_number % per
+    )
+}
+
+/// `(timeline, segment number)` of a WAL segment file name.
+pub fn parse_segment(name: &str, segment_bytes: u64) -> Option<(u32, u64)> {
+    if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let timeline = u32::from_str_radix(&name[..8], 16).ok()?;
+    let id = u64::from_str_radix(&name[8..16], 16).ok()?;
+    let seg = u64::from_str_radix(&name[16..], 16).ok()?;
+    Some((timeline, id * segments_per_id(segment_bytes) + seg))
+}
+
+/// What pg_basebackup's `--verbose` says of the backup's WAL range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupRange {
+    pub start_lsn: String,
+    pub timeline: u32,
+    pub stop_lsn: String,
+}
+
+pub fn parse_basebackup_output(stderr: &str) -> Option<BackupRange> {
+    let mut start = None;
+    let mut stop = None;
+    for line in stderr.lines() {
+        if let Some(rest) = line.split("write-ahead log start point: ").nth(1) {
+            let mut words = rest.split_whitespace();
+            let lsn = words.next()?.to_owned();
+            let timeline = rest.split("on timeline ").nth(1)?.trim().parse().ok()?;
+            start = Some((lsn, timeline));
+        } else if let Some(rest) = line.split("write-ahead log end point: ").nth(1) {
+            stop = Some(rest.split_whitespace().next()?.to_owned());
+        }
+    }
+    let ((start_lsn, timeline), stop_lsn) = (start?, stop?);
+    Some(BackupRange {
+        start_lsn,
+        timeline,
+        stop_lsn,
+    })
+}
+
+/// The `archive_command` that archives a target's WAL into the repository.
+pub fn archive_command(executable: &Path, repository: &Path, key_file: &Path, target: &str) -> String {
+    format!(
+        "{} backup wal-push --repository {} --key-file {} --target {target} %p",
+        shell_quote(&executable.display().to_string()),
+        shell_quote(&repository.display().to_string()),
+        shell_quote(&key_file.display().to_string()),
+    )
+}
+
+/// The `restore_command` that fetches a target's archived WAL.
+pub fn restore_command(executable: &Path, repository: &Path, key_file: &Path, target: &str) -> String {
+    format!(
+        "{} backup wal-fetch --repository {} --key-file {} --target {target} %f %p",
+        shell_quote(&executable.display().to_string()),
+        shell_quote(&repository.display().to_string()),
+        shell_quote(&key_file.display().to_string()),
+    )
+}
+
+/// Single-quoted for the shell PostgreSQL runs the command with.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
+/// A string literal for postgresql.conf.
+fn conf_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// Archives one WAL file (`dbswarm backup wal-push`): encrypted into the
+/// repository, fsynced, then renamed into place. Archiving a file that is
+/// already there with the same content succeeds (PostgreSQL re-archives
+/// after a crash); with other content it fails, so the archive never
+/// holds two histories under one name.
+pub async fn wal_push(
+    repository: &Repository,
+    key: &BackupKey,
+    target: &str,
+    source: &Path,
+) -> Result<(), String> {
+    let name = source
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| format!("{}: not a WAL file name", source.display()))?;
+    let dir = repository.wal_dir(target);
+    let destination = dir.join(name);
+    let plain = tokio::fs::read(source)
+        .await
+        .map_err(|e| format!("{}: {e}", source.display()))?;
+    if tokio::fs::try_exists(&destination).await.unwrap_or(false) {
+        let mut archived = tokio::fs::File::open(&destination)
+            .await
+            .map_err(|e| format!("{}: {e}", destination.display()))?;
+        let digest = crypto::decrypt_stream(key, &mut archived, &mut tokio::io::sink(), &mut |_| {})
+            .await
+            .map_err(|e| format!("{}: {e}", destination.display()))?;
+        return if digest.plain_sha256 == crypto::sha256_hex(&plain) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{name} is already archived with different content; refusing to overwrite it"
+            ))
+        };
+    }
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tmp = tmp_path(&destination);
+    let mut file = tokio::fs::File::create(&tmp)
+        .await
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    crypto::encrypt_stream(key, &mut plain.as_slice(), &mut file, &mut |_| {})
+        .await
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    file.sync_all()
+        .await
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    tokio::fs::rename(&tmp, &destination)
+        .await
+        .map_err(|e| format!("{}: {e}", destination.display()))?;
+    let dir_handle = tokio::fs::File::open(&dir)
+        .await
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    dir_handle
+        .sync_all()
+        .await
+        .map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+/// Why a WAL file cannot be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Normal at the end of recovery: PostgreSQL asks for what may exist.
+    #[error("{0} is not in the archive")]
+    Missing(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Restores one archived WAL file (`dbswarm backup wal-fetch`) to `destination`.
+pub async fn wal_fetch(
+    repository: &Repository,
+    key: &BackupKey,
+    target: &str,
+    name: &str,
+    destination: &Path,
+) -> Result<(), FetchError> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return Err(FetchError::Failed(format!("'{name}' is not a WAL file name")));
+    }
+    let source = repository.wal_dir(target).join(name);
+    let mut archived = match tokio::fs::File::open(&source).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(FetchError::Missing(name.to_owned()));
+        }
+        Err(e) => return Err(FetchError::Failed(format!("{}: {e}", source.display()))),
+    };
+    let tmp = tmp_path(destination);
+    let failed = |e: &dyn std::fmt::Display| FetchError::Failed(format!("{name}: {e}"));
+    let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| failed(&e))?;
+    let decrypted = crypto::decrypt_stream(key, &mut archived, &mut file, &mut |_| {}).await;
+    if let Err(error) = decrypted {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(failed(&error));
+    }
+    file.flush().await.map_err(|e| failed(&e))?;
+    tokio::fs::rename(&tmp, destination).await.map_err(|e| failed(&e))
+}
+
+/// The archive settings a backup or a verification reads from the target.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct ArchiveSettings {
+    archive_mode: String,
+    archive_command: String,
+    wal_level: String,
+    wal_segment_bytes: i64,
+    data_directory: Option<String>,
+}
+
+async fn archive_settings(conn: &mut PgConnection) -> Result<ArchiveSettings, BackupError> {
+    Ok(sqlx::query_as(ARCHIVE_SETTINGS).fetch_one(conn).await?)
+}
+
+/// Makes sure the target archives its WAL into the repository: when the
+/// agent may configure it, sets archive_command (ALTER SYSTEM + reload);
+/// otherwise says exactly what to set.
+pub async fn ensure_archiving(backups: &Backups, target: &Target) -> Result<i64, BackupError> {
+    let config = backups.config();
+    let key_file = config.key_file.as_deref().ok_or_else(|| {
+        BackupError::Refused(
+            "WAL archiving runs `dbswarm backup wal-push` in PostgreSQL, which reads the key from a file: set backup_key_file (a key given as text cannot be handed to it)".into(),
+        )
+    })?;
+    let wanted = archive_command(
+        &config.executable,
+        backups.repository().root(),
+        key_file,
+        &target.name,
+    );
+    let mut conn = target.pool.acquire().await?;
+    let settings = archive_settings(&mut conn).await?;
+    if settings.wal_level == "minimal" {
+        return Err(BackupError::Refused(format!(
+            "database '{}' has wal_level = minimal: physical backups need replica (set wal_level = replica and restart PostgreSQL)",
+            target.name
+        )));
+    }
+    let allowed = config.archive_targets.iter().any(|t| t == &target.name);
+    if settings.archive_mode == "off" {
+        let advice = if allowed {
+            sqlx::raw_sql("ALTER SYSTEM SET archive_mode = 'on'")
+                .execute(&mut *conn)
+                .await?;
+            "the agent set archive_mode = on with ALTER SYSTEM; restart PostgreSQL for it to take effect"
+        } else {
+            "set archive_mode = on and restart PostgreSQL (or allow the agent to configure it with backup_archive_targets)"
+        };
+        return Err(BackupError::Refused(format!(
+            "database '{}' does not archive WAL (archive_mode = off): {advice}",
+            target.name
+        )));
+    }
+    if settings.archive_command != wanted {
+        if !allowed {
+            return Err(BackupError::Refused(format!(
+                "database '{}' does not archive its WAL into the backup repository: set archive_command = {} (or allow the agent to configure it with backup_archive_targets)",
+                target.name,
+                conf_literal(&wanted)
+            )));
+        }
+        prepare_wal_dir(backups, &target.name, settings.data_directory.as_deref()).await?;
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "ALTER SYSTEM SET archive_command = {}",
+            conf_literal(&wanted)
+        )))
+        .execute(&mut *conn)
+        .await?;
+        sqlx::raw_sql("SELECT pg_reload_conf()")
+            .execute(&mut *conn)
+            .await?;
+        wait_for_setting(&target.url, &wanted).await?;
+    }
+    Ok(settings.wal_segment_bytes)
+}
+
+/// The WAL directory of a target, writable by the user PostgreSQL runs as
+/// (the owner of its data directory, when it is on this machine).
+async fn prepare_wal_dir(
+    backups: &Backups,
+    target: &str,
+    data_directory: Option<&str>,
+) -> Result<(), BackupError> {
+    let dir = backups.repository().wal_dir(target);
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| BackupError::Io(format!("{}: {e}", dir.display())))?;
+    if let Some(data_directory) = data_directory
+        && tools::is_root()
+        && let Ok(meta) = std::fs::metadata(data_directory)
+    {
+        use std::os::unix::fs::MetadataExt;
+        for path in [dir.as_path(), dir.parent().unwrap_or(&dir)] {
+            std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()))
+                .map_err(|e| BackupError::Io(format!("{}: {e}", path.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// A reload is asynchronous: new sessions see the setting once it is done.
+async fn wait_for_setting(url: &domain::target::ConnectionUrl, wanted: &str) -> Result<(), BackupError> {
+    for _ in 0..50 {
+        let mut conn = PgConnection::connect(url.expose()).await?;
+        let current: String = sqlx::query_scalar("SELECT current_setting('archive_command')")
+            .fetch_one(&mut conn)
+            .await?;
+        let _ = conn.close().await;
+        if current == wanted {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(BackupError::Io(
+        "archive_command was set but the server did not reload it within 5 s".into(),
+    ))
+}
+
+/// Waits until `segment` is archived, or says why archiving is failing.
+async fn wait_until_archived(backups: &Backups, target: &Target, segment: &str) -> Result<(), BackupError> {
+    let path = backups.repository().wal_dir(&target.name).join(segment);
+    let deadline = Instant::now() + Duration::from_millis(ARCHIVE_WAIT_MS);
+    loop {
+        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let (failed_count, last_failed): (i64, Option<String>) =
+                sqlx::query_as(ARCHIVER_STATUS).fetch_one(&target.pool).await?;
+            return Err(BackupError::Io(format!(
+                "WAL segment {segment} was not archived within {} s (archiver failures: {failed_count}, last failed: {}); see the PostgreSQL log for archive_command's error",
+                ARCHIVE_WAIT_MS / 1000,
+                last_failed.unwrap_or_else(|| "none".into())
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// pg_basebackup as a tar stream, encrypted into the pending backup.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn write_physical(
+    backups: &Backups,
+    target: &Target,
+    key: &BackupKey,
+    pending: &Pending,
+    backup_id: &str,
+    started_at: DateTime<Utc>,
+    progress: &dyn ProgressSink,
+) -> Result<Manifest, BackupError> {
+    let segment_bytes = ensure_archiving(backups, target).await?.max(1) as u64;
+    let (server_version, dbname, total_bytes): (String, String, i64) = sqlx::query_as(
+        "SELECT current_setting('server_version'), current_database(), (SELECT sum(pg_database_size(oid))::bigint FROM pg_database)",
+    )
+    .fetch_one(&target.pool)
+    .await?;
+    let config = backups.config();
+    let mut command = config.tools.client("pg_basebackup", &target.url);
+    command
+        .args([
+            "--pgdata=-",
+            "--format=tar",
+            "--wal-method=fetch",
+            "--checkpoint=fast",
+            "--verbose",
+        ])
+        .stdout(Stdio::piped());
+    if config.compression_level > 0 {
+        command.arg(format!("--compress={}", config.compression_level));
+    }
+    let mut child = tools::spawn(&mut command, "pg_basebackup")?;
+    let stderr = tokio::spawn(tools::collect_stderr(child.stderr.take()));
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| BackupError::Io("pg_basebackup has no stdout".into()))?;
+    let path = pending.file(BASE_FILE);
+    let mut file = tokio::fs::File::create(&path)
+        .await
+        .map_err(|e| BackupError::Io(format!("{}: {e}", path.display())))?;
+    let counter = AtomicU64::new(0);
+    let stream = async {
+        let mut on_progress = |bytes: u64| counter.store(bytes, Ordering::Relaxed);
+        let digest = crypto::encrypt_stream(key, &mut stdout, &mut file, &mut on_progress)
+            .await
+            .map_err(|error| BackupError::Crypto {
+                file: BASE_FILE.into(),
+                error,
+            })?;
+        file.shutdown()
+            .await
+            .map_err(|e| BackupError::Io(format!("{}: {e}", path.display())))?;
+        Ok::<_, BackupError>(digest)
+    };
+    let total = (config.compression_level == 0).then_some(total_bytes.max(0) as u64);
+    let digest = with_progress(progress, &counter, total, stream).await;
+    let output = tools::finish(child, stderr, "pg_basebackup")
+        .await
+        .map_err(|e| crate::engine::scrub_tool(e, &target.url))?;
+    let digest = digest?;
+    let range = parse_basebackup_output(&output).ok_or_else(|| {
+        BackupError::Io(format!(
+            "pg_basebackup did not report its WAL start and end points: {output}"
+        ))
+    })?;
+    let start = parse_lsn(&range.start_lsn).unwrap_or_default();
+    let stop = parse_lsn(&range.stop_lsn).unwrap_or_default();
+    let start_wal_segment = segment_name(range.timeline, start, segment_bytes);
+    // The end point's segment is complete once the server switched away
+    // from it (pg_basebackup's stop forces that).
+    let stop_wal_segment = segment_name(range.timeline, stop.saturating_sub(1).max(start), segment_bytes);
+    wait_until_archived(backups, target, &stop_wal_segment).await?;
+    Ok(Manifest {
+        format_version: FORMAT_VERSION,
+        backup_id: backup_id.to_owned(),
+        target: target.name.clone(),
+        dbname,
+        kind: BackupKind::Physical,
+        tables: vec![],
+        started_at,
+        stopped_at: Utc::now(),
+        start_lsn: range.start_lsn,
+        stop_lsn: range.stop_lsn,
+        timeline: range.timeline,
+        start_wal_segment,
+        stop_wal_segment,
+        server_version,
+        key_fingerprint: key.fingerprint().to_owned(),
+        compression_level: config.compression_level,
+        files: vec![ManifestFile {
+            name: BASE_FILE.into(),
+            digest,
+        }],
+        table_facts: vec![],
+    })
+}
+
+/// The archived WAL a physical backup's recovery replays, from its first
+/// segment to the newest archived one on its timeline, must have no gap.
+/// Returns the segments checked and a problem per gap.
+pub async fn check_wal_chain(
+    backups: &Backups,
+    target: &str,
+    manifest: &Manifest,
+) -> Result<(usize, Vec<String>), BackupError> {
+    let segment_bytes = segment_bytes_of(manifest);
+    let Some((timeline, first)) = parse_segment(&manifest.start_wal_segment, segment_bytes) else {
+        return Ok((
+            0,
+            vec![format!(
+                "manifest names no first WAL segment ('{}')",
+                manifest.start_wal_segment
+            )],
+        ));
+    };
+    let last_needed = parse_segment(&manifest.stop_wal_segment, segment_bytes).map_or(first, |(_, s)| s);
+    let mut archived: Vec<u64> = backups
+        .repository()
+        .wal_files(target)
+        .await?
+        .iter()
+        .filter_map(|name| parse_segment(name, segment_bytes))
+        .filter(|(t, s)| *t == timeline && *s >= first)
+        .map(|(_, s)| s)
+        .take(WAL_SEGMENTS_MAX)
+        .collect();
+    archived.sort_unstable();
+    let mut problems = Vec::new();
+    let mut expected = first;
+    for &segment in &archived {
+        if segment > expected {
+            problems.push(format!(
+                "WAL segment {} is missing from the archive: recovery cannot replay past {}",
+                segment_file(timeline, expected, segment_bytes),
+                segment_file(timeline, expected.saturating_sub(1).max(first), segment_bytes)
+            ));
+        }
+        expected = segment + 1;
+    }
+    if expected <= last_needed {
+        problems.push(format!(
+            "WAL segment {} (needed to reach the backup's end point) is missing from the archive",
+            segment_file(timeline, expected, segment_bytes)
+        ));
+    }
+    Ok((archived.len(), problems))
+}
+
+/// Segments are 16 MiB unless the server was built otherwise; the
+/// manifest's LSNs do not say, so the standard size is assumed.
+fn segment_bytes_of(_manifest: &Manifest) -> u64 {
+    16 * 1024 * 1024
+}
+
+/// Where and how a physical backup is restored.
+#[derive(Debug, Clone)]
+pub struct PitrRequest {
+    pub backup_id: Option<String>,
+    /// `recovery_target_time`; `None`: recover only to the backup's end
+    /// (consistency), as a restore test does.
+    pub target_time: Option<DateTime<Utc>>,
+    pub data_directory: Option<PathBuf>,
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PitrRestored {
+    pub backup_id: String,
+    pub data_directory: String,
+    pub port: u16,
+    /// `postgres://…@127.0.0.1:<port>/<database>` of the restored instance.
+    pub url: String,
+    pub target_time: Option<String>,
+    pub bytes: u64,
+    pub duration_ms: u64,
+}
+
+/// A port nobody listens on now.
+fn free_port() -> Result<u16, BackupError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| BackupError::Io(format!("no free port: {e}")))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| BackupError::Io(format!("no free port: {e}")))
+}
+
+/// Restores a physical backup into a new data directory and starts a
+/// PostgreSQL instance on it that replays the archived WAL up to the
+/// target time and is then promoted. The target is not touched. The
+/// instance is left running; stop it with `pg_ctl stop -D <dir>`.
+pub async fn restore_pitr(
+    backups: &Backups,
+    target: &Target,
+    request: &PitrRequest,
+    progress: &dyn ProgressSink,
+) -> Result<PitrRestored, BackupError> {
+    let key = backups.key()?.clone();
+    let key_file = backups.config().key_file.clone().ok_or_else(|| {
+        BackupError::Refused(
+            "a point-in-time restore runs `dbswarm backup wal-fetch` in PostgreSQL, which reads the key from a file: set backup_key_file".into(),
+        )
+    })?;
+    let entry = match &request.backup_id {
+        Some(id) => {
+            backups
+                .completed_backup(&target.name, Some(id), Some(BackupKind::Physical))
+                .await?
+        }
+        None => {
+            let catalogue = backups.catalogue(&target.name).await?;
+            let fits = |stopped_ms: i64| {
+                request
+                    .target_time
+                    .is_none_or(|t| stopped_ms <= t.timestamp_millis())
+            };
+            catalogue
+                .completed()
+                .rev()
+                .find(|(e, c)| e.kind == BackupKind::Physical && fits(c.stopped_at_ms))
+                .map(|(e, _)| e.clone())
+                .ok_or_else(|| {
+                    BackupError::Refused(match request.target_time {
+                        Some(t) => format!(
+                            "database '{}' has no completed physical backup that finished before {}",
+                            target.name,
+                            t.to_rfc3339()
+                        ),
+                        None => format!("database '{}' has no completed physical backup", target.name),
+                    })
+                })?
+        }
+    };
+    let manifest = backups.usable_manifest(&target.name, &entry.backup_id).await?;
+    if let Some(time) = request.target_time
+        && time < manifest.stopped_at
+    {
+        return Err(BackupError::Refused(format!(
+            "backup {} finished at {}, after the target time {}: recovery can only go forward from a backup's end; pick an older backup",
+            manifest.backup_id,
+            manifest.stopped_at.to_rfc3339(),
+            time.to_rfc3339()
+        )));
+    }
+    let data_directory = match &request.data_directory {
+        Some(dir) => dir.clone(),
+        None => backups.config().scratch_dir.join(format!(
+            "{}-{}",
+            target.name,
+            Utc::now().format("%Y%m%dT%H%M%S%3fZ")
+        )),
+    };
+    if tokio::fs::try_exists(&data_directory).await.unwrap_or(false)
+        && std::fs::read_dir(&data_directory).is_ok_and(|mut d| d.next().is_some())
+    {
+        return Err(BackupError::Refused(format!(
+            "data directory {} is not empty; a restore needs a new or empty directory",
+            data_directory.display()
+        )));
+    }
+    let port = match request.port {
+        Some(port) => port,
+        None => free_port()?,
+    };
+    let started = Instant::now();
+    let result = async {
+        let bytes = extract_base(backups, &key, &target.name, &manifest, &data_directory, progress).await?;
+        write_recovery_settings(
+            backups,
+            &key_file,
+            &target.name,
+            request.target_time,
+            &data_directory,
+            port,
+        )
+        .await?;
+        give_to_postgres(&data_directory).await?;
+        progress.report(99.0, "replaying WAL".into()).await;
+        start_instance(backups, &data_directory, port).await?;
+        wait_for_promotion(&data_directory, port, &manifest.dbname).await?;
+        Ok::<u64, BackupError>(bytes)
+    }
+    .await;
+    let bytes = match result {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            let _ = stop_instance(backups, &data_directory).await;
+            let log = read_log_tail(&data_directory).await;
+            let _ = tokio::fs::remove_dir_all(&data_directory).await;
+            return Err(match log {
+                Some(log) if !log.is_empty() => {
+                    BackupError::Io(format!("{error}; the restored server's log ends with: {log}"))
+                }
+                _ => error,
+            });
+        }
+    };
+    let url = format!("postgres://postgres@127.0.0.1:{port}/{}", manifest.dbname);
+    let restored = PitrRestored {
+        backup_id: manifest.backup_id.clone(),
+        data_directory: data_directory.display().to_string(),
+        port,
+        url,
+        target_time: request.target_time.map(|t| t.to_rfc3339()),
+        bytes,
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    backups
+        .record(
+            &target.name,
+            CatalogueCommand::RecordRestore {
+                backup_id: manifest.backup_id.clone(),
+                into: restored.data_directory.clone(),
+                target_time: restored.target_time.clone(),
+                at_ms: now_ms(),
+            },
+        )
+        .await?;
+    Ok(restored)
+}
+
+/// Decrypts the base backup into the data directory (tar reads only
+/// authenticated bytes; a tampered chunk stops it).
+async fn extract_base(
+    backups: &Backups,
+    key: &BackupKey,
+    target: &str,
+    manifest: &Manifest,
+    data_directory: &Path,
+    progress: &dyn ProgressSink,
+) -> Result<u64, BackupError> {
+    let file = manifest
+        .files
+        .iter()
+        .find(|f| f.name == BASE_FILE)
+        .ok_or_else(|| BackupError::Refused(format!("backup {} has no {BASE_FILE}", manifest.backup_id)))?;
+    tokio::fs::create_dir_all(data_directory)
+        .await
+        .map_err(|e| BackupError::Io(format!("{}: {e}", data_directory.display())))?;
+    set_private(data_directory)?;
+    let path = backups
+        .repository()
+        .backup_dir(target, &manifest.backup_id)?
+        .join(BASE_FILE);
+    let mut source = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| BackupError::Io(format!("{BASE_FILE}: {e}")))?;
+    let mut command = tokio::process::Command::new("tar");
+    command
+        .arg(if manifest.compression_level > 0 {
+            "-xzf"
+        } else {
+            "-xf"
+        })
+        .arg("-")
+        .arg("-C")
+        .arg(data_directory)
+        .kill_on_drop(true)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = tools::spawn(&mut command, "tar")?;
+    let stderr = tokio::spawn(tools::collect_stderr(child.stderr.take()));
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| BackupError::Io("tar has no stdin".into()))?;
+    let counter = AtomicU64::new(0);
+    let feed = async {
+        let mut on_progress = |bytes: u64| counter.store(bytes, Ordering::Relaxed);
+        let digest = crypto::decrypt_stream(key, &mut source, &mut stdin, &mut on_progress).await;
+        drop(stdin);
+        digest
+    };
+    let digest = with_progress(progress, &counter, Some(file.digest.plain_bytes), feed).await;
+    match digest {
+        Err(CryptoError::Io(io)) if io.kind() == std::io::ErrorKind::BrokenPipe => {
+            tools::finish(child, stderr, "tar").await?;
+            Err(BackupError::Io("tar stopped reading the backup".into()))
+        }
+        Err(error) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            Err(BackupError::Crypto {
+                file: BASE_FILE.into(),
+                error,
+            })
+        }
+        Ok(digest) => {
+            tools::finish(child, stderr, "tar").await?;
+            if digest.plain_sha256 != file.digest.plain_sha256 {
+                return Err(BackupError::Refused(format!(
+                    "{BASE_FILE}: the restored bytes' SHA-256 {} is not the manifest's {}",
+                    digest.plain_sha256, file.digest.plain_sha256
+                )));
+            }
+            Ok(digest.plain_bytes)
+        }
+    }
+}
+
+/// recovery.signal and the settings of the restored instance: WAL from
+/// the archive up to the target, then promotion; its own port; and no
+/// archiving of its own (its new timeline must not enter the source's
+/// archive).
+async fn write_recovery_settings(
+    backups: &Backups,
+    key_file: &Path,
+    target: &str,
+    target_time: Option<DateTime<Utc>>,
+    data_directory: &Path,
+    port: u16,
+) -> Result<(), BackupError> {
+    let config = backups.config();
+    let io = |e: std::io::Error| BackupError::Io(format!("{}: {e}", data_directory.display()));
+    let restore = restore_command(&config.executable, backups.repository().root(), key_file, target);
+    let mut settings = vec![
+        "# Written by dbswarm's point-in-time restore.".to_owned(),
+        format!("restore_command = {}", conf_literal(&restore)),
+        match target_time {
+            Some(time) => format!(
+                "recovery_target_time = {}",
+                conf_literal(&time.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
+            ),
+            None => "recovery_target = 'immediate'".to_owned(),
+        },
+        "recovery_target_action = 'promote'".to_owned(),
+        "archive_mode = 'off'".to_owned(),
+        format!("port = {port}"),
+        "listen_addresses = '127.0.0.1'".to_owned(),
+        // TCP only: a socket path inside a deep data directory can exceed
+        // the 107 bytes a Unix socket name may have.
+        "unix_socket_directories = ''".to_owned(),
+    ];
+    settings.push(String::new());
+    let auto_conf = data_directory.join("postgresql.auto.conf");
+    let mut existing = tokio::fs::read_to_string(&auto_conf).await.unwrap_or_default();
+    existing.push('\n');
+    existing.push_str(&settings.join("\n"));
+    tokio::fs::write(&auto_conf, existing).await.map_err(io)?;
+    // A server whose configuration lives outside its data directory (the
+    // Debian layout) leaves none in the backup: give the instance one.
+    let conf = data_directory.join("postgresql.conf");
+    if !tokio::fs::try_exists(&conf).await.unwrap_or(false) {
+        tokio::fs::write(
+            &conf,
+            "# Written by dbswarm's restore: the source kept its configuration elsewhere.\n",
+        )
+        .await
+        .map_err(io)?;
+    }
+    let hba = data_directory.join("pg_hba.conf");
+    if !tokio::fs::try_exists(&hba).await.unwrap_or(false) {
+        tokio::fs::write(
+            &hba,
+            "local all all peer\nhost all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .await
+        .map_err(io)?;
+    }
+    for stale in ["postmaster.pid", "postmaster.opts", "standby.signal"] {
+        let _ = tokio::fs::remove_file(data_directory.join(stale)).await;
+    }
+    tokio::fs::write(data_directory.join("recovery.signal"), b"")
+        .await
+        .map_err(io)?;
+    Ok(())
+}
+
+fn log_path(data_directory: &Path) -> PathBuf {
+    data_directory.join("restore.log")
+}
+
+async fn read_log_tail(data_directory: &Path) -> Option<String> {
+    let log = tokio::fs::read_to_string(log_path(data_directory)).await.ok()?;
+    let lines: Vec<&str> = log.lines().rev().take(5).collect();
+    Some(lines.into_iter().rev().collect::<Vec<_>>().join(" | "))
+}
+
+async fn start_instance(backups: &Backups, data_directory: &Path, port: u16) -> Result<(), BackupError> {
+    let mut command = backups.config().tools.server("pg_ctl");
+    command
+        .arg("--pgdata")
+        .arg(data_directory)
+        .arg("--log")
+        .arg(log_path(data_directory))
+        .args(["--wait", &format!("--timeout={}", RECOVERY_WAIT_MS / 1000)])
+        .arg(format!("--options=-p {port}"))
+        .arg("start");
+    tools::run(command, "pg_ctl start").await?;
+    Ok(())
+}
+
+/// Stops an instance a restore started (fast shutdown).
+pub async fn stop_instance(backups: &Backups, data_directory: &Path) -> Result<(), BackupError> {
+    let mut command = backups.config().tools.server("pg_ctl");
+    command
+        .arg("--pgdata")
+        .arg(data_directory)
+        .args(["--mode=fast", "--wait", "stop"]);
+    tools::run(command, "pg_ctl stop").await?;
+    Ok(())
+}
+
+/// Waits until the restored instance has left recovery (reached its
+/// target and was promoted).
+async fn wait_for_promotion(data_directory: &Path, port: u16, dbname: &str) -> Result<(), BackupError> {
+    let url = format!("postgres://postgres@127.0.0.1:{port}/{dbname}");
+    let deadline = Instant::now() + Duration::from_millis(RECOVERY_WAIT_MS);
+    loop {
+        if let Ok(mut conn) = PgConnection::connect(&url).await {
+            let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+                .fetch_one(&mut conn)
+                .await?;
+            let _ = conn.close().await;
+            if !in_recovery {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(BackupError::Io(format!(
+                "the instance restored into {} did not finish recovery within {} s",
+                data_directory.display(),
+                RECOVERY_WAIT_MS / 1000
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEGMENT: u64 = 16 * 1024 * 1024;
+
+    #[test]
+    fn lsns_map_to_their_wal_segment_and_back() {
+        let lsn = parse_lsn("10/98000028").unwrap();
+        let name = segment_name(1, lsn, SEGMENT);
+        assert_eq!(name, "000000010000001000000098");
+        assert_eq!(parse_segment(&name, SEGMENT), Some((1, lsn / SEGMENT)));
+        assert_eq!(
+            segment_name(3, parse_lsn("0/FFFFFFFF").unwrap(), SEGMENT),
+            "0000000300000000000000FF"
+        );
+        assert_eq!(parse_lsn("nonsense"), None);
+        assert_eq!(parse_segment("00000001000000100000009", SEGMENT), None);
+        assert_eq!(parse_segment("00000001.history", SEGMENT), None);
+    }
+
+    #[test]
+    fn pg_basebackup_output_gives_the_wal_range() {
+        let stderr = "pg_basebackup: initiating base backup, waiting for checkpoint to complete\n\
+            pg_basebackup: checkpoint completed\n\
+            pg_basebackup: write-ahead log start point: 10/98000028 on timeline 1\n\
+            pg_basebackup: write-ahead log end point: 10/98000138\n\
+            pg_basebackup: base backup completed\n";
+        assert_eq!(
+            parse_basebackup_output(stderr),
+            Some(BackupRange {
+                start_lsn: "10/98000028".into(),
+                timeline: 1,
+                stop_lsn: "10/98000138".into()
+            })
+        );
+        assert_eq!(
+            parse_basebackup_output("pg_basebackup: error: connection refused"),
+            None
+        );
+    }
+
+    #[test]
+    fn commands_quote_paths_for_the_shell_and_the_configuration() {
+        let command = archive_command(
+            Path::new("/opt/db swarm/dbswarm"),
+            Path::new("/var/backups/it's"),
+            Path::new("/etc/key"),
+            "app",
+        );
+        assert_eq!(
+            command,
+            "'/opt/db swarm/dbswarm' backup wal-push --repository '/var/backups/it'\\''s' --key-file '/etc/key' --target app %p"
+        );
+        assert_eq!(conf_literal("a'b"), "'a''b'");
+    }
+}

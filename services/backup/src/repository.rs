@@ -1,0 +1,300 @@
+//! The backup repository: where backups and archived WAL are kept.
+//!
+//! Today a directory; the operations are the ones an object store offers
+//! (put a whole object atomically, get, list a prefix, delete), so that an
+//! S3-compatible store can take its place behind the same methods.
+//!
+//! Layout, per target database ("stanza"):
+//!
+//! ```text
+//! <root>/<target>/backups/<backup_id>/           a complete backup: data files,
+//!                                                 manifest.json, manifest.sig
+//! <root>/<target>/backups/<backup_id>.partial/   a backup being written (locked)
+//! <root>/<target>/wal/<segment>                   archived WAL, encrypted
+//! ```
+//!
+//! **Architecture Invariant**: a backup directory without `.partial` has
+//! a signed manifest naming every file in it. A backup becomes visible
+//! only by the rename of its finished `.partial` directory, so a crash
+//! leaves a `.partial` (removed by the next backup), never a backup that
+//! looks valid.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::crypto::BackupKey;
+use crate::manifest::{MANIFEST_FILE, Manifest, ManifestError, SIGNATURE_FILE};
+
+const PARTIAL_SUFFIX: &str = ".partial";
+const LOCK_FILE: &str = "lock";
+/// Files `.tmp` while written, renamed when complete.
+const TMP_SUFFIX: &str = ".tmp";
+
+/// Backup ids: what `backup_id` generates (time, kind, random suffix).
+pub const BACKUP_ID_BYTES_MAX: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepositoryError {
+    #[error("backup id '{0}' is not a backup id (letters, digits and '-', at most 64)")]
+    BadId(String),
+    #[error("backup {backup_id} of database '{database}' is not in the repository")]
+    Missing { database: String, backup_id: String },
+    #[error("{path}: {error}")]
+    Io { path: String, error: io::Error },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> RepositoryError + '_ {
+    move |error| RepositoryError::Io {
+        path: path.display().to_string(),
+        error,
+    }
+}
+
+pub fn check_backup_id(backup_id: &str) -> Result<(), RepositoryError> {
+    let ok = !backup_id.is_empty()
+        && backup_id.len() <= BACKUP_ID_BYTES_MAX
+        && backup_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(RepositoryError::BadId(backup_id.chars().take(80).collect()))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Repository {
+    root: PathBuf,
+}
+
+/// A backup being written: its `.partial` directory, locked while this
+/// lives so that no one takes it for abandoned.
+pub struct Pending {
+    dir: PathBuf,
+    final_dir: PathBuf,
+    _lock: File,
+}
+
+impl Pending {
+    /// Where a data file of the backup is written.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Writes the signed manifest, makes every file durable and publishes
+    /// the backup by renaming its directory.
+    pub async fn publish(self, manifest: &Manifest, key: &BackupKey) -> Result<PathBuf, RepositoryError> {
+        let (bytes, signature) = manifest.signed(key)?;
+        write_durably(&self.dir.join(MANIFEST_FILE), &bytes).await?;
+        write_durably(&self.dir.join(SIGNATURE_FILE), signature.as_bytes()).await?;
+        for file in &manifest.files {
+            sync_file(&self.dir.join(&file.name)).await?;
+        }
+        let lock = self.dir.join(LOCK_FILE);
+        tokio::fs::remove_file(&lock).await.map_err(io_error(&lock))?;
+        tokio::fs::rename(&self.dir, &self.final_dir)
+            .await
+            .map_err(io_error(&self.dir))?;
+        if let Some(parent) = self.final_dir.parent() {
+            sync_dir(parent).await?;
+        }
+        Ok(self.final_dir)
+    }
+
+    /// Removes what was written (a failed backup leaves nothing).
+    pub async fn discard(self) {
+        if let Err(error) = tokio::fs::remove_dir_all(&self.dir).await {
+            tracing::warn!(dir = %self.dir.display(), %error, "cannot remove a failed backup's files");
+        }
+    }
+}
+
+async fn sync_file(path: &Path) -> Result<(), RepositoryError> {
+    let file = tokio::fs::File::open(path).await.map_err(io_error(path))?;
+    file.sync_all().await.map_err(io_error(path))
+}
+
+async fn sync_dir(path: &Path) -> Result<(), RepositoryError> {
+    sync_file(path).await
+}
+
+/// Writes `bytes` to `path` through a temporary file, fsynced and renamed.
+pub async fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), RepositoryError> {
+    let tmp = tmp_path(path);
+    tokio::fs::write(&tmp, bytes).await.map_err(io_error(&tmp))?;
+    sync_file(&tmp).await?;
+    tokio::fs::rename(&tmp, path).await.map_err(io_error(path))
+}
+
+pub fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(TMP_SUFFIX);
+    path.with_file_name(name)
+}
+
+impl Repository {
+    pub fn new(root: impl Into<PathBuf>) -> Repository {
+        Repository { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn backups_dir(&self, database: &str) -> PathBuf {
+        self.root.join(database).join("backups")
+    }
+
+    pub fn wal_dir(&self, database: &str) -> PathBuf {
+        self.root.join(database).join("wal")
+    }
+
+    pub fn backup_dir(&self, database: &str, backup_id: &str) -> Result<PathBuf, RepositoryError> {
+        check_backup_id(backup_id)?;
+        Ok(self.backups_dir(database).join(backup_id))
+    }
+
+    /// Starts writing a backup: its `.partial` directory, locked.
+    pub async fn begin(&self, database: &str, backup_id: &str) -> Result<Pending, RepositoryError> {
+        let final_dir = self.backup_dir(database, backup_id)?;
+        let dir = final_dir.with_file_name(format!("{backup_id}{PARTIAL_SUFFIX}"));
+        let parent = self.backups_dir(database);
+        tokio::fs::create_dir_all(&parent)
+            .await
+            .map_err(io_error(&parent))?;
+        tokio::fs::create_dir(&dir).await.map_err(io_error(&dir))?;
+        set_private(&dir)?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = File::create(&lock_path).map_err(io_error(&lock_path))?;
+        lock.try_lock().map_err(|e| RepositoryError::Io {
+            path: lock_path.display().to_string(),
+            error: io::Error::other(e.to_string()),
+        })?;
+        Ok(Pending {
+            dir,
+            final_dir,
+            _lock: lock,
+        })
+    }
+
+    /// Backups being written whose writer is gone (their lock is free):
+    /// an interrupted run. Returned by id.
+    pub async fn abandoned(&self, database: &str) -> Result<Vec<String>, RepositoryError> {
+        let dir = self.backups_dir(database);
+        let mut abandoned = Vec::new();
+        for name in list_names(&dir).await? {
+            let Some(backup_id) = name.strip_suffix(PARTIAL_SUFFIX) else {
+                continue;
+            };
+            let lock_path = dir.join(&name).join(LOCK_FILE);
+            let free = match File::open(&lock_path) {
+                Ok(file) => file.try_lock().is_ok(),
+                Err(_) => true,
+            };
+            if free {
+                abandoned.push(backup_id.to_owned());
+            }
+        }
+        Ok(abandoned)
+    }
+
+    /// Removes an abandoned `.partial` directory.
+    pub async fn remove_partial(&self, database: &str, backup_id: &str) -> Result<(), RepositoryError> {
+        check_backup_id(backup_id)?;
+        let dir = self
+            .backups_dir(database)
+            .join(format!("{backup_id}{PARTIAL_SUFFIX}"));
+        match tokio::fs::remove_dir_all(&dir).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(&dir)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The published backups' ids, oldest first.
+    pub async fn backup_ids(&self, database: &str) -> Result<Vec<String>, RepositoryError> {
+        let mut ids: Vec<String> = list_names(&self.backups_dir(database))
+            .await?
+            .into_iter()
+            .filter(|n| !n.ends_with(PARTIAL_SUFFIX) && check_backup_id(n).is_ok())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// A published backup's manifest, its signature checked with `key`.
+    pub async fn manifest(
+        &self,
+        database: &str,
+        backup_id: &str,
+        key: &BackupKey,
+    ) -> Result<Manifest, RepositoryError> {
+        let dir = self.backup_dir(database, backup_id)?;
+        if !tokio::fs::try_exists(&dir).await.unwrap_or(false) {
+            return Err(RepositoryError::Missing {
+                database: database.to_owned(),
+                backup_id: backup_id.to_owned(),
+            });
+        }
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let signature_path = dir.join(SIGNATURE_FILE);
+        let bytes = tokio::fs::read(&manifest_path)
+            .await
+            .map_err(io_error(&manifest_path))?;
+        let signature = tokio::fs::read_to_string(&signature_path)
+            .await
+            .map_err(io_error(&signature_path))?;
+        Ok(Manifest::verified(&bytes, signature.trim(), key)?)
+    }
+
+    pub async fn delete_backup(&self, database: &str, backup_id: &str) -> Result<(), RepositoryError> {
+        let dir = self.backup_dir(database, backup_id)?;
+        match tokio::fs::remove_dir_all(&dir).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(&dir)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The names of the archived WAL files (segments and timeline
+    /// history files), sorted.
+    pub async fn wal_files(&self, database: &str) -> Result<Vec<String>, RepositoryError> {
+        let mut names: Vec<String> = list_names(&self.wal_dir(database))
+            .await?
+            .into_iter()
+            .filter(|n| !n.ends_with(TMP_SUFFIX))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    pub async fn delete_wal(&self, database: &str, name: &str) -> Result<(), RepositoryError> {
+        let path = self.wal_dir(database).join(name);
+        match tokio::fs::remove_file(&path).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(&path)(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Only the owner may read what the repository holds.
+pub fn set_private(path: &Path) -> Result<(), RepositoryError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(io_error(path))
+}
+
+/// The entries of a directory (none when it does not exist).
+async fn list_names(dir: &Path) -> Result<Vec<String>, RepositoryError> {
+    let mut entries = match tokio::fs::read_dir(dir).await {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(io_error(dir)(e)),
+    };
+    let mut names = Vec::new();
+    while let Some(entry) = entries.next_entry().await.map_err(io_error(dir))? {
+        if let Ok(name) = entry.file_name().into_string() {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}

@@ -1,0 +1,167 @@
+//! PostgreSQL's client and server programs (pg_dump, pg_restore,
+//! pg_basebackup, pg_ctl, initdb), run as child processes: the password
+//! goes through the environment (never the command line), stderr is kept
+//! (bounded) for the error message, and a child is killed when its task is
+//! dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use domain::target::ConnectionUrl;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, ChildStderr, Command};
+
+/// The tail of a tool's stderr kept for its error message.
+const STDERR_BYTES_MAX: usize = 16 * 1024;
+
+/// Where PostgreSQL's programs are, and who runs the server ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tools {
+    pub bin_dir: PathBuf,
+}
+
+impl Default for Tools {
+    fn default() -> Self {
+        Tools {
+            bin_dir: PathBuf::from("/usr/lib/postgresql/15/bin"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("cannot run {program}: {error}")]
+    Spawn { program: String, error: std::io::Error },
+    #[error("{program} failed ({status}): {stderr}")]
+    Failed {
+        program: String,
+        status: String,
+        stderr: String,
+    },
+}
+
+impl Tools {
+    pub fn program(&self, name: &str) -> PathBuf {
+        let in_bin_dir = self.bin_dir.join(name);
+        if in_bin_dir.exists() {
+            in_bin_dir
+        } else {
+            PathBuf::from(name)
+        }
+    }
+
+    /// A client tool connecting to `url` (as `--dbname`, which takes a URI).
+    pub fn client(&self, name: &str, url: &ConnectionUrl) -> Command {
+        let (bare_url, password) = url.for_client_tool();
+        let mut command = Command::new(self.program(name));
+        command
+            .arg(format!("--dbname={bare_url}"))
+            .arg("--no-password")
+            .env_remove("PGPASSWORD")
+            .kill_on_drop(true)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(password) = password {
+            command.env("PGPASSWORD", password);
+        }
+        command
+    }
+
+    /// A server program (initdb, pg_ctl): run as the `postgres` user when
+    /// this process is root, since PostgreSQL refuses to run as root.
+    pub fn server(&self, name: &str) -> Command {
+        let program = self.program(name);
+        let mut command = if is_root() {
+            let mut runuser = Command::new("runuser");
+            runuser.args(["-u", "postgres", "--"]).arg(program);
+            runuser
+        } else {
+            Command::new(program)
+        };
+        command
+            .current_dir("/")
+            .kill_on_drop(true)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command
+    }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Gives a directory tree to the `postgres` user (when root), so that a
+/// server started as that user can use it.
+pub async fn give_to_postgres(path: &Path) -> Result<(), ToolError> {
+    if !is_root() {
+        return Ok(());
+    }
+    let mut command = Command::new("chown");
+    command
+        .args(["-R", "postgres:postgres"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    run(command, "chown").await
+}
+
+pub fn spawn(command: &mut Command, program: &str) -> Result<Child, ToolError> {
+    command.spawn().map_err(|error| ToolError::Spawn {
+        program: program.to_owned(),
+        error,
+    })
+}
+
+/// Reads a child's stderr to its end, keeping the tail.
+pub async fn collect_stderr(stderr: Option<ChildStderr>) -> String {
+    let Some(mut stderr) = stderr else {
+        return String::new();
+    };
+    let mut kept: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stderr.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        kept.extend_from_slice(&buf[..n]);
+        if kept.len() > STDERR_BYTES_MAX {
+            kept.drain(..kept.len() - STDERR_BYTES_MAX);
+        }
+    }
+    String::from_utf8_lossy(&kept).trim().to_owned()
+}
+
+/// Waits for a child whose stderr is collected by `stderr`, failing with
+/// that stderr when it exits unsuccessfully.
+pub async fn finish(
+    mut child: Child,
+    stderr: tokio::task::JoinHandle<String>,
+    program: &str,
+) -> Result<String, ToolError> {
+    let status = child.wait().await.map_err(|error| ToolError::Spawn {
+        program: program.to_owned(),
+        error,
+    })?;
+    let stderr = stderr.await.unwrap_or_default();
+    if status.success() {
+        Ok(stderr)
+    } else {
+        Err(ToolError::Failed {
+            program: program.to_owned(),
+            status: status.to_string(),
+            stderr,
+        })
+    }
+}
+
+/// Runs a command to its end (stdout discarded), failing with its stderr.
+pub async fn run(mut command: Command, program: &str) -> Result<(), ToolError> {
+    let mut child = spawn(&mut command, program)?;
+    let stderr = tokio::spawn(collect_stderr(child.stderr.take()));
+    finish(child, stderr, program).await.map(drop)
+}
