@@ -52,11 +52,12 @@ const PROJECTION_LAG: &str = include_str!("sql/projection_lag.sql");
 pub(crate) const PROJECTION_DEFINITION_LIVE: &str = include_str!("sql/projection_definition_live.sql");
 
 /// Read models dbswarm defines for itself at start.
-pub const BUILTIN_DEFINITIONS: [&str; 4] = [
+pub const BUILTIN_DEFINITIONS: [&str; 5] = [
     include_str!("../builtin/stream_catalogue.json"),
     include_str!("../builtin/audit_log.json"),
     include_str!("../builtin/workflows.json"),
     include_str!("../builtin/agents.json"),
+    include_str!("../builtin/backups.json"),
 ];
 
 /// The stream skip records go to: `projection-<name>`.

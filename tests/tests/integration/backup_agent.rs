@@ -205,6 +205,25 @@ async fn a_logical_backup_is_encrypted_verified_and_restores_into_a_new_database
     assert_eq!(entry["last_restore_test"]["passed"], true);
     assert_eq!(entry["restores"], 1);
 
+    // The same in the `backups` read model
+    let mut projections = crate::projections::projections_client(&server).await;
+    let mut row = None;
+    for _ in 0..100 {
+        row = crate::projections::get_row(&mut projections, "backups", &backup_id).await;
+        if row.as_ref().is_some_and(|r| r["restores"] == 1 && r["restore_test_passed"] == true) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let row = row.expect("the backup in the read model");
+    assert_eq!(row["status"], "completed", "{row}");
+    assert_eq!(row["kind"], "logical");
+    assert_eq!(row["catalogue"], "backups-app");
+    assert_eq!(row["stored_bytes"], stored.len() as i64, "{row}");
+    assert_eq!(row["verification_passed"], true, "{row}");
+    assert_eq!(row["restore_test_passed"], true, "{row}");
+    assert_eq!(row["restores"], 1, "{row}");
+
     // Bad input, each named; nothing is created
     let bad = [
         (

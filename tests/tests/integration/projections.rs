@@ -558,7 +558,7 @@ async fn builtin_read_models_catalogue_streams_and_audit_events() {
         .unwrap()
         .into_inner();
     let names: Vec<&str> = all.projections.iter().map(|p| p.name.as_str()).collect();
-    for builtin in ["agents", "audit_log", "stream_catalogue", "workflows"] {
+    for builtin in ["agents", "audit_log", "backups", "stream_catalogue", "workflows"] {
         assert!(names.contains(&builtin), "{names:?}");
     }
     server.stop().await;
