@@ -210,7 +210,10 @@ async fn a_logical_backup_is_encrypted_verified_and_restores_into_a_new_database
     let mut row = None;
     for _ in 0..100 {
         row = crate::projections::get_row(&mut projections, "backups", &backup_id).await;
-        if row.as_ref().is_some_and(|r| r["restores"] == 1 && r["restore_test_passed"] == true) {
+        if row
+            .as_ref()
+            .is_some_and(|r| r["restores"] == 1 && r["restore_test_passed"] == true)
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
