@@ -837,3 +837,61 @@ async fn the_cli_creates_lists_verifies_and_tests_backups_with_the_agents_catalo
     server.stop().await;
     db.drop_database().await;
 }
+
+/// The seed's "Database Migration" head: `pre_migration_backup` takes a
+/// backup, then `run_migration` applies; the backup is in the catalogue
+/// before the migration changes anything.
+#[tokio::test]
+async fn the_seeds_pre_migration_backup_runs_before_the_migration() {
+    let dirs = BackupDirs::new();
+    let (db, target_db, server) = serve(&dirs).await;
+    let mut client = workflows_client(&server).await;
+    let plan = json!({"name": "Database Migration", "tasks": [
+        {"id": "pre_migration_backup", "agent": "backup", "operation": "create",
+         "params": {"database": "app"}, "timeout": "30m"},
+        {"id": "run_migration", "agent": "schema", "operation": "apply",
+         "params": {"database": "app", "complete": true, "definition": {
+             "name": "add_user_roles",
+             "operations": [{"add_column": {"table": "accounts", "column": "role", "type": "text"}}]}},
+         "dependencies": ["pre_migration_backup"],
+         "compensation": {"operation": "rollback"}}
+    ]});
+    let workflow = execute_and_wait(&mut client, &plan).await;
+    assert_eq!(
+        workflow.status, "completed",
+        "{} {:?}",
+        workflow.summary, workflow.tasks
+    );
+    let backup: Value = serde_json::from_str(
+        &workflow
+            .tasks
+            .iter()
+            .find(|t| t.task_id == "pre_migration_backup")
+            .unwrap()
+            .result_json,
+    )
+    .unwrap();
+    let role_columns: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'public' AND table_name = 'accounts' AND column_name = 'role'",
+    )
+    .fetch_one(&target_db.pool().await)
+    .await
+    .unwrap();
+    assert_eq!(role_columns, 1);
+
+    // The backup holds the database as it was before the migration
+    let tested = result(
+        &execute_and_wait(
+            &mut client,
+            &task(
+                "test_restore",
+                json!({"database": "app", "backup_id": backup["backup_id"]}),
+            ),
+        )
+        .await,
+    );
+    assert_eq!(tested["passed"], true, "{tested}");
+    server.stop().await;
+    target_db.drop_database().await;
+    db.drop_database().await;
+}
