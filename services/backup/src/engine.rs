@@ -919,3 +919,43 @@ pub async fn check_file(
     }
     Ok(digest.stored_bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_say_bytes_estimate_percent_and_rate() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 * 1024 * 1024 + 512 * 1024), "3.5 MiB");
+        let started = Instant::now() - Duration::from_secs(2);
+        let (percent, line) = progress_line(50 * 1024 * 1024, Some(200 * 1024 * 1024), started);
+        assert!((percent - 25.0).abs() < 0.01);
+        assert!(line.starts_with("50.0 MiB of ~200.0 MiB (25%), "), "{line}");
+        assert!(line.ends_with("MiB/s"), "{line}");
+        // An estimate that was too low never shows 100% before the end
+        let (percent, _) = progress_line(300, Some(200), started);
+        assert_eq!(percent, 99.0);
+        let (percent, line) = progress_line(1024, None, started);
+        assert_eq!(percent, 0.0);
+        assert!(line.starts_with("1.0 KiB, "), "{line}");
+    }
+
+    #[test]
+    fn backup_ids_sort_by_time_and_name_their_kind() {
+        let early = new_backup_id(BackupKind::Logical, "2026-11-26T14:00:00.001Z".parse().unwrap());
+        let late = new_backup_id(BackupKind::Physical, "2026-11-26T14:00:00.002Z".parse().unwrap());
+        assert!(early < late);
+        assert!(early.starts_with("20261126T140000001Z-logical-"), "{early}");
+        assert!(crate::repository::check_backup_id(&late).is_ok());
+        assert!(crate::repository::check_backup_id("../x").is_err());
+    }
+
+    #[test]
+    fn database_names_are_checked_and_quoted() {
+        assert!(check_database_name("").is_err());
+        assert!(check_database_name(&"x".repeat(64)).is_err());
+        assert!(check_database_name("app restore").is_ok());
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}

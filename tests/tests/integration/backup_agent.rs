@@ -605,6 +605,21 @@ async fn point_in_time_recovery_restores_exactly_the_rows_committed_at_the_targe
         "{command}"
     );
 
+    // A target the agent may not configure: refused, saying what to set
+    server.register_target("other", &pg.url("postgres")).await;
+    let refused = error(
+        &execute_and_wait(
+            &mut client,
+            &task("create", json!({"database": "other", "kind": "physical"})),
+        )
+        .await,
+    );
+    assert!(
+        refused.contains("does not archive its WAL into the backup repository: set archive_command = ")
+            && refused.contains("--target other"),
+        "{refused}"
+    );
+
     // Rows 101..150 committed before T; then 151..200 and the drop after it
     sqlx::raw_sql("INSERT INTO orders SELECT g, 'item ' || g FROM generate_series(101, 150) g")
         .execute(&source)
