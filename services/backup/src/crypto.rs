@@ -560,52 +560,103 @@ async fn read_byte<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<Option<u8
     }
 }
 
+/// Chunks read ahead of the one being sealed and written, at most.
+const PIPELINE_CHUNKS: usize = 4;
+
+/// The CPU side of encryption: digests of both sides and the sealer.
+struct SealState {
+    sealer: Sealer,
+    plain: digest::Context,
+    stored: digest::Context,
+}
+
+impl SealState {
+    fn seal(&mut self, buf: &mut Vec<u8>, last: bool) -> Result<(), CryptoError> {
+        self.plain.update(buf);
+        self.sealer.seal_chunk(buf, last)?;
+        self.stored.update(buf);
+        Ok(())
+    }
+}
+
 /// Reads `reader` to its end, writes header + sealed chunks to `writer`
 /// (flushes at the end; does not shut down or sync, that is the caller's
 /// decision). `on_progress(plain_bytes_so_far)` is called after each chunk.
 /// Each chunk is filled completely before sealing, since pipes return short
 /// reads and only the final chunk may be short.
+///
+/// Reading is pipelined with the rest: while a chunk is hashed and sealed
+/// (on a blocking thread) and written, the next ones are read, up to
+/// `PIPELINE_CHUNKS` ahead. A producer such as pg_dump writing into a pipe
+/// would otherwise stall on the full pipe for every chunk's CPU work.
 pub async fn encrypt_stream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     key: &BackupKey,
     reader: &mut R,
     writer: &mut W,
     on_progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<StreamDigest, CryptoError> {
-    let (mut sealer, header) = Sealer::new(key)?;
-    let mut plain = digest::Context::new(&digest::SHA256);
-    let mut stored = digest::Context::new(&digest::SHA256);
-    let mut plain_bytes: u64 = 0;
-    let mut stored_bytes: u64 = 0;
-
-    writer.write_all(&header).await?;
-    stored.update(&header);
-    stored_bytes += HEADER_BYTES as u64;
-
-    let mut buf = Vec::with_capacity(FRAME_BYTES);
-    loop {
-        buf.clear();
-        fill(reader, &mut buf, CHUNK_BYTES).await?;
-        plain.update(&buf);
-        plain_bytes += buf.len() as u64;
-        // A full chunk might be followed by end of file; then the final chunk
-        // is the empty one sealed next time round.
-        let last = buf.len() < CHUNK_BYTES;
-        sealer.seal_chunk(&mut buf, last)?;
-        writer.write_all(&buf).await?;
-        stored.update(&buf);
-        stored_bytes += buf.len() as u64;
-        on_progress(plain_bytes);
-        if last {
-            break;
-        }
+    let (sealer, header) = Sealer::new(key)?;
+    let mut state = Some(SealState {
+        sealer,
+        plain: digest::Context::new(&digest::SHA256),
+        stored: digest::Context::new(&digest::SHA256),
+    });
+    if let Some(state) = state.as_mut() {
+        state.stored.update(&header);
     }
-    writer.flush().await?;
+    let mut plain_bytes: u64 = 0;
+    let mut stored_bytes: u64 = HEADER_BYTES as u64;
+    writer.write_all(&header).await?;
 
+    let (chunks, mut filled) = tokio::sync::mpsc::channel::<Vec<u8>>(PIPELINE_CHUNKS);
+    let read = async move {
+        loop {
+            let mut buf = Vec::with_capacity(FRAME_BYTES);
+            fill(reader, &mut buf, CHUNK_BYTES).await?;
+            // A full chunk might be followed by end of file; then the final
+            // chunk is the empty one read next time round.
+            let last = buf.len() < CHUNK_BYTES;
+            if chunks.send(buf).await.is_err() || last {
+                return Ok::<(), CryptoError>(());
+            }
+        }
+    };
+    let seal_and_write = async {
+        while let Some(mut buf) = filled.recv().await {
+            let last = buf.len() < CHUNK_BYTES;
+            let plain_len = buf.len() as u64;
+            let mut taken = state.take().ok_or(CryptoError::TooLarge)?;
+            let (sealed, back) = tokio::task::spawn_blocking(move || {
+                let sealed = taken.seal(&mut buf, last).map(|()| buf);
+                (sealed, taken)
+            })
+            .await
+            .map_err(|e| CryptoError::Io(io::Error::other(format!("the sealing thread failed: {e}"))))?;
+            state = Some(back);
+            let buf = sealed?;
+            writer.write_all(&buf).await?;
+            plain_bytes += plain_len;
+            stored_bytes += buf.len() as u64;
+            on_progress(plain_bytes);
+            if last {
+                break;
+            }
+        }
+        writer.flush().await?;
+        Ok::<(), CryptoError>(())
+    };
+    tokio::try_join!(read, seal_and_write)?;
+    let state = state.ok_or(CryptoError::TooLarge)?;
+    if !state.sealer.finished {
+        return Err(CryptoError::Io(io::Error::other(
+            "the stream ended before its final chunk was sealed",
+        )));
+    }
     Ok(StreamDigest {
         plain_bytes,
-        plain_sha256: hex::encode(plain.finish().as_ref()),
+        plain_sha256: hex::encode(state.plain.finish().as_ref()),
         stored_bytes,
-        stored_sha256: hex::encode(stored.finish().as_ref()),
+        stored_sha256: hex::encode(state.stored.finish().as_ref()),
     })
 }
 

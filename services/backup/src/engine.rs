@@ -600,6 +600,7 @@ impl Backups {
             .stdout
             .take()
             .ok_or_else(|| BackupError::Io("pg_dump has no stdout".into()))?;
+        tools::widen_pipe(&stdout);
         let path = pending.file(LOGICAL_FILE);
         let mut file = tokio::fs::File::create(&path)
             .await

@@ -413,6 +413,7 @@ pub(crate) async fn write_physical(
         .stdout
         .take()
         .ok_or_else(|| BackupError::Io("pg_basebackup has no stdout".into()))?;
+    tools::widen_pipe(&stdout);
     let path = pending.file(BASE_FILE);
     let mut file = tokio::fs::File::create(&path)
         .await

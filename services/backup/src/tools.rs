@@ -110,6 +110,23 @@ pub async fn give_to_postgres(path: &Path) -> Result<(), ToolError> {
     run(command, "chown").await
 }
 
+/// Bytes a tool's output pipe holds (Linux's default is 64 KiB; 1 MiB is
+/// what an unprivileged process may ask for by default).
+const PIPE_BYTES: libc::c_int = 1 << 20;
+
+/// Lets a dump tool run a whole encryption chunk ahead of its reader
+/// instead of stalling every 64 KiB. Best effort: a refusal only costs
+/// speed.
+pub fn widen_pipe(stdout: &tokio::process::ChildStdout) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_SETPIPE_SZ on a pipe descriptor this process owns, with an
+    // int argument; failure is reported through the return value only.
+    let result = unsafe { libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES) };
+    if result < 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot widen a tool's output pipe");
+    }
+}
+
 pub fn spawn(command: &mut Command, program: &str) -> Result<Child, ToolError> {
     command.spawn().map_err(|error| ToolError::Spawn {
         program: program.to_owned(),

@@ -19,6 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
 mod backfill;
+mod backup;
 mod index_advice;
 mod read_models;
 mod workflows;
@@ -35,6 +36,7 @@ const BENCHES: &[&str] = &[
     "workflow_throughput",
     "backfill_throughput",
     "index_advice_quality",
+    "backup_throughput",
 ];
 
 /// Benchmarks of the dbswarm server (release build) against PostgreSQL.
@@ -47,7 +49,8 @@ struct Args {
     /// Run only this benchmark: append_throughput, append_latency,
     /// fanout_latency, relay_throughput, projection_rebuild, query_uncached,
     /// query_cached, workflow_latency, workflow_throughput,
-    /// backfill_throughput or index_advice_quality.
+    /// backfill_throughput, index_advice_quality or backup_throughput
+    /// (which measures restore_throughput too).
     #[arg(long)]
     only: Option<String>,
     /// Concurrent clients: each appending to its own stream (append
@@ -119,6 +122,14 @@ struct Args {
     /// (its advisor's indexes_max); default: the agent's default.
     #[arg(long)]
     advice_indexes_max: Option<usize>,
+    /// pgbench scale of backup_throughput's database: ~15.7 MB each, so
+    /// 64 makes a database of ~1.0 GB (10^9 bytes).
+    #[arg(long, default_value_t = 64)]
+    backup_scale: u32,
+    /// Alternating baseline/dbswarm rounds of backup_throughput's backups
+    /// and of its restores; the best of each side is reported.
+    #[arg(long, default_value_t = 2)]
+    backup_rounds: usize,
 }
 
 #[tokio::main]
@@ -142,6 +153,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.advice_rounds == 0 {
         bail!("--advice-rounds must be at least 1");
+    }
+    if args.backup_scale == 0 || args.backup_rounds == 0 {
+        bail!("--backup-scale and --backup-rounds must be at least 1");
     }
     if !["registry", "grpc"].contains(&args.rebuild_poll.as_str()) {
         bail!("--rebuild-poll is registry or grpc, not '{}'", args.rebuild_poll);
@@ -199,6 +213,11 @@ async fn main() -> anyhow::Result<()> {
         let result = index_advice::index_advice_quality(&args, &db).await;
         db.drop_database(&admin_url).await?;
         result?;
+    }
+    if wanted("backup_throughput") {
+        // Two databases (the backed-up one, the catalogue's event store),
+        // and each restore's, dropped as soon as it is measured.
+        backup::backup_throughput(&args, &admin_url).await?;
     }
     Ok(())
 }
