@@ -738,30 +738,6 @@ pub async fn decrypt_stream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     })
 }
 
-/// Reads a stored file's bytes to the end computing only size + SHA-256 of
-/// the stored bytes (no key needed, so storage can be checked against a
-/// manifest anywhere): returns (stored_bytes, stored_sha256).
-pub async fn digest_stream<R: AsyncRead + Unpin>(reader: &mut R) -> Result<(u64, String), CryptoError> {
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    let mut total: u64 = 0;
-    let mut buf = vec![0u8; FRAME_BYTES];
-    loop {
-        match reader.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => {
-                let data = buf.get(..n).ok_or_else(|| {
-                    io::Error::other("reader claimed to read more bytes than the buffer holds")
-                })?;
-                ctx.update(data);
-                total += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok((total, hex::encode(ctx.finish().as_ref())))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -889,10 +865,6 @@ mod tests {
             assert!(restored == plain, "len {len}: plaintext differs");
             assert_eq!(back, digest, "len {len}");
             assert_eq!(progress, expected_progress, "len {len}");
-
-            let mut reader = ShortReader::new(stored.clone(), 30_000);
-            let (n, sha) = digest_stream(&mut reader).await.expect("digests");
-            assert_eq!((n, sha), (digest.stored_bytes, digest.stored_sha256));
         }
     }
 
@@ -1249,9 +1221,6 @@ mod tests {
         assert_send(&future);
         drop(future);
         let future = decrypt_stream(&key, &mut reader, &mut writer, &mut progress);
-        assert_send(&future);
-        drop(future);
-        let future = digest_stream(&mut reader);
         assert_send(&future);
     }
 

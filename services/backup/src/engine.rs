@@ -111,14 +111,6 @@ pub enum BackupError {
     Io(String),
 }
 
-impl BackupError {
-    /// Whether the request itself is wrong (as opposed to the work failing).
-    pub fn is_refusal(&self) -> bool {
-        matches!(self, BackupError::Refused(_) | BackupError::NoKey)
-            || matches!(self, BackupError::Catalogue(SagaError::Refused(_)))
-    }
-}
-
 /// Reports progress of long work (a task's progress events, a CLI's bar).
 pub trait ProgressSink: Send + Sync {
     fn report<'a>(&'a self, percent: f64, message: String) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
@@ -654,6 +646,7 @@ impl Backups {
             timeline: 0,
             start_wal_segment: String::new(),
             stop_wal_segment: String::new(),
+            wal_segment_bytes: 0,
             server_version,
             key_fingerprint: key.fingerprint().to_owned(),
             compression_level: self.config.compression_level,

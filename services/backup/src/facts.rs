@@ -9,6 +9,7 @@ use crate::manifest::TableFacts;
 
 const USER_TABLES: &str = include_str!("sql/user_tables.sql");
 const RESOLVE_TABLE: &str = include_str!("sql/resolve_table.sql");
+const TABLE_EXISTS: &str = include_str!("sql/table_exists.sql");
 
 /// Tables whose facts are recorded at most.
 pub const TABLES_MAX: i64 = 10_000;
@@ -99,7 +100,7 @@ pub async fn table_facts(
 pub async fn compare(conn: &mut PgConnection, expected: &[TableFacts]) -> Result<Vec<String>, sqlx::Error> {
     let mut problems = Vec::new();
     for fact in expected {
-        let exists: Option<String> = sqlx::query_scalar(RESOLVE_TABLE_NAME_ONLY)
+        let exists: Option<String> = sqlx::query_scalar(TABLE_EXISTS)
             .bind(&fact.table)
             .fetch_optional(&mut *conn)
             .await?;
@@ -130,5 +131,3 @@ pub async fn compare(conn: &mut PgConnection, expected: &[TableFacts]) -> Result
     }
     Ok(problems)
 }
-
-const RESOLVE_TABLE_NAME_ONLY: &str = "SELECT to_regclass($1)::text";

@@ -71,6 +71,9 @@ pub struct Manifest {
     pub start_wal_segment: String,
     #[serde(default)]
     pub stop_wal_segment: String,
+    /// The server's WAL segment size (physical backups; 0 for logical).
+    #[serde(default)]
+    pub wal_segment_bytes: u64,
     pub server_version: String,
     pub key_fingerprint: String,
     /// gzip level applied before encryption (0: none).

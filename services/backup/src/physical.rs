@@ -37,6 +37,8 @@ const ARCHIVER_STATUS: &str = include_str!("sql/archiver_status.sql");
 const ARCHIVE_WAIT_MS: u64 = 60_000;
 /// How long a restored instance may take to start and reach its target.
 const RECOVERY_WAIT_MS: u64 = 600_000;
+/// PostgreSQL's default WAL segment size.
+const DEFAULT_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 /// WAL segments a chain check looks at most.
 const WAL_SEGMENTS_MAX: usize = 1_000_000;
 
@@ -64,6 +66,13 @@ fn segment_file(timeline: u32, segment_number: u64, segment_bytes: u64) -> Strin
         segment_number / per,
         segment_number % per
     )
+}
+
+/// Where a WAL segment file name is in the WAL, whatever its timeline and
+/// the segment size: its last 16 hex digits, which sort as positions do.
+/// `None` for what is not a segment name (history files, ...).
+pub fn segment_position(name: &str) -> Option<&str> {
+    (name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit())).then(|| &name[8..])
 }
 
 /// `(timeline, segment number)` of a WAL segment file name.
@@ -464,6 +473,7 @@ pub(crate) async fn write_physical(
         timeline: range.timeline,
         start_wal_segment,
         stop_wal_segment,
+        wal_segment_bytes: segment_bytes,
         server_version,
         key_fingerprint: key.fingerprint().to_owned(),
         compression_level: config.compression_level,
@@ -526,10 +536,13 @@ pub async fn check_wal_chain(
     Ok((archived.len(), problems))
 }
 
-/// Segments are 16 MiB unless the server was built otherwise; the
-/// manifest's LSNs do not say, so the standard size is assumed.
-fn segment_bytes_of(_manifest: &Manifest) -> u64 {
-    16 * 1024 * 1024
+/// The segment size the manifest records (PostgreSQL's default for a
+/// manifest without one).
+fn segment_bytes_of(manifest: &Manifest) -> u64 {
+    match manifest.wal_segment_bytes {
+        0 => DEFAULT_SEGMENT_BYTES,
+        bytes => bytes,
+    }
 }
 
 /// Where and how a physical backup is restored.

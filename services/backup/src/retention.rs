@@ -18,10 +18,9 @@ use serde::Serialize;
 
 use crate::catalogue::{BackupKind, Catalogue, CatalogueCommand};
 use crate::engine::{BackupError, Backups, now_ms};
-use crate::physical::parse_segment;
+use crate::physical::segment_position;
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
-const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Policy {
@@ -95,8 +94,8 @@ pub fn plan(catalogue: &Catalogue, policy: Policy, now_ms: i64) -> RetentionPlan
     let wal_needed_from = catalogue
         .completed()
         .filter(|(e, _)| e.kind == BackupKind::Physical && keep.contains(&e.backup_id))
-        .filter_map(|(_, c)| parse_segment(&c.start_wal_segment, SEGMENT_BYTES).map(|(_, s)| (s, c)))
-        .min_by_key(|(s, _)| *s)
+        .filter_map(|(_, c)| segment_position(&c.start_wal_segment).map(|p| (p, c)))
+        .min_by_key(|(p, _)| *p)
         .map(|(_, c)| c.start_wal_segment.clone());
     keep.sort();
     RetentionPlan {
@@ -138,13 +137,13 @@ pub async fn apply(backups: &Backups, target: &str, policy: Policy) -> Result<Re
     }
     let mut wal_segments_deleted = 0;
     if let Some(needed_from) = &plan.wal_needed_from
-        && let Some((_, first_needed)) = parse_segment(needed_from, SEGMENT_BYTES)
+        && let Some(first_needed) = segment_position(needed_from)
     {
         for name in backups.repository().wal_files(target).await? {
             // Timeline history files are small and needed to follow a
             // timeline switch: always kept.
-            if let Some((_, segment)) = parse_segment(&name, SEGMENT_BYTES)
-                && segment < first_needed
+            if let Some(position) = segment_position(&name)
+                && position < first_needed
             {
                 backups.repository().delete_wal(target, &name).await?;
                 wal_segments_deleted += 1;
