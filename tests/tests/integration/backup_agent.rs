@@ -910,3 +910,75 @@ async fn the_seeds_pre_migration_backup_runs_before_the_migration() {
     target_db.drop_database().await;
     db.drop_database().await;
 }
+
+/// Collects progress reports.
+#[derive(Default)]
+struct Reports(std::sync::Mutex<Vec<(f64, String)>>);
+
+impl backup::engine::ProgressSink for Reports {
+    fn report<'a>(
+        &'a self,
+        percent: f64,
+        message: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        self.0.lock().unwrap().push((percent, message));
+        Box::pin(async {})
+    }
+}
+
+#[tokio::test]
+async fn a_long_backup_reports_bytes_percent_and_rate_as_it_goes() {
+    let dirs = BackupDirs::new();
+    let db = TestDb::create().await;
+    let target_db = TestDb::create().await;
+    sqlx::raw_sql(SCHEMA)
+        .execute(&target_db.pool().await)
+        .await
+        .unwrap();
+    let config = server::Config::from_settings(dirs.settings(settings_for(&db))).unwrap();
+    event_store::MIGRATOR.run(&db.pool().await).await.unwrap();
+    let store = backup::engine::CatalogueStore::new(
+        event_store::Appender::start(db.pool().await, config.append).0,
+        event_store::Reader::new(db.pool().await, config.read),
+        config.limits,
+    );
+    // A pg_dump that takes its time: 3 MiB over about 3 seconds
+    let slow_bin = dirs.root.join("bin");
+    std::fs::create_dir(&slow_bin).unwrap();
+    let slow = slow_bin.join("pg_dump");
+    std::fs::write(
+        &slow,
+        "#!/bin/sh\nfor i in 1 2 3; do head -c 1048576 /dev/zero; sleep 1; done\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut slow_config = config.backup.clone();
+    slow_config.tools.bin_dir = slow_bin;
+    let backups = backup::engine::Backups::new(slow_config, store);
+    let target = backup::engine::Target {
+        name: "app".into(),
+        pool: target_db.pool().await,
+        url: domain::target::ConnectionUrl::parse(&target_db.url).unwrap(),
+    };
+    let request = backup::engine::CreateRequest {
+        kind: backup::catalogue::BackupKind::Logical,
+        tables: vec![],
+        checksum_tables: vec![],
+    };
+    let reports = Reports::default();
+    backups.create(&target, &request, &reports).await.unwrap();
+    let reports = reports.0.into_inner().unwrap();
+    assert!(reports.len() >= 2, "{reports:?}");
+    let (percent, line) = reports.last().unwrap();
+    assert!(*percent > 0.0 && *percent <= 99.0, "{reports:?}");
+    assert!(
+        line.contains(" of ~") && line.contains("%), ") && line.ends_with("/s"),
+        "{line}"
+    );
+    assert!(
+        reports.windows(2).all(|w| w[0].0 <= w[1].0),
+        "percent only grows: {reports:?}"
+    );
+    target_db.drop_database().await;
+    db.drop_database().await;
+}
