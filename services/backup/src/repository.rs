@@ -28,6 +28,9 @@ use crate::manifest::{MANIFEST_FILE, Manifest, ManifestError, SIGNATURE_FILE};
 
 const PARTIAL_SUFFIX: &str = ".partial";
 const LOCK_FILE: &str = "lock";
+/// How long a `.partial` directory without its lock file may be a
+/// writer's that has not created the file yet.
+const UNLOCKED_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Files `.tmp` while written, renamed when complete.
 const TMP_SUFFIX: &str = ".tmp";
 
@@ -92,11 +95,13 @@ impl Pending {
         for file in &manifest.files {
             sync_file(&self.dir.join(&file.name)).await?;
         }
-        let lock = self.dir.join(LOCK_FILE);
-        tokio::fs::remove_file(&lock).await.map_err(io_error(&lock))?;
+        // Renamed with its lock file still there (and still locked): until
+        // the rename, nobody may take the directory for abandoned.
         tokio::fs::rename(&self.dir, &self.final_dir)
             .await
             .map_err(io_error(&self.dir))?;
+        let lock = self.final_dir.join(LOCK_FILE);
+        tokio::fs::remove_file(&lock).await.map_err(io_error(&lock))?;
         if let Some(parent) = self.final_dir.parent() {
             sync_dir(parent).await?;
         }
@@ -191,7 +196,13 @@ impl Repository {
             let lock_path = dir.join(&name).join(LOCK_FILE);
             let free = match File::open(&lock_path) {
                 Ok(file) => file.try_lock().is_ok(),
-                Err(_) => true,
+                // A writer creates the directory, then its lock file: give
+                // it that moment before calling the directory abandoned.
+                Err(_) => std::fs::metadata(dir.join(&name))
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_none_or(|age| age > UNLOCKED_GRACE),
             };
             if free {
                 abandoned.push(backup_id.to_owned());
@@ -297,4 +308,89 @@ async fn list_names(dir: &Path) -> Result<Vec<String>, RepositoryError> {
         }
     }
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalogue::BackupKind;
+    use crate::crypto::StreamDigest;
+    use crate::manifest::{FORMAT_VERSION, ManifestFile};
+
+    fn scratch() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("dbswarm-repository-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn manifest(backup_id: &str, key: &BackupKey) -> Manifest {
+        Manifest {
+            format_version: FORMAT_VERSION,
+            backup_id: backup_id.into(),
+            target: "app".into(),
+            dbname: "app".into(),
+            kind: BackupKind::Logical,
+            tables: vec![],
+            started_at: chrono::Utc::now(),
+            stopped_at: chrono::Utc::now(),
+            start_lsn: "0/1".into(),
+            stop_lsn: "0/2".into(),
+            timeline: 0,
+            start_wal_segment: String::new(),
+            stop_wal_segment: String::new(),
+            wal_segment_bytes: 0,
+            server_version: "15.0".into(),
+            key_fingerprint: key.fingerprint().into(),
+            compression_level: 0,
+            files: vec![ManifestFile {
+                name: "data".into(),
+                digest: StreamDigest {
+                    plain_bytes: 0,
+                    plain_sha256: String::new(),
+                    stored_bytes: 4,
+                    stored_sha256: String::new(),
+                },
+            }],
+            table_facts: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backup_is_invisible_until_published_and_a_dead_writers_is_abandoned() {
+        let root = scratch();
+        let repository = Repository::new(&root);
+        let key = BackupKey::from_text(&BackupKey::generate_text().unwrap()).unwrap();
+
+        // Being written: locked, neither listed nor abandoned
+        let pending = repository.begin("app", "b1").await.unwrap();
+        tokio::fs::write(pending.file("data"), b"data").await.unwrap();
+        assert!(repository.backup_ids("app").await.unwrap().is_empty());
+        assert!(repository.abandoned("app").await.unwrap().is_empty());
+
+        // Published: listed, its manifest verified, no lock file left
+        let dir = pending.publish(&manifest("b1", &key), &key).await.unwrap();
+        assert_eq!(repository.backup_ids("app").await.unwrap(), ["b1"]);
+        assert!(!dir.join(LOCK_FILE).exists());
+        assert_eq!(
+            repository.manifest("app", "b1", &key).await.unwrap().backup_id,
+            "b1"
+        );
+
+        // A writer that died: its lock file is there but nobody holds it
+        let pending = repository.begin("app", "b2").await.unwrap();
+        drop(pending);
+        assert_eq!(repository.abandoned("app").await.unwrap(), ["b2"]);
+        repository.remove_partial("app", "b2").await.unwrap();
+        assert!(repository.abandoned("app").await.unwrap().is_empty());
+
+        // A directory whose writer has not created its lock file yet is left alone
+        std::fs::create_dir_all(root.join("app/backups/b3.partial")).unwrap();
+        assert!(repository.abandoned("app").await.unwrap().is_empty());
+
+        assert!(matches!(
+            repository.begin("app", "../b4").await,
+            Err(RepositoryError::BadId(_))
+        ));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

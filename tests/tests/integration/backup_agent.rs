@@ -453,6 +453,12 @@ async fn a_failed_or_interrupted_backup_is_marked_failed_leaves_nothing_and_does
         b"half",
     )
     .unwrap();
+    // Its writer's lock file, no longer locked by anyone
+    std::fs::write(
+        backups_dir.join(format!("{interrupted}.partial")).join("lock"),
+        b"",
+    )
+    .unwrap();
     store
         .execute(
             "app",
