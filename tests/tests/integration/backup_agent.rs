@@ -988,3 +988,53 @@ async fn a_long_backup_reports_bytes_percent_and_rate_as_it_goes() {
     target_db.drop_database().await;
     db.drop_database().await;
 }
+
+/// The seed's quarterly DR test: a schedule whose plan is a restore test.
+#[tokio::test]
+async fn a_restore_test_is_scheduled_quarterly() {
+    let db = TestDb::create().await;
+    let server = TestServer::start(with_workflows(settings_for(&db))).await;
+    let mut client = workflows_client(&server).await;
+    let plan = json!({"name": "quarterly DR test", "tasks": [
+        {"id": "dr_test", "agent": "backup", "operation": "test_restore",
+         "params": {"database": "app"}, "timeout": "2h"}
+    ]});
+    let created = client
+        .create_schedule(proto::CreateScheduleRequest {
+            schedule_id: "dr-test".into(),
+            name: "quarterly DR test".into(),
+            cron: "@quarterly".into(),
+            request: Some(proto::create_schedule_request::Request::PlanJson(
+                plan.to_string(),
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let runs: Vec<chrono::DateTime<chrono::Utc>> =
+        created.next_runs.iter().map(|r| r.parse().unwrap()).collect();
+    assert_eq!(runs.len(), 5);
+    for run in &runs {
+        use chrono::{Datelike, Timelike};
+        assert!([1, 4, 7, 10].contains(&run.month()) && run.day() == 1, "{runs:?}");
+        assert_eq!((run.hour(), run.minute()), (0, 0));
+    }
+    // A plan with a parameter the operation does not take is refused
+    let bad = json!({"name": "x", "tasks": [
+        {"id": "t", "agent": "backup", "operation": "test_restore", "params": {"into": "x"}}
+    ]});
+    let refused = client
+        .create_schedule(proto::CreateScheduleRequest {
+            schedule_id: "bad".into(),
+            name: "bad".into(),
+            cron: "@quarterly".into(),
+            request: Some(proto::create_schedule_request::Request::PlanJson(bad.to_string())),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(refused.message().contains("into"), "{}", refused.message());
+    server.stop().await;
+    db.drop_database().await;
+}
