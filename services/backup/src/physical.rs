@@ -636,6 +636,17 @@ pub async fn restore_pitr(
         )));
     }
     let data_directory = match &request.data_directory {
+        Some(dir)
+            if !dir.is_absolute()
+                || dir
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir)) =>
+        {
+            return Err(BackupError::Refused(format!(
+                "data directory '{}' must be an absolute path without '..'",
+                dir.display()
+            )));
+        }
         Some(dir) => dir.clone(),
         None => backups.config().scratch_dir.join(format!(
             "{}-{}",

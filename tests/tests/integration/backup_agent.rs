@@ -693,6 +693,17 @@ async fn point_in_time_recovery_restores_exactly_the_rows_committed_at_the_targe
         .await,
     );
     assert!(malformed.contains("RFC 3339"), "{malformed}");
+    let relative = error(
+        &execute_and_wait(
+            &mut client,
+            &task(
+                "restore_pitr",
+                json!({"database": "pitr", "target_time": target_time.to_rfc3339(), "data_directory": "../restored"}),
+            ),
+        )
+        .await,
+    );
+    assert!(relative.contains("must be an absolute path"), "{relative}");
 
     // Verify checks the files and the WAL chain; the restore test recovers a scratch instance
     let verified = result(&execute_and_wait(&mut client, &task("verify", json!({"database": "pitr"}))).await);
