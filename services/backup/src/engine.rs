@@ -470,6 +470,12 @@ impl Backups {
                 .await
                 .map_err(BackupError::Refused)?;
         }
+        // So is a target that does not archive its WAL (and cannot be
+        // made to): refused before anything is recorded.
+        let wal_segment_bytes = match request.kind {
+            BackupKind::Physical => crate::physical::ensure_archiving(self, target).await?,
+            BackupKind::Logical => 0,
+        };
         self.reconcile(&target.name).await?;
         let started_at = Utc::now();
         let backup_id = new_backup_id(request.kind, started_at);
@@ -490,10 +496,14 @@ impl Backups {
                     .await
             }
             BackupKind::Physical => {
-                crate::physical::write_physical(
-                    self, target, &key, &pending, &backup_id, started_at, progress,
-                )
-                .await
+                let written = crate::physical::PhysicalBackup {
+                    key: &key,
+                    pending: &pending,
+                    backup_id: &backup_id,
+                    started_at,
+                    wal_segment_bytes,
+                };
+                crate::physical::write_physical(self, target, written, progress).await
             }
         };
         let published = match written {

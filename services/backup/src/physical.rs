@@ -385,18 +385,31 @@ async fn wait_until_archived(backups: &Backups, target: &Target, segment: &str) 
     }
 }
 
+/// A physical backup being written.
+pub(crate) struct PhysicalBackup<'a> {
+    pub key: &'a BackupKey,
+    pub pending: &'a Pending,
+    pub backup_id: &'a str,
+    pub started_at: DateTime<Utc>,
+    /// The target's WAL segment size, from [`ensure_archiving`].
+    pub wal_segment_bytes: i64,
+}
+
 /// pg_basebackup as a tar stream, encrypted into the pending backup.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn write_physical(
     backups: &Backups,
     target: &Target,
-    key: &BackupKey,
-    pending: &Pending,
-    backup_id: &str,
-    started_at: DateTime<Utc>,
+    backup: PhysicalBackup<'_>,
     progress: &dyn ProgressSink,
 ) -> Result<Manifest, BackupError> {
-    let segment_bytes = ensure_archiving(backups, target).await?.max(1) as u64;
+    let PhysicalBackup {
+        key,
+        pending,
+        backup_id,
+        started_at,
+        wal_segment_bytes,
+    } = backup;
+    let segment_bytes = wal_segment_bytes.max(1) as u64;
     let (server_version, dbname, total_bytes): (String, String, i64) = sqlx::query_as(
         "SELECT current_setting('server_version'), current_database(), (SELECT sum(pg_database_size(oid))::bigint FROM pg_database)",
     )

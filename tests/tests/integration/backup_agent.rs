@@ -625,6 +625,12 @@ async fn point_in_time_recovery_restores_exactly_the_rows_committed_at_the_targe
             && refused.contains("--target other"),
         "{refused}"
     );
+    let listed = result(&execute_and_wait(&mut client, &task("list", json!({"database": "other"}))).await);
+    assert_eq!(
+        listed["backups"],
+        json!([]),
+        "a refusal records nothing: {listed}"
+    );
 
     // Rows 101..150 committed before T; then 151..200 and the drop after it
     sqlx::raw_sql("INSERT INTO orders SELECT g, 'item ' || g FROM generate_series(101, 150) g")
