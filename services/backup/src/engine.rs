@@ -386,7 +386,7 @@ impl Backups {
         let catalogue = self.catalogue(target).await?;
         let published = self.repository.backup_ids(target).await?;
         for entry in catalogue.running() {
-            if self.partial_exists(target, &entry.backup_id).await {
+            if self.repository.writing(target, &entry.backup_id).await {
                 continue;
             }
             if published.contains(&entry.backup_id) {
@@ -412,14 +412,6 @@ impl Backups {
             }
         }
         Ok(())
-    }
-
-    async fn partial_exists(&self, target: &str, backup_id: &str) -> bool {
-        let Ok(dir) = self.repository.backup_dir(target, backup_id) else {
-            return false;
-        };
-        let partial = dir.with_file_name(format!("{backup_id}.partial"));
-        tokio::fs::try_exists(partial).await.unwrap_or(false)
     }
 
     async fn fail_if_running(&self, target: &str, backup_id: &str, reason: &str) -> Result<(), BackupError> {
@@ -603,10 +595,7 @@ impl Backups {
             .take()
             .ok_or_else(|| BackupError::Io("pg_dump has no stdout".into()))?;
         tools::widen_pipe(&stdout);
-        let path = pending.file(LOGICAL_FILE);
-        let mut file = tokio::fs::File::create(&path)
-            .await
-            .map_err(|e| BackupError::Io(format!("{}: {e}", path.display())))?;
+        let mut file = pending.create(LOGICAL_FILE).await?;
         let counter = AtomicU64::new(0);
         let dump = async {
             let mut on_progress = |bytes: u64| counter.store(bytes, Ordering::Relaxed);
@@ -618,7 +607,7 @@ impl Backups {
                 })?;
             file.shutdown()
                 .await
-                .map_err(|e| BackupError::Io(format!("{}: {e}", path.display())))?;
+                .map_err(|e| BackupError::Io(format!("{LOGICAL_FILE}: {e}")))?;
             Ok::<StreamDigest, BackupError>(digest)
         };
         let read_facts = facts::table_facts(
@@ -687,10 +676,13 @@ impl Backups {
         match self.repository.manifest(target, &backup_id, key).await {
             Err(error) => verification.problems.push(error.to_string()),
             Ok(manifest) => {
-                let dir = self.repository.backup_dir(target, &backup_id)?;
                 for file in &manifest.files {
                     verification.files_checked += 1;
-                    match check_file(key, &dir.join(&file.name), &file.digest).await {
+                    let checked = match self.repository.open(target, &backup_id, &file.name).await {
+                        Ok(mut stored) => check_file(key, &mut stored, &file.digest).await,
+                        Err(error) => Err(format!("cannot be read: {error}")),
+                    };
+                    match checked {
                         Ok(bytes) => verification.bytes_checked += bytes,
                         Err(problem) => verification.problems.push(format!("{}: {problem}", file.name)),
                     }
@@ -821,13 +813,10 @@ impl Backups {
             .ok_or_else(|| {
                 BackupError::Refused(format!("backup {} has no {LOGICAL_FILE}", manifest.backup_id))
             })?;
-        let path = self
+        let mut source = self
             .repository
-            .backup_dir(&target.name, &manifest.backup_id)?
-            .join(&file.name);
-        let mut source = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| BackupError::Io(format!("{}: {e}", file.name)))?;
+            .open(&target.name, &manifest.backup_id, &file.name)
+            .await?;
         let mut command = self
             .config
             .tools
@@ -897,16 +886,13 @@ pub(crate) fn scrub_tool(error: ToolError, url: &ConnectionUrl) -> BackupError {
 }
 
 /// Checks one stored file against its manifest entry; returns its size.
-pub async fn check_file(
+pub async fn check_file<R: tokio::io::AsyncRead + Unpin>(
     key: &BackupKey,
-    path: &std::path::Path,
+    stored: &mut R,
     expected: &StreamDigest,
 ) -> Result<u64, String> {
-    let mut file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| format!("cannot be read: {e}"))?;
     let mut sink = tokio::io::sink();
-    let digest = crypto::decrypt_stream(key, &mut file, &mut sink, &mut |_| {})
+    let digest = crypto::decrypt_stream(key, stored, &mut sink, &mut |_| {})
         .await
         .map_err(|e| e.to_string())?;
     if digest.stored_sha256 != expected.stored_sha256 || digest.stored_bytes != expected.stored_bytes {

@@ -436,10 +436,7 @@ pub(crate) async fn write_physical(
         .take()
         .ok_or_else(|| BackupError::Io("pg_basebackup has no stdout".into()))?;
     tools::widen_pipe(&stdout);
-    let path = pending.file(BASE_FILE);
-    let mut file = tokio::fs::File::create(&path)
-        .await
-        .map_err(|e| BackupError::Io(format!("{}: {e}", path.display())))?;
+    let mut file = pending.create(BASE_FILE).await?;
     let counter = AtomicU64::new(0);
     let stream = async {
         let mut on_progress = |bytes: u64| counter.store(bytes, Ordering::Relaxed);
@@ -451,7 +448,7 @@ pub(crate) async fn write_physical(
             })?;
         file.shutdown()
             .await
-            .map_err(|e| BackupError::Io(format!("{}: {e}", path.display())))?;
+            .map_err(|e| BackupError::Io(format!("{BASE_FILE}: {e}")))?;
         Ok::<_, BackupError>(digest)
     };
     let total = (config.compression_level == 0).then_some(total_bytes.max(0) as u64);
@@ -755,13 +752,10 @@ async fn extract_base(
         .await
         .map_err(|e| BackupError::Io(format!("{}: {e}", data_directory.display())))?;
     set_private(data_directory)?;
-    let path = backups
+    let mut source = backups
         .repository()
-        .backup_dir(target, &manifest.backup_id)?
-        .join(BASE_FILE);
-    let mut source = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| BackupError::Io(format!("{BASE_FILE}: {e}")))?;
+        .open(target, &manifest.backup_id, BASE_FILE)
+        .await?;
     let mut command = tokio::process::Command::new("tar");
     command
         .arg(if manifest.compression_level > 0 {

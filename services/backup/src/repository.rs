@@ -1,8 +1,12 @@
 //! The backup repository: where backups and archived WAL are kept.
 //!
-//! Today a directory; the operations are the ones an object store offers
-//! (put a whole object atomically, get, list a prefix, delete), so that an
-//! S3-compatible store can take its place behind the same methods.
+//! Today a directory. The engine reaches backups only through these
+//! methods, which hand out streams (never paths) and are the operations an
+//! object store offers: write a backup's files and publish them at once,
+//! read a file, list, delete. An S3-compatible store takes its place
+//! behind the same methods (publishing = writing the manifest last, as
+//! pgBackRest does there). The WAL directory is the exception: PostgreSQL's
+//! archive_command writes into it on the database's machine.
 //!
 //! Layout, per target database ("stanza"):
 //!
@@ -41,6 +45,8 @@ pub const BACKUP_ID_BYTES_MAX: usize = 64;
 pub enum RepositoryError {
     #[error("backup id '{0}' is not a backup id (letters, digits and '-', at most 64)")]
     BadId(String),
+    #[error("'{0}' is not a backup file name")]
+    BadFileName(String),
     #[error("backup {backup_id} of database '{database}' is not in the repository")]
     Missing { database: String, backup_id: String },
     #[error("{path}: {error}")]
@@ -53,6 +59,17 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> RepositoryError + '_ {
     move |error| RepositoryError::Io {
         path: path.display().to_string(),
         error,
+    }
+}
+
+/// A backup's file names are the engine's own; a manifest naming a path
+/// elsewhere is refused (it was not written by the engine).
+fn check_file_name(name: &str) -> Result<(), RepositoryError> {
+    let ok = !name.is_empty() && !name.contains('/') && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(RepositoryError::BadFileName(name.chars().take(80).collect()))
     }
 }
 
@@ -81,9 +98,11 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Where a data file of the backup is written.
-    pub fn file(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+    /// A new data file of the backup, to write to (fsynced at publish).
+    pub async fn create(&self, name: &str) -> Result<tokio::fs::File, RepositoryError> {
+        check_file_name(name)?;
+        let path = self.dir.join(name);
+        tokio::fs::File::create(&path).await.map_err(io_error(&path))
     }
 
     /// Writes the signed manifest, makes every file durable and publishes
@@ -156,7 +175,28 @@ impl Repository {
         self.root.join(database).join("wal")
     }
 
-    pub fn backup_dir(&self, database: &str, backup_id: &str) -> Result<PathBuf, RepositoryError> {
+    /// A file of a published backup, to read.
+    pub async fn open(
+        &self,
+        database: &str,
+        backup_id: &str,
+        name: &str,
+    ) -> Result<tokio::fs::File, RepositoryError> {
+        check_file_name(name)?;
+        let path = self.backup_dir(database, backup_id)?.join(name);
+        tokio::fs::File::open(&path).await.map_err(io_error(&path))
+    }
+
+    /// Whether a backup is being written (its `.partial` directory exists).
+    pub async fn writing(&self, database: &str, backup_id: &str) -> bool {
+        let Ok(dir) = self.backup_dir(database, backup_id) else {
+            return false;
+        };
+        let partial = dir.with_file_name(format!("{backup_id}{PARTIAL_SUFFIX}"));
+        tokio::fs::try_exists(partial).await.unwrap_or(false)
+    }
+
+    fn backup_dir(&self, database: &str, backup_id: &str) -> Result<PathBuf, RepositoryError> {
         check_backup_id(backup_id)?;
         Ok(self.backups_dir(database).join(backup_id))
     }
@@ -363,7 +403,11 @@ mod tests {
 
         // Being written: locked, neither listed nor abandoned
         let pending = repository.begin("app", "b1").await.unwrap();
-        tokio::fs::write(pending.file("data"), b"data").await.unwrap();
+        let mut file = pending.create("data").await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut file, b"data")
+            .await
+            .unwrap();
+        drop(file);
         assert!(repository.backup_ids("app").await.unwrap().is_empty());
         assert!(repository.abandoned("app").await.unwrap().is_empty());
 
