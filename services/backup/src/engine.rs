@@ -779,8 +779,13 @@ impl Backups {
         )))
         .execute(&target.pool)
         .await?;
+        // Dropped again unless the restore succeeds: before an error is
+        // returned, and (in the background) when the task is cancelled
+        // mid-restore.
+        let undo = UndoOnDrop::new(drop_database(target.pool.clone(), into.to_owned()));
         let started = Instant::now();
         let result = self.pg_restore(key, target, manifest, into, progress).await;
+        undo.disarm();
         match result {
             Ok(bytes) => Ok(Restored {
                 backup_id: manifest.backup_id.clone(),
@@ -789,10 +794,7 @@ impl Backups {
                 duration_ms: started.elapsed().as_millis() as u64,
             }),
             Err(error) => {
-                let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(into));
-                if let Err(not_dropped) = sqlx::raw_sql(AssertSqlSafe(drop)).execute(&target.pool).await {
-                    tracing::warn!(database = into, error = %not_dropped, "cannot drop a failed restore's database");
-                }
+                drop_database(target.pool.clone(), into.to_owned()).await;
                 Err(error)
             }
         }
@@ -865,6 +867,43 @@ impl Backups {
                     )));
                 }
                 Ok(digest.plain_bytes)
+            }
+        }
+    }
+}
+
+/// Drops a database a restore created (with its sessions).
+pub(crate) async fn drop_database(pool: PgPool, name: String) {
+    let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&name));
+    if let Err(error) = sqlx::raw_sql(AssertSqlSafe(drop)).execute(&pool).await {
+        tracing::warn!(database = name, %error, "cannot drop a failed restore's database");
+    }
+}
+
+/// Work that undoes a half-done restore, run when this is dropped without
+/// `disarm` — on an error return and when the future doing the restore is
+/// dropped (a cancelled task), so neither leaves a half-restored database
+/// or directory behind.
+pub(crate) struct UndoOnDrop(Option<Pin<Box<dyn Future<Output = ()> + Send>>>);
+
+impl UndoOnDrop {
+    pub(crate) fn new(undo: impl Future<Output = ()> + Send + 'static) -> UndoOnDrop {
+        UndoOnDrop(Some(Box::pin(undo)))
+    }
+
+    pub(crate) fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for UndoOnDrop {
+    fn drop(&mut self) {
+        if let Some(undo) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(undo);
+                }
+                Err(_) => tracing::warn!("no runtime to undo a half-done restore on"),
             }
         }
     }

@@ -21,10 +21,10 @@ use tokio::io::AsyncWriteExt;
 
 use crate::catalogue::{BackupKind, CatalogueCommand};
 use crate::crypto::{self, BackupKey, CryptoError};
-use crate::engine::{BackupError, Backups, ProgressSink, Target, now_ms, with_progress};
+use crate::engine::{BackupError, Backups, ProgressSink, Target, UndoOnDrop, now_ms, with_progress};
 use crate::manifest::{FORMAT_VERSION, Manifest, ManifestFile};
 use crate::repository::{Pending, Repository, set_private, tmp_path};
-use crate::tools::{self, give_to_postgres};
+use crate::tools::{self, Tools, give_to_postgres};
 
 /// The data file of a physical backup: the data directory as a tar
 /// stream (gzip-compressed when configured), encrypted.
@@ -677,6 +677,12 @@ pub async fn restore_pitr(
         None => free_port()?,
     };
     let started = Instant::now();
+    // Stopped and removed unless the restore succeeds, also when the task
+    // is cancelled mid-restore.
+    let undo = UndoOnDrop::new(remove_instance(
+        backups.config().tools.clone(),
+        data_directory.clone(),
+    ));
     let result = async {
         let bytes = extract_base(backups, &key, &target.name, &manifest, &data_directory, progress).await?;
         write_recovery_settings(
@@ -695,6 +701,7 @@ pub async fn restore_pitr(
         Ok::<u64, BackupError>(bytes)
     }
     .await;
+    undo.disarm();
     let bytes = match result {
         Ok(bytes) => bytes,
         Err(error) => {
@@ -902,9 +909,22 @@ async fn start_instance(backups: &Backups, data_directory: &Path, port: u16) -> 
     Ok(())
 }
 
+/// Stops an instance a restore started, if it runs, and removes its
+/// directory.
+async fn remove_instance(tools: Tools, data_directory: PathBuf) {
+    let _ = stop_with(&tools, &data_directory).await;
+    if let Err(error) = tokio::fs::remove_dir_all(&data_directory).await {
+        tracing::warn!(dir = %data_directory.display(), %error, "cannot remove a failed restore's directory");
+    }
+}
+
 /// Stops an instance a restore started (fast shutdown).
 pub async fn stop_instance(backups: &Backups, data_directory: &Path) -> Result<(), BackupError> {
-    let mut command = backups.config().tools.server("pg_ctl");
+    stop_with(&backups.config().tools, data_directory).await
+}
+
+async fn stop_with(tools: &Tools, data_directory: &Path) -> Result<(), BackupError> {
+    let mut command = tools.server("pg_ctl");
     command
         .arg("--pgdata")
         .arg(data_directory)

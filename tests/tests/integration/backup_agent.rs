@@ -527,6 +527,36 @@ async fn a_failed_or_interrupted_backup_is_marked_failed_leaves_nothing_and_does
     let catalogue = real.catalogue("app").await.unwrap();
     assert!(!catalogue.backups.contains_key(&manifest.backup_id));
 
+    // A restore cancelled midway (its task's deadline) leaves no database
+    let hang_bin = dirs.root.join("hang");
+    std::fs::create_dir(&hang_bin).unwrap();
+    let hang = hang_bin.join("pg_restore");
+    std::fs::write(&hang, "#!/bin/sh\nexec sleep 30\n").unwrap();
+    std::fs::set_permissions(&hang, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut hanging = config.backup.clone();
+    hanging.tools.bin_dir = hang_bin;
+    let hanging = backup::engine::Backups::new(hanging, store.clone());
+    let into = format!("{}_cancelled", database_name(&target_db.url));
+    let cancelled = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        hanging.restore(&target, None, Some(&into), &backup::engine::NoProgress),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the restore was still running");
+    let mut exists = true;
+    for _ in 0..100 {
+        exists = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&into)
+            .fetch_one(&target_db.pool().await)
+            .await
+            .unwrap();
+        if !exists {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!exists, "the cancelled restore's database is dropped");
+
     server.stop().await;
     target_db.drop_database().await;
     db.drop_database().await;
