@@ -705,7 +705,7 @@ pub async fn restore_pitr(
     let bytes = match result {
         Ok(bytes) => bytes,
         Err(error) => {
-            let _ = stop_instance(backups, &data_directory).await;
+            let _ = stop_with(&backups.config().tools, &data_directory).await;
             let log = read_log_tail(&data_directory).await;
             let _ = tokio::fs::remove_dir_all(&data_directory).await;
             return Err(match log {
@@ -911,7 +911,7 @@ async fn start_instance(backups: &Backups, data_directory: &Path, port: u16) -> 
 
 /// Stops an instance a restore started, if it runs, and removes its
 /// directory.
-async fn remove_instance(tools: Tools, data_directory: PathBuf) {
+pub(crate) async fn remove_instance(tools: Tools, data_directory: PathBuf) {
     let _ = stop_with(&tools, &data_directory).await;
     if let Err(error) = tokio::fs::remove_dir_all(&data_directory).await {
         tracing::warn!(dir = %data_directory.display(), %error, "cannot remove a failed restore's directory");
@@ -919,10 +919,6 @@ async fn remove_instance(tools: Tools, data_directory: PathBuf) {
 }
 
 /// Stops an instance a restore started (fast shutdown).
-pub async fn stop_instance(backups: &Backups, data_directory: &Path) -> Result<(), BackupError> {
-    stop_with(&backups.config().tools, data_directory).await
-}
-
 async fn stop_with(tools: &Tools, data_directory: &Path) -> Result<(), BackupError> {
     let mut command = tools.server("pg_ctl");
     command

@@ -15,9 +15,9 @@ use serde::Serialize;
 use sqlx::{Connection, PgConnection};
 
 use crate::catalogue::{BackupKind, CatalogueCommand, CheckOutcome};
-use crate::engine::{BackupError, Backups, ProgressSink, Target, now_ms, quote_ident};
+use crate::engine::{BackupError, Backups, ProgressSink, Target, UndoOnDrop, drop_database, now_ms};
 use crate::facts;
-use crate::physical::{PitrRequest, restore_pitr, stop_instance};
+use crate::physical::{PitrRequest, remove_instance, restore_pitr};
 
 const BTREE_INDEXES: &str = include_str!("sql/btree_indexes.sql");
 const BT_INDEX_CHECK: &str = include_str!("sql/bt_index_check.sql");
@@ -94,6 +94,8 @@ async fn logical(
         .await?;
     test.checks
         .push(format!("restored into scratch database {scratch}"));
+    // Dropped below, or in the background if the task is cancelled first.
+    let undo = UndoOnDrop::new(drop_database(target.pool.clone(), scratch.clone()));
     let checked = async {
         let mut conn = PgConnection::connect(target.url.with_database(&scratch).expose()).await?;
         let problems = facts::compare(&mut conn, &manifest.table_facts).await?;
@@ -112,13 +114,8 @@ async fn logical(
         Ok::<(), BackupError>(())
     }
     .await;
-    let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&scratch));
-    if let Err(error) = sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
-        .execute(&target.pool)
-        .await
-    {
-        tracing::warn!(database = scratch, %error, "cannot drop a restore test's scratch database");
-    }
+    undo.disarm();
+    drop_database(target.pool.clone(), scratch).await;
     checked
 }
 
@@ -146,6 +143,10 @@ async fn physical(
         "restored into a scratch instance on port {} and recovered to the backup's end",
         restored.port
     ));
+    let undo = UndoOnDrop::new(remove_instance(
+        backups.config().tools.clone(),
+        data_directory.clone(),
+    ));
     let checked = async {
         let mut conn = PgConnection::connect(&restored.url).await?;
         let tables = facts::user_tables(&mut conn).await?;
@@ -160,12 +161,8 @@ async fn physical(
         Ok::<(), BackupError>(())
     }
     .await;
-    if let Err(error) = stop_instance(backups, &data_directory).await {
-        tracing::warn!(%error, "cannot stop a restore test's scratch instance");
-    }
-    if let Err(error) = tokio::fs::remove_dir_all(&data_directory).await {
-        tracing::warn!(dir = %data_directory.display(), %error, "cannot remove a restore test's scratch instance");
-    }
+    undo.disarm();
+    remove_instance(backups.config().tools.clone(), data_directory).await;
     checked
 }
 
