@@ -20,10 +20,12 @@
 mod directory;
 pub mod params;
 mod probe;
+mod progress;
 mod runtime;
 mod targets;
 
 pub use directory::{AgentStatus, Directory};
 pub use probe::Probe;
+pub use progress::{NoProgress, ProgressSink};
 pub use runtime::{AgentSpec, AgentsConfig, AgentsRuntime, Dependencies, OpFuture, Operation, TaskContext};
 pub use targets::{TargetDatabase, Targets, TargetsConfig, TargetsError};

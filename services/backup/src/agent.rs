@@ -2,9 +2,7 @@
 //! `backup.create`, `verify`, `restore`, `restore_pitr`, `test_restore`,
 //! `list`, `apply_retention` and `delete`.
 
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use agents::params::{optional_text, text};
@@ -14,7 +12,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::catalogue::{BackupKind, CatalogueCommand, Entry};
-use crate::engine::{BackupError, Backups, CreateRequest, ProgressSink, Target, now_ms};
+use crate::engine::{BackupError, Backups, CreateRequest, Target, now_ms};
 use crate::physical::{PitrRequest, restore_pitr};
 use crate::restore_test::test_restore;
 use crate::retention::{self, Policy};
@@ -38,15 +36,6 @@ pub fn operations(backups: Backups) -> Vec<(&'static str, Arc<dyn Operation>)> {
         ("apply_retention", Arc::new(ApplyRetention(backups.clone()))),
         ("delete", Arc::new(Delete(backups))),
     ]
-}
-
-/// A task's progress reports, as `TaskProgressed` events.
-struct TaskProgress<'a>(&'a TaskContext);
-
-impl ProgressSink for TaskProgress<'_> {
-    fn report<'a>(&'a self, percent: f64, message: String) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
-        Box::pin(self.0.progress(percent, message))
-    }
 }
 
 async fn target(task: &TaskContext) -> Result<Target, String> {
@@ -132,11 +121,7 @@ impl Operation for Create {
                 checksum_tables: names(params, "checksum_tables")?,
             };
             let target = target(task).await?;
-            let manifest = self
-                .0
-                .create(&target, &request, &TaskProgress(task))
-                .await
-                .map_err(message)?;
+            let manifest = self.0.create(&target, &request, task).await.map_err(message)?;
             Ok(json!({
                 "backup_id": manifest.backup_id,
                 "kind": manifest.kind,
@@ -185,7 +170,7 @@ impl Operation for Restore {
             let target = target(task).await?;
             let restored = self
                 .0
-                .restore(&target, backup_id, into, &TaskProgress(task))
+                .restore(&target, backup_id, into, task)
                 .await
                 .map_err(message)?;
             to_json(&restored)
@@ -216,7 +201,7 @@ impl Operation for RestorePitr {
                 port,
             };
             let target = target(task).await?;
-            let restored = restore_pitr(&self.0, &target, &request, &TaskProgress(task))
+            let restored = restore_pitr(&self.0, &target, &request, task)
                 .await
                 .map_err(message)?;
             to_json(&restored)
@@ -231,7 +216,7 @@ impl Operation for TestRestore {
         Box::pin(async move {
             let backup_id = optional_text(&task.command.params, "backup_id")?;
             let target = target(task).await?;
-            let test = test_restore(&self.0, &target, backup_id, &TaskProgress(task))
+            let test = test_restore(&self.0, &target, backup_id, task)
                 .await
                 .map_err(message)?;
             if !test.passed {

@@ -111,19 +111,7 @@ pub enum BackupError {
     Io(String),
 }
 
-/// Reports progress of long work (a task's progress events, a CLI's bar).
-pub trait ProgressSink: Send + Sync {
-    fn report<'a>(&'a self, percent: f64, message: String) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-}
-
-/// Progress nobody watches.
-pub struct NoProgress;
-
-impl ProgressSink for NoProgress {
-    fn report<'a>(&'a self, _: f64, _: String) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
-        Box::pin(async {})
-    }
-}
+pub use agents::{NoProgress, ProgressSink};
 
 /// The catalogue as an aggregate of the sagas' store.
 pub struct CatalogueAggregate;
@@ -588,43 +576,22 @@ impl Backups {
             // pattern, in which a quoted name matches only itself.
             command.args(tables.iter().map(|t| format!("--table={}", t.name)));
         }
-        let mut child = tools::spawn(&mut command, "pg_dump")?;
-        let stderr = tokio::spawn(tools::collect_stderr(child.stderr.take()));
-        let mut stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| BackupError::Io("pg_dump has no stdout".into()))?;
-        tools::widen_pipe(&stdout);
-        let mut file = pending.create(LOGICAL_FILE).await?;
-        let counter = AtomicU64::new(0);
-        let dump = async {
-            let mut on_progress = |bytes: u64| counter.store(bytes, Ordering::Relaxed);
-            let digest = crypto::encrypt_stream(key, &mut stdout, &mut file, &mut on_progress)
-                .await
-                .map_err(|error| BackupError::Crypto {
-                    file: LOGICAL_FILE.into(),
-                    error,
-                })?;
-            file.shutdown()
-                .await
-                .map_err(|e| BackupError::Io(format!("{LOGICAL_FILE}: {e}")))?;
-            Ok::<StreamDigest, BackupError>(digest)
-        };
         let read_facts = facts::table_facts(
             &mut snapshot,
             &tables,
             &checksum_names,
             self.config.checksum_table_bytes_max,
         );
-        let (digest, table_facts) = with_progress(progress, &counter, Some(estimated_bytes), async {
-            tokio::join!(dump, read_facts)
-        })
-        .await;
-        let exit = tools::finish(child, stderr, "pg_dump").await;
+        let into = StreamInto {
+            program: "pg_dump",
+            file: LOGICAL_FILE,
+            estimated_bytes: Some(estimated_bytes),
+        };
+        let streamed = stream_tool_into(command, into, key, pending, progress, read_facts).await?;
         snapshot.rollback().await?;
-        exit.map_err(|e| scrub_tool(e, &target.url))?;
-        let digest = digest?;
-        let table_facts: Vec<TableFacts> = table_facts?;
+        streamed.exit.map_err(|e| scrub_tool(e, &target.url))?;
+        let digest = streamed.digest?;
+        let table_facts: Vec<TableFacts> = streamed.beside?;
         let (stop_lsn, _, _): (String, String, String) =
             sqlx::query_as(SERVER_POSITION).fetch_one(&target.pool).await?;
         Ok(Manifest {
@@ -870,6 +837,64 @@ impl Backups {
             }
         }
     }
+}
+
+/// Where a dump tool's output goes: one file of a pending backup.
+pub(crate) struct StreamInto {
+    pub program: &'static str,
+    pub file: &'static str,
+    /// The plaintext bytes expected, for the progress percent.
+    pub estimated_bytes: Option<u64>,
+}
+
+/// What streaming a dump tool gave: the file's digest, the work done
+/// beside it, and how the tool ended (its stderr on success).
+pub(crate) struct Streamed<T> {
+    pub digest: Result<StreamDigest, BackupError>,
+    pub beside: T,
+    pub exit: Result<String, ToolError>,
+}
+
+/// Runs a dump tool (pg_dump, pg_basebackup) and encrypts its stdout into
+/// a file of the pending backup as it streams, reporting progress, while
+/// `beside` runs (the logical backup's table facts).
+pub(crate) async fn stream_tool_into<T>(
+    mut command: tokio::process::Command,
+    into: StreamInto,
+    key: &BackupKey,
+    pending: &crate::repository::Pending,
+    progress: &dyn ProgressSink,
+    beside: impl Future<Output = T>,
+) -> Result<Streamed<T>, BackupError> {
+    command.stdout(std::process::Stdio::piped());
+    let mut child = tools::spawn(&mut command, into.program)?;
+    let stderr = tokio::spawn(tools::collect_stderr(child.stderr.take()));
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| BackupError::Io(format!("{} has no stdout", into.program)))?;
+    tools::widen_pipe(&stdout);
+    let mut file = pending.create(into.file).await?;
+    let counter = AtomicU64::new(0);
+    let encrypt = async {
+        let mut on_progress = |bytes: u64| counter.store(bytes, Ordering::Relaxed);
+        let digest = crypto::encrypt_stream(key, &mut stdout, &mut file, &mut on_progress)
+            .await
+            .map_err(|error| BackupError::Crypto {
+                file: into.file.into(),
+                error,
+            })?;
+        file.shutdown()
+            .await
+            .map_err(|e| BackupError::Io(format!("{}: {e}", into.file)))?;
+        Ok::<StreamDigest, BackupError>(digest)
+    };
+    let (digest, beside) = with_progress(progress, &counter, into.estimated_bytes, async {
+        tokio::join!(encrypt, beside)
+    })
+    .await;
+    let exit = tools::finish(child, stderr, into.program).await;
+    Ok(Streamed { digest, beside, exit })
 }
 
 /// Drops a database a restore created (with its sessions).

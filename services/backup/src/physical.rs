@@ -21,7 +21,10 @@ use tokio::io::AsyncWriteExt;
 
 use crate::catalogue::{BackupKind, CatalogueCommand};
 use crate::crypto::{self, BackupKey, CryptoError};
-use crate::engine::{BackupError, Backups, ProgressSink, Target, UndoOnDrop, now_ms, with_progress};
+use crate::engine::{
+    BackupError, Backups, ProgressSink, StreamInto, Target, UndoOnDrop, now_ms, stream_tool_into,
+    with_progress,
+};
 use crate::manifest::{FORMAT_VERSION, Manifest, ManifestFile};
 use crate::repository::{Pending, Repository, set_private, tmp_path};
 use crate::tools::{self, Tools, give_to_postgres};
@@ -417,46 +420,26 @@ pub(crate) async fn write_physical(
     .await?;
     let config = backups.config();
     let mut command = config.tools.client("pg_basebackup", &target.url);
-    command
-        .args([
-            "--pgdata=-",
-            "--format=tar",
-            "--wal-method=fetch",
-            "--checkpoint=fast",
-            "--verbose",
-        ])
-        .stdout(Stdio::piped());
+    command.args([
+        "--pgdata=-",
+        "--format=tar",
+        "--wal-method=fetch",
+        "--checkpoint=fast",
+        "--verbose",
+    ]);
     if config.compression_level > 0 {
         command.arg(format!("--compress={}", config.compression_level));
     }
-    let mut child = tools::spawn(&mut command, "pg_basebackup")?;
-    let stderr = tokio::spawn(tools::collect_stderr(child.stderr.take()));
-    let mut stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| BackupError::Io("pg_basebackup has no stdout".into()))?;
-    tools::widen_pipe(&stdout);
-    let mut file = pending.create(BASE_FILE).await?;
-    let counter = AtomicU64::new(0);
-    let stream = async {
-        let mut on_progress = |bytes: u64| counter.store(bytes, Ordering::Relaxed);
-        let digest = crypto::encrypt_stream(key, &mut stdout, &mut file, &mut on_progress)
-            .await
-            .map_err(|error| BackupError::Crypto {
-                file: BASE_FILE.into(),
-                error,
-            })?;
-        file.shutdown()
-            .await
-            .map_err(|e| BackupError::Io(format!("{BASE_FILE}: {e}")))?;
-        Ok::<_, BackupError>(digest)
+    let into = StreamInto {
+        program: "pg_basebackup",
+        file: BASE_FILE,
+        estimated_bytes: (config.compression_level == 0).then_some(total_bytes.max(0) as u64),
     };
-    let total = (config.compression_level == 0).then_some(total_bytes.max(0) as u64);
-    let digest = with_progress(progress, &counter, total, stream).await;
-    let output = tools::finish(child, stderr, "pg_basebackup")
-        .await
+    let streamed = stream_tool_into(command, into, key, pending, progress, async {}).await?;
+    let output = streamed
+        .exit
         .map_err(|e| crate::engine::scrub_tool(e, &target.url))?;
-    let digest = digest?;
+    let digest = streamed.digest?;
     let range = parse_basebackup_output(&output).ok_or_else(|| {
         BackupError::Io(format!(
             "pg_basebackup did not report its WAL start and end points: {output}"

@@ -3,8 +3,6 @@
 //! `schema.plan`, `schema.apply`, `schema.complete`, `schema.rollback`,
 //! `schema.status` (see [`crate::migration`]).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use agents::params::{flag, optional_text, text as text_param};
@@ -14,7 +12,7 @@ use serde_json::{Value, json};
 use crate::dependencies::dependents;
 use crate::facts::read_facts;
 use crate::lint::{Severity, lint};
-use crate::migration::{Migrator, ProgressSink, Target};
+use crate::migration::{Migrator, Target};
 
 /// The agent these operations belong to.
 pub const AGENT: &str = "schema";
@@ -77,15 +75,6 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, String> {
     serde_json::to_value(value).map_err(|e| e.to_string())
 }
 
-/// A task's progress events.
-struct TaskProgress<'a>(&'a TaskContext);
-
-impl ProgressSink for TaskProgress<'_> {
-    fn report<'a>(&'a self, percent: f64, message: String) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
-        Box::pin(self.0.progress(percent, message))
-    }
-}
-
 /// `schema.plan {database, migration | definition}`: every statement of
 /// every phase, the lint of its SQL, what depends on what it changes, and
 /// whether apply would start, resume or refuse it. Changes nothing.
@@ -131,7 +120,7 @@ impl Operation for Apply {
             let target = target(task).await?;
             let report = self
                 .migrator
-                .apply(&target, migration, complete, &TaskProgress(task))
+                .apply(&target, migration, complete, task)
                 .await
                 .map_err(|e| e.to_string())?;
             to_json(&report)

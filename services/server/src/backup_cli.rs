@@ -4,19 +4,18 @@
 //! plus the two commands PostgreSQL itself runs (`wal-push` as
 //! archive_command, `wal-fetch` as restore_command) and `generate-key`.
 
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 
 use anyhow::Context;
 use backup::catalogue::BackupKind;
 use backup::crypto::BackupKey;
-use backup::engine::{Backups, CatalogueStore, CreateRequest, ProgressSink, Target};
+use backup::engine::{Backups, CatalogueStore, CreateRequest, Target};
 use backup::physical::{FetchError, PitrRequest};
 use backup::repository::Repository;
 use backup::retention::Policy;
 
 use crate::ServeArgs;
+use crate::progress_bar::StderrProgress;
 
 #[derive(clap::Subcommand)]
 pub enum BackupCommand {
@@ -404,20 +403,4 @@ fn print<T: serde::Serialize>(json: bool, value: &T, human: impl Fn(&T) -> Strin
         print!("{}", human(value));
     }
     Ok(Ended::Done)
-}
-
-/// A progress bar on stderr, a line per report.
-struct StderrProgress;
-
-impl ProgressSink for StderrProgress {
-    fn report<'a>(&'a self, percent: f64, message: String) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
-        Box::pin(async move {
-            let filled = ((percent / 5.0).round() as usize).min(20);
-            eprintln!(
-                "[{}{}] {percent:5.1}% {message}",
-                "#".repeat(filled),
-                " ".repeat(20 - filled)
-            );
-        })
-    }
 }

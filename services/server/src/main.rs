@@ -9,6 +9,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod backup_cli;
 mod migrate_cli;
+mod progress_bar;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};

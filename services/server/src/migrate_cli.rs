@@ -5,17 +5,15 @@
 //! machines.
 
 use std::fmt::Write;
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 
 use anyhow::Context;
 use schema::migration::{
-    HistoryStore, Migration, MigrationError, Migrator, PlanReport, ProgressSink, RunReport, StatusReport,
-    Target, load_file,
+    HistoryStore, Migration, MigrationError, Migrator, PlanReport, RunReport, StatusReport, Target, load_file,
 };
 
 use crate::ServeArgs;
+use crate::progress_bar::StderrProgress;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -176,22 +174,6 @@ fn print<T: serde::Serialize>(json: bool, value: &T, human: fn(&T) -> String) ->
         print!("{}", human(value));
     }
     Ok(())
-}
-
-/// A progress bar on stderr, a line per report.
-struct StderrProgress;
-
-impl ProgressSink for StderrProgress {
-    fn report<'a>(&'a self, percent: f64, message: String) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
-        Box::pin(async move {
-            let filled = ((percent / 5.0).round() as usize).min(20);
-            eprintln!(
-                "[{}{}] {percent:5.1}% {message}",
-                "#".repeat(filled),
-                " ".repeat(20 - filled)
-            );
-        })
-    }
 }
 
 fn human_plan(report: &PlanReport) -> String {

@@ -10,9 +10,7 @@
 //! transaction, so an apply or rollback that died can simply run again.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use domain::target::ConnectionUrl;
@@ -132,19 +130,7 @@ pub struct Target {
     pub url: ConnectionUrl,
 }
 
-/// Reports progress of long work (a task's progress events, a CLI's line).
-pub trait ProgressSink: Send + Sync {
-    fn report<'a>(&'a self, percent: f64, message: String) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-}
-
-/// Progress nobody watches.
-pub struct NoProgress;
-
-impl ProgressSink for NoProgress {
-    fn report<'a>(&'a self, _: f64, _: String) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
-        Box::pin(async {})
-    }
-}
+pub use agents::{NoProgress, ProgressSink};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {
