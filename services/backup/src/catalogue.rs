@@ -189,16 +189,11 @@ impl CatalogueEvent {
     }
 
     pub fn data(&self) -> serde_json::Value {
-        let mut tagged = serde_json::to_value(self).unwrap_or_default();
-        tagged
-            .get_mut("data")
-            .map(serde_json::Value::take)
-            .unwrap_or_default()
+        sagas::tagged_event_data(self)
     }
 
     pub fn from_stored(event_type: &str, data: serde_json::Value) -> Result<CatalogueEvent, String> {
-        serde_json::from_value(serde_json::json!({"event_type": event_type, "data": data}))
-            .map_err(|e| format!("{event_type}: {e}"))
+        sagas::tagged_event_from_stored(event_type, data)
     }
 }
 

@@ -730,7 +730,8 @@ impl Backups {
         progress: &dyn ProgressSink,
     ) -> Result<Restored, BackupError> {
         check_database_name(into)?;
-        let key = self.key()?;
+        // Without a key nothing is created.
+        self.key()?;
         let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(into)
             .fetch_one(&target.pool)
@@ -751,7 +752,7 @@ impl Backups {
         // mid-restore.
         let undo = UndoOnDrop::new(drop_database(target.pool.clone(), into.to_owned()));
         let started = Instant::now();
-        let result = self.pg_restore(key, target, manifest, into, progress).await;
+        let result = self.pg_restore(target, manifest, into, progress).await;
         undo.disarm();
         match result {
             Ok(bytes) => Ok(Restored {
@@ -769,74 +770,97 @@ impl Backups {
 
     async fn pg_restore(
         &self,
-        key: &BackupKey,
         target: &Target,
         manifest: &Manifest,
         into: &str,
         progress: &dyn ProgressSink,
     ) -> Result<u64, BackupError> {
-        let file = manifest
-            .files
-            .iter()
-            .find(|f| f.name == LOGICAL_FILE)
-            .ok_or_else(|| {
-                BackupError::Refused(format!("backup {} has no {LOGICAL_FILE}", manifest.backup_id))
-            })?;
-        let mut source = self
-            .repository
-            .open(&target.name, &manifest.backup_id, &file.name)
-            .await?;
         let mut command = self
             .config
             .tools
             .client("pg_restore", &target.url.with_database(into));
-        command
-            .args(["--exit-on-error", "--single-transaction"])
-            .stdin(std::process::Stdio::piped());
-        let mut child = tools::spawn(&mut command, "pg_restore")?;
+        command.args(["--exit-on-error", "--single-transaction"]);
+        let feed = ToolFeed {
+            program: "pg_restore",
+            command,
+        };
+        self.feed_tool(&target.name, manifest, LOGICAL_FILE, feed, progress)
+            .await
+            .map_err(|e| scrub_error(e, &target.url))
+    }
+
+    /// Decrypts one file of a backup into a tool's stdin (pg_restore,
+    /// tar) as it streams: only authenticated chunks reach the tool, a bad
+    /// chunk kills it, and the plaintext must hash to the manifest's
+    /// SHA-256. Returns the plaintext bytes.
+    pub(crate) async fn feed_tool(
+        &self,
+        target: &str,
+        manifest: &Manifest,
+        file_name: &str,
+        feed: ToolFeed,
+        progress: &dyn ProgressSink,
+    ) -> Result<u64, BackupError> {
+        let key = self.key()?;
+        let file = manifest
+            .files
+            .iter()
+            .find(|f| f.name == file_name)
+            .ok_or_else(|| {
+                BackupError::Refused(format!("backup {} has no {file_name}", manifest.backup_id))
+            })?;
+        let mut source = self
+            .repository
+            .open(target, &manifest.backup_id, file_name)
+            .await?;
+        let ToolFeed { program, mut command } = feed;
+        command.stdin(std::process::Stdio::piped());
+        let mut child = tools::spawn(&mut command, program)?;
         let stderr = tokio::spawn(tools::collect_stderr(child.stderr.take()));
         let mut stdin = child
             .stdin
             .take()
-            .ok_or_else(|| BackupError::Io("pg_restore has no stdin".into()))?;
+            .ok_or_else(|| BackupError::Io(format!("{program} has no stdin")))?;
         let counter = AtomicU64::new(0);
-        let feed = async {
+        let decrypt = async {
             let mut on_progress = |bytes: u64| counter.store(bytes, Ordering::Relaxed);
             let digest = crypto::decrypt_stream(key, &mut source, &mut stdin, &mut on_progress).await;
             drop(stdin);
             digest
         };
-        let digest = with_progress(progress, &counter, Some(file.digest.plain_bytes), feed).await;
+        let digest = with_progress(progress, &counter, Some(file.digest.plain_bytes), decrypt).await;
         match digest {
             Err(CryptoError::Io(io)) if io.kind() == std::io::ErrorKind::BrokenPipe => {
-                // pg_restore stopped reading: its own error says why.
-                tools::finish(child, stderr, "pg_restore")
-                    .await
-                    .map_err(|e| scrub_tool(e, &target.url))?;
-                Err(BackupError::Io("pg_restore stopped reading the backup".into()))
+                // The tool stopped reading: its own error says why.
+                tools::finish(child, stderr, program).await?;
+                Err(BackupError::Io(format!("{program} stopped reading the backup")))
             }
             Err(error) => {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
                 Err(BackupError::Crypto {
-                    file: file.name.clone(),
+                    file: file_name.to_owned(),
                     error,
                 })
             }
             Ok(digest) => {
-                tools::finish(child, stderr, "pg_restore")
-                    .await
-                    .map_err(|e| scrub_tool(e, &target.url))?;
+                tools::finish(child, stderr, program).await?;
                 if digest.plain_sha256 != file.digest.plain_sha256 {
                     return Err(BackupError::Refused(format!(
-                        "{}: the restored bytes' SHA-256 {} is not the manifest's {}",
-                        file.name, digest.plain_sha256, file.digest.plain_sha256
+                        "{file_name}: the restored bytes' SHA-256 {} is not the manifest's {}",
+                        digest.plain_sha256, file.digest.plain_sha256
                     )));
                 }
                 Ok(digest.plain_bytes)
             }
         }
     }
+}
+
+/// A tool a backup file is fed to, and its name for errors.
+pub(crate) struct ToolFeed {
+    pub program: &'static str,
+    pub command: tokio::process::Command,
 }
 
 /// Where a dump tool's output goes: one file of a pending backup.
@@ -931,6 +955,14 @@ impl Drop for UndoOnDrop {
                 Err(_) => tracing::warn!("no runtime to undo a half-done restore on"),
             }
         }
+    }
+}
+
+/// `error` with `url`'s password masked in a tool's stderr.
+fn scrub_error(error: BackupError, url: &ConnectionUrl) -> BackupError {
+    match error {
+        BackupError::Tool(tool) => scrub_tool(tool, url),
+        other => other,
     }
 }
 

@@ -11,7 +11,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -20,10 +19,9 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use tokio::io::AsyncWriteExt;
 
 use crate::catalogue::{BackupKind, CatalogueCommand};
-use crate::crypto::{self, BackupKey, CryptoError};
+use crate::crypto::{self, BackupKey};
 use crate::engine::{
-    BackupError, Backups, ProgressSink, StreamInto, Target, UndoOnDrop, now_ms, stream_tool_into,
-    with_progress,
+    BackupError, Backups, ProgressSink, StreamInto, Target, ToolFeed, UndoOnDrop, now_ms, stream_tool_into,
 };
 use crate::manifest::{FORMAT_VERSION, Manifest, ManifestFile};
 use crate::repository::{Pending, Repository, set_private, tmp_path};
@@ -45,7 +43,7 @@ const DEFAULT_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 /// WAL segments a chain check looks at most.
 const WAL_SEGMENTS_MAX: usize = 1_000_000;
 
-/// A log sequence number (`XXXXXXXX/XXXXXXXX`).
+/// A log sequence number, written as two hex numbers (`16/B374D848`).
 pub fn parse_lsn(text: &str) -> Option<u64> {
     let (high, low) = text.trim().split_once('/')?;
     let high = u64::from_str_radix(high, 16).ok()?;
@@ -581,7 +579,7 @@ pub async fn restore_pitr(
     request: &PitrRequest,
     progress: &dyn ProgressSink,
 ) -> Result<PitrRestored, BackupError> {
-    let key = backups.key()?.clone();
+    backups.key()?;
     let key_file = backups.config().key_file.clone().ok_or_else(|| {
         BackupError::Refused(
             "a point-in-time restore runs `dbswarm backup wal-fetch` in PostgreSQL, which reads the key from a file: set backup_key_file".into(),
@@ -667,7 +665,7 @@ pub async fn restore_pitr(
         data_directory.clone(),
     ));
     let result = async {
-        let bytes = extract_base(backups, &key, &target.name, &manifest, &data_directory, progress).await?;
+        let bytes = extract_base(backups, &target.name, &manifest, &data_directory, progress).await?;
         write_recovery_settings(
             backups,
             &key_file,
@@ -727,25 +725,15 @@ pub async fn restore_pitr(
 /// authenticated bytes; a tampered chunk stops it).
 async fn extract_base(
     backups: &Backups,
-    key: &BackupKey,
     target: &str,
     manifest: &Manifest,
     data_directory: &Path,
     progress: &dyn ProgressSink,
 ) -> Result<u64, BackupError> {
-    let file = manifest
-        .files
-        .iter()
-        .find(|f| f.name == BASE_FILE)
-        .ok_or_else(|| BackupError::Refused(format!("backup {} has no {BASE_FILE}", manifest.backup_id)))?;
     tokio::fs::create_dir_all(data_directory)
         .await
         .map_err(|e| BackupError::Io(format!("{}: {e}", data_directory.display())))?;
     set_private(data_directory)?;
-    let mut source = backups
-        .repository()
-        .open(target, &manifest.backup_id, BASE_FILE)
-        .await?;
     let mut command = tokio::process::Command::new("tar");
     command
         .arg(if manifest.compression_level > 0 {
@@ -757,47 +745,15 @@ async fn extract_base(
         .arg("-C")
         .arg(data_directory)
         .kill_on_drop(true)
-        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut child = tools::spawn(&mut command, "tar")?;
-    let stderr = tokio::spawn(tools::collect_stderr(child.stderr.take()));
-    let mut stdin = child
-        .stdin
-        .take()
-        .ok_or_else(|| BackupError::Io("tar has no stdin".into()))?;
-    let counter = AtomicU64::new(0);
-    let feed = async {
-        let mut on_progress = |bytes: u64| counter.store(bytes, Ordering::Relaxed);
-        let digest = crypto::decrypt_stream(key, &mut source, &mut stdin, &mut on_progress).await;
-        drop(stdin);
-        digest
+    let feed = ToolFeed {
+        program: "tar",
+        command,
     };
-    let digest = with_progress(progress, &counter, Some(file.digest.plain_bytes), feed).await;
-    match digest {
-        Err(CryptoError::Io(io)) if io.kind() == std::io::ErrorKind::BrokenPipe => {
-            tools::finish(child, stderr, "tar").await?;
-            Err(BackupError::Io("tar stopped reading the backup".into()))
-        }
-        Err(error) => {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-            Err(BackupError::Crypto {
-                file: BASE_FILE.into(),
-                error,
-            })
-        }
-        Ok(digest) => {
-            tools::finish(child, stderr, "tar").await?;
-            if digest.plain_sha256 != file.digest.plain_sha256 {
-                return Err(BackupError::Refused(format!(
-                    "{BASE_FILE}: the restored bytes' SHA-256 {} is not the manifest's {}",
-                    digest.plain_sha256, file.digest.plain_sha256
-                )));
-            }
-            Ok(digest.plain_bytes)
-        }
-    }
+    backups
+        .feed_tool(target, manifest, BASE_FILE, feed, progress)
+        .await
 }
 
 /// recovery.signal and the settings of the restored instance: WAL from

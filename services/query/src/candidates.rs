@@ -917,30 +917,11 @@ impl Walker<'_> {
 
     /// Reads a join's ON, USING or NATURAL constraint.
     fn join_constraint(&mut self, join: &PendingJoin<'_>, scope: &Scope<'_>) {
-        let constraint = match join.operator {
-            JoinOperator::Join(constraint)
-            | JoinOperator::Inner(constraint)
-            | JoinOperator::Left(constraint)
-            | JoinOperator::LeftOuter(constraint)
-            | JoinOperator::Right(constraint)
-            | JoinOperator::RightOuter(constraint)
-            | JoinOperator::FullOuter(constraint)
-            | JoinOperator::CrossJoin(constraint)
-            | JoinOperator::Semi(constraint)
-            | JoinOperator::LeftSemi(constraint)
-            | JoinOperator::RightSemi(constraint)
-            | JoinOperator::Anti(constraint)
-            | JoinOperator::LeftAnti(constraint)
-            | JoinOperator::RightAnti(constraint)
-            | JoinOperator::StraightJoin(constraint) => constraint,
-            JoinOperator::AsOf {
-                match_condition,
-                constraint,
-            } => {
-                self.condition(match_condition, scope);
-                constraint
-            }
-            _ => return,
+        if let JoinOperator::AsOf { match_condition, .. } = join.operator {
+            self.condition(match_condition, scope);
+        }
+        let Some(constraint) = join_constraint_of(join.operator) else {
+            return;
         };
         match constraint {
             JoinConstraint::On(expr) => self.condition(expr, scope),
@@ -1761,6 +1742,30 @@ fn function_arg_expr(arg: &FunctionArg) -> Option<&Expr> {
         arg;
     match arg {
         FunctionArgExpr::Expr(expr) => Some(expr),
+        _ => None,
+    }
+}
+
+/// The ON, USING or NATURAL constraint of a join, whatever its kind
+/// (none for CROSS APPLY and the like).
+pub(crate) fn join_constraint_of(operator: &JoinOperator) -> Option<&JoinConstraint> {
+    match operator {
+        JoinOperator::Join(constraint)
+        | JoinOperator::Inner(constraint)
+        | JoinOperator::Left(constraint)
+        | JoinOperator::LeftOuter(constraint)
+        | JoinOperator::Right(constraint)
+        | JoinOperator::RightOuter(constraint)
+        | JoinOperator::FullOuter(constraint)
+        | JoinOperator::CrossJoin(constraint)
+        | JoinOperator::Semi(constraint)
+        | JoinOperator::LeftSemi(constraint)
+        | JoinOperator::RightSemi(constraint)
+        | JoinOperator::Anti(constraint)
+        | JoinOperator::LeftAnti(constraint)
+        | JoinOperator::RightAnti(constraint)
+        | JoinOperator::StraightJoin(constraint)
+        | JoinOperator::AsOf { constraint, .. } => Some(constraint),
         _ => None,
     }
 }

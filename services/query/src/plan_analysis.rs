@@ -2675,26 +2675,7 @@ struct Comparison<'a> {
 }
 
 fn join_condition(operator: &JoinOperator) -> Option<&Expr> {
-    let constraint = match operator {
-        JoinOperator::Join(constraint)
-        | JoinOperator::Inner(constraint)
-        | JoinOperator::Left(constraint)
-        | JoinOperator::LeftOuter(constraint)
-        | JoinOperator::Right(constraint)
-        | JoinOperator::RightOuter(constraint)
-        | JoinOperator::FullOuter(constraint)
-        | JoinOperator::CrossJoin(constraint)
-        | JoinOperator::Semi(constraint)
-        | JoinOperator::LeftSemi(constraint)
-        | JoinOperator::RightSemi(constraint)
-        | JoinOperator::Anti(constraint)
-        | JoinOperator::LeftAnti(constraint)
-        | JoinOperator::RightAnti(constraint)
-        | JoinOperator::StraightJoin(constraint)
-        | JoinOperator::AsOf { constraint, .. } => constraint,
-        _ => return None,
-    };
-    match constraint {
+    match crate::candidates::join_constraint_of(operator)? {
         JoinConstraint::On(condition) => Some(condition),
         _ => None,
     }

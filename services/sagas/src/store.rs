@@ -72,6 +72,22 @@ impl SagaError {
     }
 }
 
+/// The stored data of an event of an enum tagged
+/// `#[serde(tag = "event_type", content = "data")]`: its content.
+pub fn tagged_event_data<E: serde::Serialize>(event: &E) -> Value {
+    let mut tagged = serde_json::to_value(event).unwrap_or_default();
+    tagged.get_mut("data").map(Value::take).unwrap_or_default()
+}
+
+/// The event of such an enum from its stored type and data.
+pub fn tagged_event_from_stored<E: serde::de::DeserializeOwned>(
+    event_type: &str,
+    data: Value,
+) -> Result<E, String> {
+    serde_json::from_value(serde_json::json!({"event_type": event_type, "data": data}))
+        .map_err(|e| format!("{event_type}: {e}"))
+}
+
 /// An event-sourced aggregate the store can load and execute commands on.
 pub trait Aggregate: 'static {
     /// Stream ids are `<KIND>-<id>`; also the word errors use.

@@ -15,7 +15,7 @@ use backup::repository::Repository;
 use backup::retention::Policy;
 
 use crate::ServeArgs;
-use crate::progress_bar::StderrProgress;
+use crate::cli::{self, StderrProgress};
 
 #[derive(clap::Subcommand)]
 pub enum BackupCommand {
@@ -369,38 +369,20 @@ fn generate_key(file: &std::path::Path) -> anyhow::Result<()> {
 
 /// The engine on dbswarm's own database and the registered target.
 async fn connect(run: RunArgs) -> anyhow::Result<(Backups, Target, bool)> {
-    let config = run.own.load()?;
-    let pool = server::connect(&config).await?;
-    event_store::MIGRATOR
-        .run(&pool)
-        .await
-        .context("cannot apply dbswarm's own migrations")?;
-    let (appender, _committers) = event_store::Appender::start(pool.clone(), config.append);
-    let reader = event_store::Reader::new(pool.clone(), config.read);
-    let targets = agents::Targets::new(
-        pool.clone(),
-        appender.clone(),
-        config.limits,
-        agents::TargetsConfig::default(),
-    );
-    let (target_pool, url) = targets.pool_for(backup::agent::AGENT, &run.database).await?;
+    let connected = cli::connect(run.own.load()?, backup::agent::AGENT, &run.database).await?;
     let backups = Backups::new(
-        config.backup,
-        CatalogueStore::new(appender, reader, config.limits),
+        connected.config.backup,
+        CatalogueStore::new(connected.appender, connected.reader, connected.config.limits),
     );
     let target = Target {
         name: run.database,
-        pool: target_pool,
-        url,
+        pool: connected.target_pool,
+        url: connected.url,
     };
     Ok((backups, target, run.json))
 }
 
+/// The result on stdout; the command did its work.
 fn print<T: serde::Serialize>(json: bool, value: &T, human: impl Fn(&T) -> String) -> anyhow::Result<Ended> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(value)?);
-    } else {
-        print!("{}", human(value));
-    }
-    Ok(Ended::Done)
+    cli::print(json, value, human).map(|()| Ended::Done)
 }

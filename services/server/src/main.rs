@@ -8,8 +8,8 @@ use std::path::PathBuf;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod backup_cli;
+mod cli;
 mod migrate_cli;
-mod progress_bar;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};

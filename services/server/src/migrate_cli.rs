@@ -7,13 +7,12 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use anyhow::Context;
 use schema::migration::{
     HistoryStore, Migration, MigrationError, Migrator, PlanReport, RunReport, StatusReport, Target, load_file,
 };
 
 use crate::ServeArgs;
-use crate::progress_bar::StderrProgress;
+use crate::cli::{self, StderrProgress, print};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -135,26 +134,15 @@ pub async fn run(command: Lifecycle) -> anyhow::Result<Ended> {
 
 /// The engine on dbswarm's own database and the registered target.
 async fn connect(run: RunArgs) -> anyhow::Result<(Migrator, Target, bool)> {
-    let config = run.own.load()?;
-    let pool = server::connect(&config).await?;
-    event_store::MIGRATOR
-        .run(&pool)
-        .await
-        .context("cannot apply dbswarm's own migrations")?;
-    let (appender, _committers) = event_store::Appender::start(pool.clone(), config.append);
-    let reader = event_store::Reader::new(pool.clone(), config.read);
-    let targets = agents::Targets::new(
-        pool.clone(),
-        appender.clone(),
-        config.limits,
-        agents::TargetsConfig::default(),
+    let connected = cli::connect(run.own.load()?, schema::agent::AGENT, &run.database).await?;
+    let migrator = Migrator::new(
+        HistoryStore::new(connected.appender, connected.reader, connected.config.limits),
+        connected.config.schema,
     );
-    let (target_pool, url) = targets.pool_for(schema::agent::AGENT, &run.database).await?;
-    let migrator = Migrator::new(HistoryStore::new(appender, reader, config.limits), config.schema);
     let target = Target {
         name: run.database,
-        pool: target_pool,
-        url,
+        pool: connected.target_pool,
+        url: connected.url,
     };
     Ok((migrator, target, run.json))
 }
@@ -165,15 +153,6 @@ fn resolve(migrator: &Migrator, migration: &str) -> anyhow::Result<Migration> {
         return Ok(load_file(path)?);
     }
     Ok(migrator.named(migration)?)
-}
-
-fn print<T: serde::Serialize>(json: bool, value: &T, human: fn(&T) -> String) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(value)?);
-    } else {
-        print!("{}", human(value));
-    }
-    Ok(())
 }
 
 fn human_plan(report: &PlanReport) -> String {

@@ -58,6 +58,51 @@ fn write_key(path: &Path, key: &str) {
     give_to_postgres(path);
 }
 
+/// The backup catalogue on `db` (its event store migrated), for tests that
+/// drive the engine directly.
+fn catalogue_store(config: &server::Config, pool: sqlx::PgPool) -> backup::engine::CatalogueStore {
+    backup::engine::CatalogueStore::new(
+        event_store::Appender::start(pool.clone(), config.append).0,
+        event_store::Reader::new(pool, config.read),
+        config.limits,
+    )
+}
+
+/// The engine with one PostgreSQL tool replaced by a shell script (a
+/// pg_dump that fails or is slow, a pg_restore that hangs), in a directory
+/// `name` of the test's own.
+fn with_tool(
+    dirs: &BackupDirs,
+    config: &server::Config,
+    store: &backup::engine::CatalogueStore,
+    (name, program, script): (&str, &str, &str),
+) -> backup::engine::Backups {
+    let bin = dirs.root.join(name);
+    std::fs::create_dir(&bin).unwrap();
+    let tool = bin.join(program);
+    std::fs::write(&tool, script).unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut backup = config.backup.clone();
+    backup.tools.bin_dir = bin;
+    backup::engine::Backups::new(backup, store.clone())
+}
+
+fn engine_target(target_db: &TestDb, pool: sqlx::PgPool) -> backup::engine::Target {
+    backup::engine::Target {
+        name: "app".into(),
+        pool,
+        url: domain::target::ConnectionUrl::parse(&target_db.url).unwrap(),
+    }
+}
+
+fn whole_database() -> backup::engine::CreateRequest {
+    backup::engine::CreateRequest {
+        kind: backup::catalogue::BackupKind::Logical,
+        tables: vec![],
+        checksum_tables: vec![],
+    }
+}
+
 fn task(operation: &str, params: Value) -> Value {
     json!({"name": format!("backup {operation}"), "tasks": [
         {"id": "t", "agent": "backup", "operation": operation, "params": params, "timeout": "300s"}
@@ -397,35 +442,21 @@ async fn a_failed_or_interrupted_backup_is_marked_failed_leaves_nothing_and_does
     let dirs = BackupDirs::new();
     let (db, target_db, server) = serve(&dirs).await;
     let config = server::Config::from_settings(dirs.settings(settings_for(&db))).unwrap();
-    let store = backup::engine::CatalogueStore::new(
-        event_store::Appender::start(db.pool().await, config.append).0,
-        event_store::Reader::new(db.pool().await, config.read),
-        config.limits,
-    );
+    let store = catalogue_store(&config, db.pool().await);
 
     // A pg_dump that writes half a dump and fails
-    let fake_bin = dirs.root.join("bin");
-    std::fs::create_dir(&fake_bin).unwrap();
-    let fake = fake_bin.join("pg_dump");
-    std::fs::write(
-        &fake,
-        "#!/bin/sh\nhead -c 100000 /dev/zero\necho 'pg_dump: error: connection lost' >&2\nexit 1\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut failing = config.backup.clone();
-    failing.tools.bin_dir = fake_bin;
-    let backups = backup::engine::Backups::new(failing, store.clone());
-    let target = backup::engine::Target {
-        name: "app".into(),
-        pool: target_db.pool().await,
-        url: domain::target::ConnectionUrl::parse(&target_db.url).unwrap(),
-    };
-    let request = backup::engine::CreateRequest {
-        kind: backup::catalogue::BackupKind::Logical,
-        tables: vec![],
-        checksum_tables: vec![],
-    };
+    let backups = with_tool(
+        &dirs,
+        &config,
+        &store,
+        (
+            "bin",
+            "pg_dump",
+            "#!/bin/sh\nhead -c 100000 /dev/zero\necho 'pg_dump: error: connection lost' >&2\nexit 1\n",
+        ),
+    );
+    let target = engine_target(&target_db, target_db.pool().await);
+    let request = whole_database();
     let failed = backups
         .create(&target, &request, &backup::engine::NoProgress)
         .await
@@ -528,14 +559,12 @@ async fn a_failed_or_interrupted_backup_is_marked_failed_leaves_nothing_and_does
     assert!(!catalogue.backups.contains_key(&manifest.backup_id));
 
     // A restore cancelled midway (its task's deadline) leaves no database
-    let hang_bin = dirs.root.join("hang");
-    std::fs::create_dir(&hang_bin).unwrap();
-    let hang = hang_bin.join("pg_restore");
-    std::fs::write(&hang, "#!/bin/sh\nexec sleep 30\n").unwrap();
-    std::fs::set_permissions(&hang, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut hanging = config.backup.clone();
-    hanging.tools.bin_dir = hang_bin;
-    let hanging = backup::engine::Backups::new(hanging, store.clone());
+    let hanging = with_tool(
+        &dirs,
+        &config,
+        &store,
+        ("hang", "pg_restore", "#!/bin/sh\nexec sleep 30\n"),
+    );
     let into = format!("{}_cancelled", database_name(&target_db.url));
     let cancelled = tokio::time::timeout(
         std::time::Duration::from_secs(2),
@@ -990,34 +1019,20 @@ async fn a_long_backup_reports_bytes_percent_and_rate_as_it_goes() {
         .unwrap();
     let config = server::Config::from_settings(dirs.settings(settings_for(&db))).unwrap();
     event_store::MIGRATOR.run(&db.pool().await).await.unwrap();
-    let store = backup::engine::CatalogueStore::new(
-        event_store::Appender::start(db.pool().await, config.append).0,
-        event_store::Reader::new(db.pool().await, config.read),
-        config.limits,
-    );
+    let store = catalogue_store(&config, db.pool().await);
     // A pg_dump that takes its time: 3 MiB over about 3 seconds
-    let slow_bin = dirs.root.join("bin");
-    std::fs::create_dir(&slow_bin).unwrap();
-    let slow = slow_bin.join("pg_dump");
-    std::fs::write(
-        &slow,
-        "#!/bin/sh\nfor i in 1 2 3; do head -c 1048576 /dev/zero; sleep 1; done\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut slow_config = config.backup.clone();
-    slow_config.tools.bin_dir = slow_bin;
-    let backups = backup::engine::Backups::new(slow_config, store);
-    let target = backup::engine::Target {
-        name: "app".into(),
-        pool: target_db.pool().await,
-        url: domain::target::ConnectionUrl::parse(&target_db.url).unwrap(),
-    };
-    let request = backup::engine::CreateRequest {
-        kind: backup::catalogue::BackupKind::Logical,
-        tables: vec![],
-        checksum_tables: vec![],
-    };
+    let backups = with_tool(
+        &dirs,
+        &config,
+        &store,
+        (
+            "bin",
+            "pg_dump",
+            "#!/bin/sh\nfor i in 1 2 3; do head -c 1048576 /dev/zero; sleep 1; done\n",
+        ),
+    );
+    let target = engine_target(&target_db, target_db.pool().await);
+    let request = whole_database();
     let reports = Reports::default();
     backups.create(&target, &request, &reports).await.unwrap();
     let reports = reports.0.into_inner().unwrap();
