@@ -17,6 +17,7 @@ mod admin_service;
 mod convert;
 mod event_store_service;
 mod projections_service;
+pub mod runtime;
 mod status;
 mod workflows_service;
 

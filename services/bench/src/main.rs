@@ -18,8 +18,11 @@ use tokio::sync::Semaphore;
 use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
+use crate::cpu::{CpuPerEvent, CpuSample};
+
 mod backfill;
 mod backup;
+mod cpu;
 mod index_advice;
 mod read_models;
 mod workflows;
@@ -66,7 +69,7 @@ struct Args {
     events: usize,
     /// Alternating baseline/dbswarm throughput rounds (append_throughput,
     /// workflow_throughput); medians are reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Seconds of the latency run.
     #[arg(long, default_value_t = 5)]
@@ -132,9 +135,13 @@ struct Args {
     backup_rounds: usize,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The server's runtime: the clients' requests leave coalesced too.
+    api::runtime::multi_thread()?.block_on(benches(args))
+}
+
+async fn benches(args: Args) -> anyhow::Result<()> {
     if args.rounds == 0 || args.clients == 0 || args.events == 0 {
         bail!("--rounds, --clients and --events must be at least 1");
     }
@@ -241,17 +248,24 @@ async fn run(args: &Args, db: &ScratchDb) -> anyhow::Result<()> {
         // of percent within a minute, so one run of each would compare
         // different machines.
         let (mut baselines, mut throughputs) = (Vec::new(), Vec::new());
+        let (mut baseline_cpu, mut dbswarm_cpu) = (Vec::new(), Vec::new());
         for round in 1..=args.rounds {
             eprintln!(
                 "round {round}: baseline, one INSERT + COMMIT per event, {} connections",
                 args.clients
             );
-            baselines.push(insert_baseline(&pool, args.clients, args.events).await?);
+            let (rate, cpu) = insert_baseline(&pool, args.clients, args.events).await?;
+            eprintln!("  {rate:.0} events/s, CPU µs/event {}", cpu.json());
+            baselines.push(rate);
+            baseline_cpu.push(cpu);
             eprintln!(
                 "round {round}: dbswarm, one event per AppendToStream, {} clients",
                 args.clients
             );
-            throughputs.push(append_throughput(&clients, args.events).await?);
+            let (rate, cpu) = append_throughput(&clients, args.events, server.pid()).await?;
+            eprintln!("  {rate:.0} events/s, CPU µs/event {}", cpu.json());
+            throughputs.push(rate);
+            dbswarm_cpu.push(cpu);
         }
         let baseline = median(&baselines);
         let throughput = median(&throughputs);
@@ -260,6 +274,7 @@ async fn run(args: &Args, db: &ScratchDb) -> anyhow::Result<()> {
             print(json!({
                 "name": "pg_single_insert_commit", "value": round(baseline), "unit": "events/s",
                 "clients": args.clients, "rounds": baselines.iter().map(|v| round(*v)).collect::<Vec<_>>(),
+                "cpu_us_per_event": CpuPerEvent::median(&baseline_cpu).json(),
             }));
             print(json!({
                 "name": "append_throughput", "value": round(throughput), "unit": "events/s",
@@ -269,6 +284,7 @@ async fn run(args: &Args, db: &ScratchDb) -> anyhow::Result<()> {
                 "ratio": round2(throughput / baseline),
                 "server_rss_mb_max": server.peak_rss_mb(),
                 "mean_batch_events": batch_events, "server_append_mean_ms": server_append_ms,
+                "cpu_us_per_event": CpuPerEvent::median(&dbswarm_cpu).json(),
             }));
         }
         if wanted("append_latency") {
@@ -575,6 +591,10 @@ impl ServerProcess {
         Ok((round2(batch), round2(append_seconds * 1000.0)))
     }
 
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn peak_rss_mb(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         let kb: f64 = status
@@ -658,13 +678,20 @@ fn one_event(i: usize) -> proto::ProposedEvent {
 
 /// Events/s of `clients` tasks appending one event per request, each to its
 /// own stream, until `events` have been written (after a warm-up).
-async fn append_throughput(clients: &[EventStoreClient<Channel>], events: usize) -> anyhow::Result<f64> {
+/// Also the CPU each event cost the client, the server (`server_pid`) and
+/// PostgreSQL.
+async fn append_throughput(
+    clients: &[EventStoreClient<Channel>],
+    events: usize,
+    server_pid: u32,
+) -> anyhow::Result<(f64, CpuPerEvent)> {
     let run_id = Uuid::new_v4().simple().to_string();
     let warm_up = (events / 10).max(clients.len());
     append_fixed(clients, warm_up, &format!("warm-{run_id}")).await?;
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), CpuSample::now(Some(server_pid)));
     append_fixed(clients, events, &format!("tput-{run_id}")).await?;
-    Ok(events as f64 / started.elapsed().as_secs_f64())
+    let rate = events as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, cpu.per_event(&CpuSample::now(Some(server_pid)), events)))
 }
 
 async fn append_fixed(
@@ -698,15 +725,21 @@ async fn append_fixed(
 
 /// The same rows, one INSERT + COMMIT each, straight through sqlx into a
 /// scratch copy of the events table (same columns, indexes, defaults).
-async fn insert_baseline(pool: &PgPool, connections: usize, events: usize) -> anyhow::Result<f64> {
+/// Also the CPU each row cost this client and PostgreSQL.
+async fn insert_baseline(
+    pool: &PgPool,
+    connections: usize,
+    events: usize,
+) -> anyhow::Result<(f64, CpuPerEvent)> {
     sqlx::query("CREATE TABLE IF NOT EXISTS bench_baseline (LIKE events INCLUDING ALL)")
         .execute(pool)
         .await?;
     let warm_up = (events / 10).max(connections);
     insert_fixed(pool, connections, warm_up).await?;
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), CpuSample::now(None));
     insert_fixed(pool, connections, events).await?;
-    Ok(events as f64 / started.elapsed().as_secs_f64())
+    let rate = events as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, cpu.per_event(&CpuSample::now(None), events)))
 }
 
 const BASELINE_INSERT: &str = "INSERT INTO bench_baseline \

@@ -123,10 +123,7 @@ enum Outcome {
 }
 
 fn run(cli: Cli) -> anyhow::Result<Outcome> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the Tokio runtime")?;
+    let runtime = api::runtime::multi_thread().context("cannot start the Tokio runtime")?;
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args.load()?).await.map(|()| Outcome::Done),
