@@ -13,8 +13,8 @@
 /// writes all the answers of its connection at once (a quarter of the
 /// `writev` calls). Clients gain the same way: requests sent by tasks woken
 /// together leave together. Measured with `make bench
-/// BENCH=append_throughput`: server CPU per appended event 27-37 µs with
-/// the slot, 24-25 µs without.
+/// BENCH=append_throughput`: server CPU per appended event 31-37 µs with
+/// the slot, 20.5-26 µs without.
 pub fn multi_thread() -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     #[cfg(tokio_unstable)]

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use domain::Limits;
 use domain::target::ConnectionUrl;
-use event_store::{AppendConfig, Appender, ReadConfig, Reader};
 use schema::migration::{Format, HistoryStore, Migration, MigrationConfig, Migrator, NoProgress, Target};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
@@ -24,7 +23,7 @@ use tokio::process::Command;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::{Args, ScratchDb, percentiles, print, round, round2};
+use crate::{Args, InProcessStore, ScratchDb, percentiles, print, round, round2};
 
 /// The migration measured: a new bigint column, filled from the old one
 /// for every row by the backfill (and kept in sync by a trigger).
@@ -143,18 +142,9 @@ async fn single_update(args: &Args, db: &ScratchDb) -> anyhow::Result<Measured> 
 /// its own, while pgbench writes.
 async fn batched_backfill(args: &Args, store: &ScratchDb, target_db: &ScratchDb) -> anyhow::Result<Measured> {
     pgbench_init(&target_db.url, args.backfill_scale).await?;
-    let store_pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&store.url)
-        .await?;
-    event_store::MIGRATOR
-        .run(&store_pool)
-        .await
-        .context("creating the event store of the migration history")?;
-    let (appender, committers) = Appender::start(store_pool.clone(), AppendConfig::default());
-    let reader = Reader::new(store_pool.clone(), ReadConfig::default());
+    let store = InProcessStore::open(store, "the migration history").await?;
     let migrator = Migrator::new(
-        HistoryStore::new(appender, reader, Limits::default()),
+        HistoryStore::new(store.appender.clone(), store.reader.clone(), Limits::default()),
         migration_config(args),
     );
     let applied = async {
@@ -177,10 +167,7 @@ async fn batched_backfill(args: &Args, store: &ScratchDb, target_db: &ScratchDb)
         anyhow::Ok(measured.with_rows(report.rows_backfilled))
     }
     .await;
-    for committer in committers {
-        committer.abort();
-    }
-    store_pool.close().await;
+    store.close().await;
     applied
 }
 

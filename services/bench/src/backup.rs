@@ -19,14 +19,13 @@ use backup::engine::{BackupConfig, Backups, CatalogueStore, CreateRequest, NoPro
 use backup::tools::{self, Tools};
 use domain::Limits;
 use domain::target::ConnectionUrl;
-use event_store::{AppendConfig, Appender, ReadConfig, Reader};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::process::Command;
 use uuid::Uuid;
 
-use crate::{Args, ScratchDb, print, round2};
+use crate::{Args, InProcessStore, ScratchDb, print, round2};
 
 /// The catalogue's name for the backed-up database.
 const TARGET_NAME: &str = "bench";
@@ -122,16 +121,7 @@ async fn measure(
         args.backup_scale
     );
 
-    let store_pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&store.url)
-        .await?;
-    event_store::MIGRATOR
-        .run(&store_pool)
-        .await
-        .context("creating the event store of the backup catalogue")?;
-    let (appender, committers) = Appender::start(store_pool.clone(), AppendConfig::default());
-    let reader = Reader::new(store_pool.clone(), ReadConfig::default());
+    let store = InProcessStore::open(store, "the backup catalogue").await?;
     let config = BackupConfig {
         repository_dir: work.path.join("repository"),
         key: Some(BackupKey::from_text(&BackupKey::generate_text()?)?),
@@ -141,17 +131,17 @@ async fn measure(
         archive_targets: Vec::new(),
         ..BackupConfig::default()
     };
-    let backups = Backups::new(config, CatalogueStore::new(appender, reader, Limits::default()));
+    let backups = Backups::new(
+        config,
+        CatalogueStore::new(store.appender.clone(), store.reader.clone(), Limits::default()),
+    );
     let target = Target {
         name: TARGET_NAME.into(),
         pool: pool.clone(),
         url: ConnectionUrl::parse(&source.url)?,
     };
     let measured = measure_rounds(args, admin_url, work, &tools, &backups, &target, database_bytes).await;
-    for committer in committers {
-        committer.abort();
-    }
-    store_pool.close().await;
+    store.close().await;
     pool.close().await;
     measured
 }

@@ -466,6 +466,43 @@ impl Serve {
     };
 }
 
+/// The event store of a scratch database, used in-process (no server):
+/// migrations applied, an appender and a reader over one small pool. For
+/// the benchmarks that call an engine directly and keep its history in
+/// events (backfill, backup).
+struct InProcessStore {
+    pool: PgPool,
+    appender: event_store::Appender,
+    reader: event_store::Reader,
+    committers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl InProcessStore {
+    /// `what` names the store in an error, e.g. "the migration history".
+    async fn open(db: &ScratchDb, what: &str) -> anyhow::Result<InProcessStore> {
+        let pool = PgPoolOptions::new().max_connections(4).connect(&db.url).await?;
+        event_store::MIGRATOR
+            .run(&pool)
+            .await
+            .with_context(|| format!("creating the event store of {what}"))?;
+        let (appender, committers) = event_store::Appender::start(pool.clone(), Default::default());
+        let reader = event_store::Reader::new(pool.clone(), Default::default());
+        Ok(InProcessStore {
+            pool,
+            appender,
+            reader,
+            committers,
+        })
+    }
+
+    async fn close(self) {
+        for committer in self.committers {
+            committer.abort();
+        }
+        self.pool.close().await;
+    }
+}
+
 /// The release `dbswarm` binary, next to this one, as a child process.
 /// Dropping it stops the process (if `stop` has not), so that an error
 /// anywhere never leaves a server behind.
