@@ -6,6 +6,8 @@
 # Everything lives under <repo>/.dbswarm/<profile>/ and listens on 127.0.0.1 only.
 # The system services (and the system PostgreSQL cluster on 5432) are never touched.
 # "bench" is an alias for the "test" instances.
+# Calls for one profile may run at the same moment: up/down take turns on a
+# lock, and up reuses what runs (repairing lost pid files).
 #
 # Port overrides: DBSWARM_PG_PORT, DBSWARM_NATS_PORT, DBSWARM_REDIS_PORT.
 # PostgreSQL binaries: DBSWARM_PG_BIN (default /usr/lib/postgresql/15/bin).
@@ -256,12 +258,30 @@ pg_status() {
 
 # ------------------------------------------------------------------- nats
 
+# This profile's nats-server found by its JetStream directory, for when its
+# pid file is lost (e.g. overwritten by a second instance that failed to
+# bind, as an older version of this script let happen).
+nats_by_store() {
+    local pid
+    command -v pgrep >/dev/null 2>&1 || return 1
+    for pid in $(pgrep -x nats-server || true); do
+        if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- " -sd $NATS_DIR/jetstream "; then
+            echo "$pid"
+            return 0
+        fi
+    done
+    return 1
+}
+
+nats_pid() { live_pid "$NATS_PID" nats-server || nats_by_store; }
+
 nats_up() {
     local bin pid state=reused i
     bin="$(find_bin nats-server)" || die "nats-server not found (run scripts/install-deps.sh)"
     mkdir -p "$NATS_DIR/jetstream"
 
-    if pid="$(live_pid "$NATS_PID" nats-server)"; then
+    if pid="$(nats_pid)"; then
+        echo "$pid" >"$NATS_PID"
         if [[ "$(cat "$NATS_PORTFILE" 2>/dev/null)" != "$NATS_PORT" ]]; then
             echo "nats ($PROFILE): running on another port, restarting on $NATS_PORT"
             nats_down >/dev/null
@@ -272,30 +292,35 @@ nats_up() {
     fi
 
     if [[ -z "$pid" ]]; then
-        rm -f "$NATS_PID"
+        rm -f "$NATS_PID" "$NATS_PID.new"
         port_open "$NATS_PORT" && port_taken_error NATS "$NATS_PORT" DBSWARM_NATS_PORT
         echo "$NATS_PORT" >"$NATS_PORTFILE"
         # max_payload only exists in the config file: 8 MB leaves room for
         # dbswarm's largest event (event_bytes_max) plus its headers.
         printf 'max_payload: 8388608\n' >"$NATS_DIR/nats.conf"
+        # The pid file becomes $NATS_PID only once this instance serves: one
+        # that fails to bind writes its pid first and must not replace the
+        # running instance's.
         setsid nohup "$bin" -c "$NATS_DIR/nats.conf" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$NATS_DIR/jetstream" \
-            --pid "$NATS_PID" -l "$NATS_LOG" </dev/null >>"$NATS_DIR/nats.out" 2>&1 9>&- &
+            --pid "$NATS_PID.new" -l "$NATS_LOG" </dev/null >>"$NATS_DIR/nats.out" 2>&1 9>&- &
         local launched=$!
         for ((i = 0; i < 300; i++)); do
             port_open "$NATS_PORT" && break
-            if ! pid_alive "$launched" && ! live_pid "$NATS_PID" nats-server >/dev/null; then
+            if ! pid_alive "$launched" && ! live_pid "$NATS_PID.new" nats-server >/dev/null; then
                 break
             fi
             sleep 0.1
         done
-        if ! port_open "$NATS_PORT"; then
-            tail -n 20 "$NATS_LOG" "$NATS_DIR/nats.out" >&2 2>/dev/null || true
-            die "nats-server did not accept connections on 127.0.0.1:$NATS_PORT within 30s (log: $(rel "$NATS_LOG"))"
-        fi
         for ((i = 0; i < 50; i++)); do
-            [[ -s "$NATS_PID" ]] && break
+            live_pid "$NATS_PID.new" nats-server >/dev/null && break
             sleep 0.1
         done
+        if ! port_open "$NATS_PORT" || ! live_pid "$NATS_PID.new" nats-server >/dev/null; then
+            rm -f "$NATS_PID.new"
+            tail -n 20 "$NATS_LOG" "$NATS_DIR/nats.out" >&2 2>/dev/null || true
+            die "nats-server did not start serving on 127.0.0.1:$NATS_PORT within 30s (log: $(rel "$NATS_LOG"))"
+        fi
+        mv -f "$NATS_PID.new" "$NATS_PID"
         state=started
     fi
     printf '%-9s %-5s %-8s 127.0.0.1:%-6s log: %s\n' nats "$PROFILE" "$state" "$NATS_PORT" "$(rel "$NATS_LOG")"
@@ -303,7 +328,7 @@ nats_up() {
 
 nats_down() {
     local pid
-    if pid="$(live_pid "$NATS_PID" nats-server)"; then
+    if pid="$(nats_pid)"; then
         kill -TERM "$pid" 2>/dev/null || true
         if ! wait_pid_gone "$pid"; then
             kill -KILL "$pid" 2>/dev/null || true
@@ -319,7 +344,7 @@ nats_down() {
 
 nats_status() {
     local pid
-    if pid="$(live_pid "$NATS_PID" nats-server)"; then
+    if pid="$(nats_pid)"; then
         printf '%-9s %-5s running  127.0.0.1:%s (pid %s)\n' nats "$PROFILE" "$(cat "$NATS_PORTFILE" 2>/dev/null)" "$pid"
     else
         printf '%-9s %-5s stopped\n' nats "$PROFILE"
@@ -330,13 +355,27 @@ nats_status() {
 
 redis_ping() { [[ "$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" == PONG ]]; }
 
+# This profile's redis-server on its port, for when its pid file is lost:
+# the one working in this profile's directory.
+redis_by_port() {
+    local dir pid
+    dir="$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" config get dir 2>/dev/null | sed -n 2p)"
+    [[ -n "$dir" && "$dir" == "$REDIS_DIR" ]] || return 1
+    pid="$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" info server 2>/dev/null | tr -d '\r' | sed -n 's/^process_id://p')"
+    pid_alive "$pid" || return 1
+    echo "$pid"
+}
+
+redis_pid() { live_pid "$REDIS_PID" redis-server || redis_by_port; }
+
 redis_up() {
     local pid state=reused i
     command -v redis-server >/dev/null 2>&1 || die "redis-server not found (run scripts/install-deps.sh)"
     command -v redis-cli >/dev/null 2>&1 || die "redis-cli not found (run scripts/install-deps.sh)"
     mkdir -p "$REDIS_DIR"
 
-    if pid="$(live_pid "$REDIS_PID" redis-server)"; then
+    if pid="$(redis_pid)"; then
+        echo "$pid" >"$REDIS_PID"
         if [[ "$(cat "$REDIS_PORTFILE" 2>/dev/null)" != "$REDIS_PORT" ]]; then
             echo "redis ($PROFILE): running on another port, restarting on $REDIS_PORT"
             redis_down >/dev/null
@@ -368,7 +407,7 @@ redis_up() {
 
 redis_down() {
     local pid port
-    if pid="$(live_pid "$REDIS_PID" redis-server)"; then
+    if pid="$(redis_pid)"; then
         port="$(cat "$REDIS_PORTFILE" 2>/dev/null || true)"
         if [[ -n "$port" ]]; then
             redis-cli -h 127.0.0.1 -p "$port" shutdown nosave >/dev/null 2>&1 || true
@@ -387,7 +426,7 @@ redis_down() {
 
 redis_status() {
     local pid
-    if pid="$(live_pid "$REDIS_PID" redis-server)"; then
+    if pid="$(redis_pid)"; then
         printf '%-9s %-5s running  127.0.0.1:%s (pid %s)\n' redis "$PROFILE" "$(cat "$REDIS_PORTFILE" 2>/dev/null)" "$pid"
     else
         printf '%-9s %-5s stopped\n' redis "$PROFILE"
@@ -416,11 +455,21 @@ backup_key_up() {
 
 # ------------------------------------------------------------------- main
 
+# Serializes up/down of one profile (parallel make, two terminals): two at
+# once would both start NATS, and the one that cannot bind would leave
+# neither recorded as running. Never skipped: without a lock, concurrent
+# calls are not safe.
 lock() {
-    # serialize concurrent up/down for the same profile (e.g. parallel make)
-    if command -v flock >/dev/null 2>&1; then
-        exec 9>"$PDIR/.lock"
-        flock -w 180 9 || die "timed out waiting for $(rel "$PDIR/.lock")"
+    command -v flock >/dev/null 2>&1 || die "flock (util-linux) is needed to serialize concurrent calls of this script"
+    exec 9>"$PDIR/.lock"
+    flock -w 180 9 || die "timed out waiting for $(rel "$PDIR/.lock")"
+    # Some network and FUSE file systems accept flock without excluding
+    # anyone: then a lock file in /tmp (always local) stands in.
+    if flock -n "$PDIR/.lock" true 2>/dev/null; then
+        local fallback
+        fallback="/tmp/dbswarm-services-$(printf '%s' "$PDIR" | cksum | cut -d' ' -f1).lock"
+        exec 9>"$fallback"
+        flock -w 180 9 || die "timed out waiting for $fallback"
     fi
 }
 
@@ -438,8 +487,7 @@ export DBSWARM_ADMIN_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgre
 export DBSWARM_NATS_URL=nats://127.0.0.1:$NATS_PORT
 export DBSWARM_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 export DBSWARM_BACKUP_KEY_FILE=$BACKUP_KEY
-export DBSWARM_BACKUP_REPOSITORY_DIR=$PDIR/backups
-export DBSWARM_BACKUP_SCRATCH_DIR=$PDIR/scratch
+export DBSWARM_DATA_DIR=$PDIR
 ENV
         mv -f "$ENV_FILE.tmp" "$ENV_FILE"
         ;;

@@ -566,7 +566,7 @@ async fn load_existing(
             let (j, b) = payload_columns(&event.data);
             json.push(j);
             binary.push(b);
-            metadata.push(event.metadata.clone());
+            metadata.push(event.stored_metadata().to_owned());
         }
     }
     let rows: Vec<(Uuid, String, i64, i64, bool)> = sqlx::query_as(COMPARE_EXISTING)
@@ -685,7 +685,7 @@ impl EventRows {
                 self.schema_version.push(event.schema_version as i32);
                 self.event_data.push(json);
                 self.data_binary.push(binary);
-                self.metadata.push(event.metadata.clone());
+                self.metadata.push(event.stored_metadata().to_owned());
                 self.correlation_id.push(event.correlation_id);
                 self.causation_id.push(event.causation_id);
             }

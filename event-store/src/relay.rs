@@ -6,7 +6,7 @@
 //! another server's relay takes over from the stored checkpoint.
 //!
 //! A step reads events behind the $all horizon (the oldest running
-//! transaction, see `read_all.sql`) from the checkpoint on, publishes each
+//! transaction of this database, see `migrations/0010_horizon.sql`) from the checkpoint on, publishes each
 //! page in global-position order with `Nats-Msg-Id` = event id (so a
 //! republish after a crash is dropped by JetStream's duplicate window), and
 //! stores the checkpoint only when every event of the page is acknowledged.

@@ -681,11 +681,16 @@ impl Projections {
         }
     }
 
-    async fn publish_metrics(&self) {
+    /// Sets every projection's status gauges, and registers its counter and
+    /// histogram, so that each is on `/metrics` before anything happens.
+    pub async fn publish_metrics(&self) {
         let Ok(statuses) = self.list().await else { return };
         for status in statuses {
             let Some(live) = status.live() else { continue };
             let name = status.name.clone();
+            let _ =
+                metrics::counter!("dbswarm_projection_events_applied_total", "projection" => name.clone());
+            let _ = metrics::histogram!("dbswarm_projection_batch_seconds", "projection" => name.clone());
             metrics::gauge!("dbswarm_projection_lag_events", "projection" => name.clone())
                 .set(live.lag_events as f64);
             metrics::gauge!("dbswarm_projection_lag_seconds", "projection" => name.clone())
@@ -961,7 +966,7 @@ impl Runner {
     ) -> Result<Step, ProjectionError> {
         let inner = &self.inner;
         // Look first without a lock: an idle or halted runner takes no
-        // transaction id, which would hold the cluster's $all horizon back.
+        // transaction id, which would hold the database's $all horizon back.
         let peeked = self.generation_row(GENERATION_PEEK, &inner.pool).await?;
         if let Some(stop) = peeked.stop() {
             return Ok(stop);

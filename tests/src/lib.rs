@@ -243,17 +243,16 @@ pub fn rss_bytes() -> u64 {
 }
 
 /// Waits (bounded) until every stored event is behind the $all horizon.
-/// Transaction ids are cluster-wide, so a transaction of a test running
-/// beside this one can briefly hold the horizon back: that is the design
-/// (no reader may pass an open transaction), and tests wait it out.
+/// Only transactions of the test's own database hold its horizon back
+/// (migrations/0010_horizon.sql): a server's background work there may
+/// hold it briefly, and tests wait that out.
 pub async fn wait_for_horizon(pool: &PgPool) {
     for _ in 0..600 {
-        let caught_up: bool = sqlx::query_scalar(
-            "SELECT coalesce(max(transaction_id) < pg_snapshot_xmin(pg_current_snapshot()), true) FROM events",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap();
+        let caught_up: bool =
+            sqlx::query_scalar("SELECT coalesce(max(transaction_id) < dbswarm_horizon(), true) FROM events")
+                .fetch_one(pool)
+                .await
+                .unwrap();
         if caught_up {
             return;
         }
@@ -892,6 +891,7 @@ pub fn dbswarm_binary() -> std::path::PathBuf {
 pub struct ServerChild {
     child: std::process::Child,
     grpc_port: u16,
+    http_port: u16,
 }
 
 impl ServerChild {
@@ -914,17 +914,28 @@ impl ServerChild {
             .env("DBSWARM_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
             .env("DBSWARM_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
             .env("RUST_LOG", "warn")
+            // Without HOME (cleared above) a non-root user has no default.
+            .env("DBSWARM_DATA_DIR", std::env::temp_dir().join("dbswarm-test-data"))
             .stdout(std::process::Stdio::null());
         for (name, value) in env {
             command.env(name, value);
         }
         let child = command.spawn().expect("start dbswarm serve");
         wait_listening(grpc_port, "dbswarm serve").await;
-        ServerChild { child, grpc_port }
+        ServerChild {
+            child,
+            grpc_port,
+            http_port,
+        }
     }
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// Its HTTP address (`/metrics`, `/healthz`).
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.http_port))
     }
 
     /// SIGKILL: no shutdown code runs, as in a crash.

@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use sagas::{AgentDirectory, Availability};
 use serde::Serialize;
+use tokio::sync::watch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -41,6 +42,9 @@ struct Entry {
 #[derive(Debug, Clone, Default)]
 pub struct Directory {
     agents: Arc<RwLock<BTreeMap<String, Entry>>>,
+    /// True while every registered agent is ready: this server can start
+    /// any plan (what gRPC health reports for `Workflows`).
+    all_ready: watch::Sender<bool>,
 }
 
 impl Directory {
@@ -50,14 +54,30 @@ impl Directory {
             reason: Some("starting".into()),
             operations: operations.into_iter().collect(),
         };
-        self.write().insert(agent.to_owned(), entry);
+        let mut agents = self.write();
+        agents.insert(agent.to_owned(), entry);
+        self.publish_all_ready(&agents);
     }
 
     pub(crate) fn set_status(&self, agent: &str, status: AgentStatus, reason: Option<String>) {
-        if let Some(entry) = self.write().get_mut(agent) {
+        let mut agents = self.write();
+        if let Some(entry) = agents.get_mut(agent) {
             entry.status = status;
             entry.reason = reason;
         }
+        self.publish_all_ready(&agents);
+    }
+
+    /// Whether every agent of this server is ready, now and on each change.
+    pub fn watch_all_ready(&self) -> watch::Receiver<bool> {
+        self.all_ready.subscribe()
+    }
+
+    /// Under the write lock, so that changes are published in their order.
+    fn publish_all_ready(&self, agents: &BTreeMap<String, Entry>) {
+        let ready = agents.values().all(|e| e.status == AgentStatus::Ready);
+        self.all_ready
+            .send_if_modified(|current| std::mem::replace(current, ready) != ready);
     }
 
     pub fn status(&self, agent: &str) -> Option<(AgentStatus, Option<String>)> {

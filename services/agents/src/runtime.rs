@@ -5,6 +5,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,8 +36,10 @@ pub struct AgentsConfig {
     pub queue_max: usize,
     /// Tasks one agent starts per second at most (per server); 0 = no limit.
     pub tasks_per_s_max: u32,
-    /// A command not acknowledged for this long is redelivered (a running
-    /// task keeps extending it, so this is how fast a crash is noticed).
+    /// A command not acknowledged for this long is redelivered: how fast
+    /// another server takes over the commands of a crashed one. Every
+    /// command this server holds, queued or running, has its ack extended
+    /// every third of this, so it can be short.
     pub ack_wait_ms: u64,
     /// Deliveries of one command at most.
     pub max_deliver: i64,
@@ -58,7 +61,7 @@ impl Default for AgentsConfig {
             concurrency_max: 4,
             queue_max: 256,
             tasks_per_s_max: 0,
-            ack_wait_ms: 30_000,
+            ack_wait_ms: 5_000,
             max_deliver: 10,
             heartbeat_interval_ms: 30_000,
             recovery_interval_ms: 1_000,
@@ -209,6 +212,9 @@ impl AgentsRuntime {
         // health gate waits for it rather than calling it unknown.
         for agent in &agents {
             directory.register(&agent.name, agent.operations.keys().cloned());
+            // On /metrics from start (0: not ready yet, nothing dropped).
+            let _ = metrics::gauge!("dbswarm_agent_ready", "agent" => agent.name.clone());
+            let _ = metrics::counter!("dbswarm_agent_stale_commands_total", "agent" => agent.name.clone());
         }
         AgentsRuntime {
             agents,
@@ -291,6 +297,77 @@ struct Queued {
     sequence: u64,
     command: TaskCommand,
     message: jetstream::Message,
+    /// Keeps the message's ack extended until the command is answered.
+    held: HeldMessage,
+}
+
+/// The messages this server holds, queued or being worked on. The ack of
+/// each is extended every third of the ack wait until it is answered, so
+/// that a short ack wait redelivers only the commands of a server that is
+/// gone: a command waiting here for a worker longer than one ack wait
+/// would otherwise be redelivered, each time spending one of its
+/// `max_deliver` deliveries. At most `queue_max` (the consumer's
+/// `max_ack_pending`) are held at once.
+#[derive(Default)]
+struct Held {
+    next_id: AtomicU64,
+    /// Reply subjects (where acks go), by hold id.
+    replies: Mutex<HashMap<u64, async_nats::Subject>>,
+}
+
+impl Held {
+    fn hold(self: &Arc<Self>, message: &jetstream::Message) -> HeldMessage {
+        let id = self.next_id.fetch_add(1, AtomicOrdering::Relaxed);
+        if let Some(reply) = &message.reply {
+            self.replies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, reply.clone());
+        }
+        HeldMessage {
+            held: self.clone(),
+            id,
+        }
+    }
+
+    fn replies(&self) -> Vec<async_nats::Subject> {
+        let replies = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+        replies.values().cloned().collect()
+    }
+}
+
+/// One held message; dropping it stops the extensions (drop it before a
+/// NAK with a delay: an extension after it would postpone the redelivery).
+struct HeldMessage {
+    held: Arc<Held>,
+    id: u64,
+}
+
+impl Drop for HeldMessage {
+    fn drop(&mut self) {
+        self.held
+            .replies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+/// Extends the ack of every held message every third of the ack wait. A
+/// task of its own: an operation that keeps its worker's thread busy
+/// cannot delay the extensions, as it would in the worker's own loop.
+async fn keep_alive(shared: Arc<Shared>, held: Arc<Held>) {
+    let period = Duration::from_millis((shared.config.ack_wait_ms / 3).max(100));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for reply in held.replies() {
+            // What `Message::ack_with(AckKind::Progress)` sends; one that
+            // cannot be sent (NATS is down) is lost with the connection anyway.
+            let _ = shared.deps.nats.publish(reply, AckKind::Progress.into()).await;
+        }
+    }
 }
 
 impl PartialEq for Queued {
@@ -328,8 +405,13 @@ struct Agent {
     queued: Notify,
     /// True while the agent is healthy: workers take tasks only then.
     ready: watch::Sender<bool>,
+    /// The state last recorded (`None` before the first): only a change
+    /// is an `AgentStateChanged` event.
+    recorded: Mutex<Option<AgentStatus>>,
     /// Next start time allowed by the rate limit.
     next_start: tokio::sync::Mutex<Instant>,
+    /// The messages whose ack `keep_alive` extends.
+    held: Arc<Held>,
 }
 
 async fn run_agent(shared: Arc<Shared>, spec: AgentSpec, mut stop: watch::Receiver<bool>) {
@@ -339,7 +421,9 @@ async fn run_agent(shared: Arc<Shared>, spec: AgentSpec, mut stop: watch::Receiv
         queue: Mutex::new(BinaryHeap::new()),
         queued: Notify::new(),
         ready: watch::channel(false).0,
+        recorded: Mutex::new(None),
         next_start: tokio::sync::Mutex::new(Instant::now()),
+        held: Arc::default(),
     });
     set_status(&shared, &agent, AgentStatus::Initializing, None).await;
     let consumer = loop {
@@ -360,6 +444,9 @@ async fn run_agent(shared: Arc<Shared>, spec: AgentSpec, mut stop: watch::Receiv
     set_status(&shared, &agent, AgentStatus::Ready, None).await;
     let _ = agent.ready.send_replace(true);
 
+    // Aborted when dropped, after the drain below.
+    let mut keeping_alive = JoinSet::new();
+    keeping_alive.spawn(keep_alive(shared.clone(), agent.held.clone()));
     let mut workers = JoinSet::new();
     for _ in 0..shared.config.concurrency_max.max(1) {
         workers.spawn(work(shared.clone(), agent.clone(), stop.clone()));
@@ -386,8 +473,9 @@ async fn run_agent(shared: Arc<Shared>, spec: AgentSpec, mut stop: watch::Receiv
         .unwrap_or_else(|p| p.into_inner())
         .drain()
         .collect();
-    for queued in left {
-        let _ = queued.message.ack_with(AckKind::Nak(None)).await;
+    for Queued { message, held, .. } in left {
+        drop(held);
+        let _ = message.ack_with(AckKind::Nak(None)).await;
     }
     set_status(&shared, &agent, AgentStatus::Stopped, None).await;
 }
@@ -473,6 +561,7 @@ async fn fetch(
                 }
             };
             sequence += 1;
+            let held = agent.held.hold(&message);
             agent
                 .queue
                 .lock()
@@ -482,6 +571,7 @@ async fn fetch(
                     sequence,
                     command,
                     message,
+                    held,
                 });
             agent.queued.notify_one();
         }
@@ -516,7 +606,13 @@ async fn work(shared: Arc<Shared>, agent: Arc<Agent>, mut stop: watch::Receiver<
 }
 
 async fn process(shared: &Shared, agent: &Agent, queued: Queued) {
-    let Queued { command, message, .. } = queued;
+    // `held` extends the message's ack until it is answered.
+    let Queued {
+        command,
+        message,
+        held,
+        ..
+    } = queued;
     let key = (command.workflow_id.clone(), command.task_id.clone());
     let already_here = shared
         .running
@@ -551,7 +647,7 @@ async fn process(shared: &Shared, agent: &Agent, queued: Queued) {
             .insert(key.clone(), running);
         tokio::join!(
             shared.orchestrator.begin(&command, redelivered),
-            run_attempt(shared, agent, operation.as_deref(), &command, &message, stopped),
+            run_attempt(shared, agent, operation.as_deref(), &command, stopped),
         )
     } else {
         let began = shared.orchestrator.begin(&command, redelivered).await;
@@ -561,7 +657,7 @@ async fn process(shared: &Shared, agent: &Agent, queued: Queued) {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(key.clone(), running);
-            let outcome = run_attempt(shared, agent, operation.as_deref(), &command, &message, stopped).await;
+            let outcome = run_attempt(shared, agent, operation.as_deref(), &command, stopped).await;
             (began, outcome)
         } else {
             (began, None)
@@ -582,6 +678,7 @@ async fn process(shared: &Shared, agent: &Agent, queued: Queued) {
         }
         Err(error) => {
             tracing::warn!(%error, agent = %agent.name, task = %command.task_id, "cannot begin the task; redelivered later");
+            drop(held);
             let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
             return;
         }
@@ -614,19 +711,20 @@ async fn process(shared: &Shared, agent: &Agent, queued: Queued) {
         Err(error) => {
             // Redelivered: begin() says whether it is still wanted.
             tracing::warn!(%error, agent = %agent.name, task = %command.task_id, "cannot record the outcome; redelivered later");
+            drop(held);
             let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
         }
     }
 }
 
-/// Runs one attempt of `command` under its deadline, keeping its message
-/// from being redelivered meanwhile. `None`: stopped (cancelled).
+/// Runs one attempt of `command` under its deadline (its message is kept
+/// from being redelivered meanwhile by `keep_alive`). `None`: stopped
+/// (cancelled).
 async fn run_attempt(
     shared: &Shared,
     agent: &Agent,
     operation: Option<&dyn Operation>,
     command: &TaskCommand,
-    message: &jetstream::Message,
     mut stopped: watch::Receiver<bool>,
 ) -> Option<Result<Value, String>> {
     let started = Instant::now();
@@ -652,24 +750,14 @@ async fn run_attempt(
     };
     let remaining_ms = command.deadline_ms.saturating_sub(now_ms());
     let deadline = Instant::now() + Duration::from_millis(remaining_ms);
-    let mut keep_alive =
-        tokio::time::interval(Duration::from_millis((shared.config.ack_wait_ms / 3).max(100)));
-    keep_alive.tick().await;
-    tokio::pin!(run);
-    loop {
-        tokio::select! {
-            outcome = &mut run => return Some(outcome),
-            _ = tokio::time::sleep_until(deadline) => {
-                return Some(Err(format!(
-                    "exceeded its timeout (deadline passed after {} ms)",
-                    started.elapsed().as_millis()
-                )));
-            }
-            Ok(()) = stopped.changed() => return None,
-            _ = keep_alive.tick() => {
-                let _ = message.ack_with(AckKind::Progress).await;
-            }
-        }
+    // A stop sender gone (no pattern match) only disables its branch.
+    tokio::select! {
+        outcome = run => Some(outcome),
+        _ = tokio::time::sleep_until(deadline) => Some(Err(format!(
+            "exceeded its timeout (deadline passed after {} ms)",
+            started.elapsed().as_millis()
+        ))),
+        Ok(()) = stopped.changed() => None,
     }
 }
 
@@ -720,8 +808,20 @@ async fn watch_health(shared: Arc<Shared>, agent: Arc<Agent>, mut stop: watch::R
     }
 }
 
+/// Enters `status`. Only a change is recorded (event, log, gauge): a retry
+/// that fails again, e.g. every recovery interval while NATS is down from
+/// the start, only updates the reason the health gate reports, so an outage
+/// of any length costs one `recovering` event.
 async fn set_status(shared: &Shared, agent: &Agent, status: AgentStatus, reason: Option<String>) {
     shared.directory.set_status(&agent.name, status, reason.clone());
+    let previous = agent
+        .recorded
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .replace(status);
+    if previous == Some(status) {
+        return;
+    }
     metrics::gauge!("dbswarm_agent_ready", "agent" => agent.name.clone())
         .set(if status == AgentStatus::Ready { 1.0 } else { 0.0 });
     tracing::info!(agent = %agent.name, status = status.as_str(), reason = reason.as_deref().unwrap_or(""), "agent state");

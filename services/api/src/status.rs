@@ -155,12 +155,13 @@ pub fn targets_error_status(e: agents::TargetsError) -> Status {
 
 fn schedule_error_status(e: domain::workflow::schedule::ScheduleError, message: String) -> Status {
     use domain::workflow::schedule::ScheduleError;
+    // A bad request names its field (`BadRequest`), as a bad append does.
+    let invalid = |field: &str| validation_status(ValidationError::new(field, message.clone()));
     match e {
         ScheduleError::AlreadyExists(_) => Status::already_exists(message),
         ScheduleError::NotCreated | ScheduleError::Deleted(_) => Status::not_found(message),
-        ScheduleError::InvalidId(_)
-        | ScheduleError::InvalidName(_)
-        | ScheduleError::Cron(_)
-        | ScheduleError::NoNextRun { .. } => Status::invalid_argument(message),
+        ScheduleError::InvalidId(_) => invalid("schedule_id"),
+        ScheduleError::MissingName | ScheduleError::InvalidName(_) => invalid("name"),
+        ScheduleError::Cron(_) | ScheduleError::NoNextRun { .. } => invalid("cron"),
     }
 }

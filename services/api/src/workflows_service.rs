@@ -132,7 +132,7 @@ impl WorkflowsService {
                 Asked::Operation(text) => PlanSource::English(text),
             }))
             .await?;
-        let plan_json = serde_json::to_string(&plan).map_err(|e| Status::internal(e.to_string()))?;
+        let plan_json = plan_text(&plan)?;
         let priority = priority_from_proto(request.priority)?;
         if request.dry_run {
             return Ok(proto::ExecuteResponse {
@@ -330,6 +330,13 @@ fn plan_error_status(field: &str, e: domain::workflow::PlanError) -> Status {
                 .collect::<Vec<_>>(),
         ),
     )
+}
+
+/// The plan as a client writes one (never the stored form, whose
+/// dependencies are indices), so that an answer sent back as `plan_json`
+/// is the same plan.
+fn plan_text(plan: &Plan) -> Result<String, Status> {
+    serde_json::to_string(&plan.to_spec()).map_err(|e| Status::internal(e.to_string()))
 }
 
 /// Where a plan comes from: JSON or YAML, or plain English for the planner.
@@ -609,6 +616,10 @@ impl workflows_server::Workflows for WorkflowsService {
         let started = Instant::now();
         let result = async {
             let request = request.into_inner();
+            // The name first: planning may ask the LLM, which is wasted on
+            // a request refused anyway.
+            domain::workflow::schedule::validate_name(&request.name)
+                .map_err(|e| saga_error_status(SagaError::Schedule(e)))?;
             let (plan, _) = self
                 .plan(request.request.as_ref().map(|asked| match asked {
                     Asked::PlanJson(text) => PlanSource::Json(text),
@@ -737,7 +748,7 @@ fn schedule(state: &ScheduleState) -> proto::Schedule {
         plan_json: state
             .plan
             .as_ref()
-            .and_then(|p| serde_json::to_string(p).ok())
+            .and_then(|p| plan_text(p).ok())
             .unwrap_or_default(),
     }
 }

@@ -1,6 +1,7 @@
 //! The backup and recovery agent (DESIGN.md section 8).
 
 pub mod agent;
+pub mod archive_access;
 pub mod catalogue;
 pub mod crypto;
 pub mod engine;

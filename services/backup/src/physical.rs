@@ -7,7 +7,8 @@
 //! `dbswarm backup wal-push`, and a restored instance's `restore_command`
 //! runs `dbswarm backup wal-fetch` (pgBackRest's model), each encrypting or
 //! decrypting one file with the key file. The agent sets archive_command
-//! for the targets it is allowed to configure.
+//! for the targets it is allowed to configure, after checking that it
+//! works for the OS user PostgreSQL runs it as (`archive_access`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -18,6 +19,7 @@ use serde::Serialize;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use tokio::io::AsyncWriteExt;
 
+use crate::archive_access::{self, Probe, ServerUser};
 use crate::catalogue::{BackupKind, CatalogueCommand};
 use crate::crypto::{self, BackupKey};
 use crate::engine::{
@@ -36,6 +38,10 @@ const ARCHIVER_STATUS: &str = include_str!("sql/archiver_status.sql");
 
 /// How long a backup waits for the WAL it ends in to be archived.
 const ARCHIVE_WAIT_MS: u64 = 60_000;
+/// Archiver failures during a backup after which it fails at once: PostgreSQL
+/// tries a segment three times in a row, then waits up to a minute before
+/// the next round, so three failures mean the wait would only time out.
+const ARCHIVE_FAILURES_MAX: i64 = 3;
 /// How long a restored instance may take to start and reach its target.
 const RECOVERY_WAIT_MS: u64 = 600_000;
 /// PostgreSQL's default WAL segment size.
@@ -118,8 +124,24 @@ pub fn parse_basebackup_output(stderr: &str) -> Option<BackupRange> {
 
 /// The `archive_command` that archives a target's WAL into the repository.
 pub fn archive_command(executable: &Path, repository: &Path, key_file: &Path, target: &str) -> String {
+    wal_push_command(executable, repository, key_file, target, "%p")
+}
+
+/// The archive command's own check (`wal-push --check`): the same
+/// program, repository, key and target, no WAL file.
+pub fn archive_check_command(executable: &Path, repository: &Path, key_file: &Path, target: &str) -> String {
+    wal_push_command(executable, repository, key_file, target, "--check")
+}
+
+fn wal_push_command(
+    executable: &Path,
+    repository: &Path,
+    key_file: &Path,
+    target: &str,
+    last: &str,
+) -> String {
     format!(
-        "{} backup wal-push --repository {} --key-file {} --target {target} %p",
+        "{} backup wal-push --repository {} --key-file {} --target {target} {last}",
         shell_quote(&executable.display().to_string()),
         shell_quote(&repository.display().to_string()),
         shell_quote(&key_file.display().to_string()),
@@ -206,6 +228,23 @@ pub async fn wal_push(
         .map_err(|e| format!("{}: {e}", dir.display()))
 }
 
+/// What `wal-push --check` checks besides the key: that this OS user can
+/// write the target's WAL directory (creating it, as wal-push would).
+pub async fn check_wal_dir(repository: &Repository, target: &str) -> Result<(), String> {
+    let dir = repository.wal_dir(target);
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    // A `.tmp` name: listings of archived WAL pass over it.
+    let probe = dir.join(format!(".check-{}.tmp", std::process::id()));
+    tokio::fs::write(&probe, b"")
+        .await
+        .map_err(|e| format!("cannot write into {}: {e}", dir.display()))?;
+    tokio::fs::remove_file(&probe)
+        .await
+        .map_err(|e| format!("{}: {e}", probe.display()))
+}
+
 /// Why a WAL file cannot be fetched.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -263,7 +302,8 @@ async fn archive_settings(conn: &mut PgConnection) -> Result<ArchiveSettings, Ba
 
 /// Makes sure the target archives its WAL into the repository: when the
 /// agent may configure it, sets archive_command (ALTER SYSTEM + reload);
-/// otherwise says exactly what to set.
+/// otherwise says exactly what to set. Either way the command is checked
+/// as the OS user PostgreSQL runs it as before the backup starts.
 pub async fn ensure_archiving(backups: &Backups, target: &Target) -> Result<i64, BackupError> {
     let config = backups.config();
     let key_file = config.key_file.as_deref().ok_or_else(|| {
@@ -271,12 +311,6 @@ pub async fn ensure_archiving(backups: &Backups, target: &Target) -> Result<i64,
             "WAL archiving runs `dbswarm backup wal-push` in PostgreSQL, which reads the key from a file: set backup_key_file (a key given as text cannot be handed to it)".into(),
         )
     })?;
-    let wanted = archive_command(
-        &config.executable,
-        backups.repository().root(),
-        key_file,
-        &target.name,
-    );
     let mut conn = target.pool.acquire().await?;
     let settings = archive_settings(&mut conn).await?;
     if settings.wal_level == "minimal" {
@@ -300,15 +334,34 @@ pub async fn ensure_archiving(backups: &Backups, target: &Target) -> Result<i64,
             target.name
         )));
     }
+    // The WAL directory is the repository's, the agent's own: made ready
+    // for the server's user whether or not the agent may configure it.
+    let server = ServerUser::of(settings.data_directory.as_deref());
+    prepare_wal_dir(backups, &target.name, server.as_ref()).await?;
+    let server_key = match &server {
+        Some(server) => key_for_server(backups, &target.name, key_file, server, allowed).await?,
+        None => Ok(key_file.to_owned()),
+    };
+    let wanted = archive_command(
+        &config.executable,
+        backups.repository().root(),
+        server_key.as_deref().unwrap_or(key_file),
+        &target.name,
+    );
+    if settings.archive_command != wanted && !allowed {
+        let also = server_key
+            .as_ref()
+            .err()
+            .map(|p| format!("; and {p}"))
+            .unwrap_or_default();
+        return Err(BackupError::Refused(format!(
+            "database '{}' does not archive its WAL into the backup repository: set archive_command = {} (or allow the agent to configure it with backup_archive_targets){also}",
+            target.name,
+            conf_literal(&wanted)
+        )));
+    }
+    server_key.map_err(|problem| BackupError::Refused(format!("database '{}': {problem}", target.name)))?;
     if settings.archive_command != wanted {
-        if !allowed {
-            return Err(BackupError::Refused(format!(
-                "database '{}' does not archive its WAL into the backup repository: set archive_command = {} (or allow the agent to configure it with backup_archive_targets)",
-                target.name,
-                conf_literal(&wanted)
-            )));
-        }
-        prepare_wal_dir(backups, &target.name, settings.data_directory.as_deref()).await?;
         sqlx::raw_sql(AssertSqlSafe(format!(
             "ALTER SYSTEM SET archive_command = {}",
             conf_literal(&wanted)
@@ -323,24 +376,65 @@ pub async fn ensure_archiving(backups: &Backups, target: &Target) -> Result<i64,
     Ok(settings.wal_segment_bytes)
 }
 
+/// The key file archive_command names: the configured one when the
+/// server's OS user can use it; when it cannot read it and the agent may
+/// configure archiving as root, a copy in the server's data directory that
+/// only that user can read. `Err`: why archiving cannot work, with the
+/// fix (copying the key can fail too: that is the outer error).
+async fn key_for_server(
+    backups: &Backups,
+    target: &str,
+    key_file: &Path,
+    server: &ServerUser,
+    allowed: bool,
+) -> Result<Result<PathBuf, String>, BackupError> {
+    let config = backups.config();
+    let check =
+        |key: &Path| archive_check_command(&config.executable, backups.repository().root(), key, target);
+    let cannot = |problem: String| {
+        format!(
+            "PostgreSQL runs archive_command as OS user {}, for whom it cannot work: {problem}",
+            server.describe()
+        )
+    };
+    Ok(
+        match archive_access::probe(&check(key_file), key_file, server).await {
+            Probe::Passed | Probe::NotRun => Ok(key_file.to_owned()),
+            Probe::Failed(problem) => Err(cannot(problem)),
+            Probe::KeyUnreadable(problem) if !(allowed && tools::is_root()) => Err(cannot(format!(
+                "{problem}; give it read access to the key: {}",
+                archive_access::key_access_fix(key_file, server)
+            ))),
+            Probe::KeyUnreadable(_) => {
+                let owner = Some((server.uid, server.gid));
+                let copy =
+                    archive_access::write_key_copy(key_file, backups.key()?, &server.data_directory, owner)
+                        .await?;
+                match archive_access::probe(&check(&copy), &copy, server).await {
+                    Probe::Passed | Probe::NotRun => Ok(copy),
+                    Probe::KeyUnreadable(problem) | Probe::Failed(problem) => Err(cannot(problem)),
+                }
+            }
+        },
+    )
+}
+
 /// The WAL directory of a target, writable by the user PostgreSQL runs as
 /// (the owner of its data directory, when it is on this machine).
 async fn prepare_wal_dir(
     backups: &Backups,
     target: &str,
-    data_directory: Option<&str>,
+    server: Option<&ServerUser>,
 ) -> Result<(), BackupError> {
     let dir = backups.repository().wal_dir(target);
     tokio::fs::create_dir_all(&dir)
         .await
         .map_err(|e| BackupError::Io(format!("{}: {e}", dir.display())))?;
-    if let Some(data_directory) = data_directory
+    if let Some(server) = server
         && tools::is_root()
-        && let Ok(meta) = std::fs::metadata(data_directory)
     {
-        use std::os::unix::fs::MetadataExt;
         for path in [dir.as_path(), dir.parent().unwrap_or(&dir)] {
-            std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()))
+            std::os::unix::fs::chown(path, Some(server.uid), Some(server.gid))
                 .map_err(|e| BackupError::Io(format!("{}: {e}", path.display())))?;
         }
     }
@@ -365,21 +459,47 @@ async fn wait_for_setting(url: &domain::target::ConnectionUrl, wanted: &str) -> 
     ))
 }
 
-/// Waits until `segment` is archived, or says why archiving is failing.
-async fn wait_until_archived(backups: &Backups, target: &Target, segment: &str) -> Result<(), BackupError> {
+/// What `pg_stat_archiver` says: failures so far, the last one's segment
+/// and time.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct ArchiverStatus {
+    failed_count: i64,
+    last_failed_wal: Option<String>,
+    last_failed_time: Option<String>,
+}
+
+async fn archiver_status(target: &Target) -> Result<ArchiverStatus, BackupError> {
+    Ok(sqlx::query_as(ARCHIVER_STATUS).fetch_one(&target.pool).await?)
+}
+
+/// Waits until `segment` is archived; fails as soon as the archiver has
+/// failed [`ARCHIVE_FAILURES_MAX`] times since `before` (it would not try
+/// again for a minute), or after [`ARCHIVE_WAIT_MS`], saying why.
+async fn wait_until_archived(
+    backups: &Backups,
+    target: &Target,
+    segment: &str,
+    before: &ArchiverStatus,
+) -> Result<(), BackupError> {
     let path = backups.repository().wal_dir(&target.name).join(segment);
     let deadline = Instant::now() + Duration::from_millis(ARCHIVE_WAIT_MS);
     loop {
         if tokio::fs::try_exists(&path).await.unwrap_or(false) {
             return Ok(());
         }
-        if Instant::now() > deadline {
-            let (failed_count, last_failed): (i64, Option<String>) =
-                sqlx::query_as(ARCHIVER_STATUS).fetch_one(&target.pool).await?;
+        let now = archiver_status(target).await?;
+        let failures = now.failed_count - before.failed_count;
+        let timed_out = Instant::now() > deadline;
+        if failures >= ARCHIVE_FAILURES_MAX || timed_out {
+            let waited = if timed_out {
+                format!("was not archived within {} s", ARCHIVE_WAIT_MS / 1000)
+            } else {
+                "cannot be archived".to_owned()
+            };
             return Err(BackupError::Io(format!(
-                "WAL segment {segment} was not archived within {} s (archiver failures: {failed_count}, last failed: {}); see the PostgreSQL log for archive_command's error",
-                ARCHIVE_WAIT_MS / 1000,
-                last_failed.unwrap_or_else(|| "none".into())
+                "WAL segment {segment} {waited}: archive_command failed {failures} time(s) since the backup began (last on {} at {}); PostgreSQL's log has its error",
+                now.last_failed_wal.as_deref().unwrap_or("none"),
+                now.last_failed_time.as_deref().unwrap_or("-"),
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -416,6 +536,8 @@ pub(crate) async fn write_physical(
     )
     .fetch_one(&target.pool)
     .await?;
+    // Failures counted from here: older ones are not this backup's.
+    let archiver_before = archiver_status(target).await?;
     let config = backups.config();
     let mut command = config.tools.client("pg_basebackup", &target.url);
     command.args([
@@ -449,7 +571,7 @@ pub(crate) async fn write_physical(
     // The end point's segment is complete once the server switched away
     // from it (pg_basebackup's stop forces that).
     let stop_wal_segment = segment_name(range.timeline, stop.saturating_sub(1).max(start), segment_bytes);
-    wait_until_archived(backups, target, &stop_wal_segment).await?;
+    wait_until_archived(backups, target, &stop_wal_segment, &archiver_before).await?;
     Ok(Manifest {
         format_version: FORMAT_VERSION,
         backup_id: backup_id.to_owned(),
@@ -666,9 +788,10 @@ pub async fn restore_pitr(
     ));
     let result = async {
         let bytes = extract_base(backups, &target.name, &manifest, &data_directory, progress).await?;
+        let instance_key = instance_key(backups, &key_file, &data_directory).await?;
         write_recovery_settings(
             backups,
-            &key_file,
+            &instance_key,
             &target.name,
             request.target_time,
             &data_directory,
@@ -679,6 +802,9 @@ pub async fn restore_pitr(
         progress.report(99.0, "replaying WAL".into()).await;
         start_instance(backups, &data_directory, port).await?;
         wait_for_promotion(&data_directory, port, &manifest.dbname).await?;
+        // Promoted, it fetches no more WAL: no copy of the key stays in it
+        // (neither the restore's own nor one the source's backup held).
+        archive_access::remove_key_copy(&data_directory).await;
         Ok::<u64, BackupError>(bytes)
     }
     .await;
@@ -719,6 +845,21 @@ pub async fn restore_pitr(
         )
         .await?;
     Ok(restored)
+}
+
+/// The key file the restored instance's restore_command reads. The
+/// instance runs as `postgres` when this process is root, and such a user
+/// may not read the configured file: it gets a copy of its own in its data
+/// directory (given to it with the rest; removed once it is promoted).
+async fn instance_key(
+    backups: &Backups,
+    key_file: &Path,
+    data_directory: &Path,
+) -> Result<PathBuf, BackupError> {
+    if !tools::is_root() {
+        return Ok(key_file.to_owned());
+    }
+    archive_access::write_key_copy(key_file, backups.key()?, data_directory, None).await
 }
 
 /// Decrypts the base backup into the data directory (tar reads only

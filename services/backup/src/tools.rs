@@ -94,6 +94,48 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The effective user id of this process.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Bytes the user and group database may need for one entry.
+const NSS_BUFFER_BYTES: usize = 16 * 1024;
+
+/// The login name of `uid`, when the user database has it.
+pub fn user_name(uid: u32) -> Option<String> {
+    // SAFETY: all-zero is a valid `passwd` (null pointers, zero ids).
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buffer = vec![0 as libc::c_char; NSS_BUFFER_BYTES];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call, and `buffer` (which the
+    // strings of `entry` point into) outlives the use of `entry`.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut entry, buffer.as_mut_ptr(), buffer.len(), &mut found) };
+    if rc != 0 || found.is_null() || entry.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: a found entry's name is a NUL-terminated string in `buffer`.
+    let name = unsafe { std::ffi::CStr::from_ptr(entry.pw_name) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// The name of group `gid`, when the group database has it.
+pub fn group_name(gid: u32) -> Option<String> {
+    // SAFETY: all-zero is a valid `group` (null pointers, zero id).
+    let mut entry: libc::group = unsafe { std::mem::zeroed() };
+    let mut buffer = vec![0 as libc::c_char; NSS_BUFFER_BYTES];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: as for getpwuid_r above.
+    let rc = unsafe { libc::getgrgid_r(gid, &mut entry, buffer.as_mut_ptr(), buffer.len(), &mut found) };
+    if rc != 0 || found.is_null() || entry.gr_name.is_null() {
+        return None;
+    }
+    // SAFETY: a found entry's name is a NUL-terminated string in `buffer`.
+    let name = unsafe { std::ffi::CStr::from_ptr(entry.gr_name) };
+    Some(name.to_string_lossy().into_owned())
+}
+
 /// Gives a directory tree to the `postgres` user (when root), so that a
 /// server started as that user can use it.
 pub async fn give_to_postgres(path: &Path) -> Result<(), ToolError> {

@@ -23,8 +23,10 @@ use crate::cpu::{CpuPerEvent, CpuSample};
 mod backfill;
 mod backup;
 mod cpu;
+mod horizon;
 mod index_advice;
 mod read_models;
+mod takeover;
 mod workflows;
 
 const BENCHES: &[&str] = &[
@@ -32,11 +34,13 @@ const BENCHES: &[&str] = &[
     "append_latency",
     "fanout_latency",
     "relay_throughput",
+    "subscribe_beside_long_transaction",
     "projection_rebuild",
     "query_uncached",
     "query_cached",
     "workflow_latency",
     "workflow_throughput",
+    "takeover",
     "backfill_throughput",
     "index_advice_quality",
     "backup_throughput",
@@ -50,8 +54,9 @@ const BENCHES: &[&str] = &[
 #[derive(Parser)]
 struct Args {
     /// Run only this benchmark: append_throughput, append_latency,
-    /// fanout_latency, relay_throughput, projection_rebuild, query_uncached,
-    /// query_cached, workflow_latency, workflow_throughput,
+    /// fanout_latency, relay_throughput, subscribe_beside_long_transaction,
+    /// projection_rebuild, query_uncached,
+    /// query_cached, workflow_latency, workflow_throughput, takeover,
     /// backfill_throughput, index_advice_quality or backup_throughput
     /// (which measures restore_throughput too).
     #[arg(long)]
@@ -74,6 +79,10 @@ struct Args {
     /// Seconds of the latency run.
     #[arg(long, default_value_t = 5)]
     latency_seconds: u64,
+    /// Seconds subscribe_beside_long_transaction appends for, with and
+    /// then without another database's transaction holding an xid open.
+    #[arg(long, default_value_t = 60)]
+    horizon_seconds: u64,
     /// Stored events the projection_rebuild benchmark rebuilds a read model from.
     #[arg(long, default_value_t = 1_000_000)]
     rebuild_events: usize,
@@ -104,6 +113,11 @@ struct Args {
     /// a warm-up of a tenth.
     #[arg(long, default_value_t = 500)]
     throughput_workflows: usize,
+    /// Alternating default/old-default rounds of takeover (each a server
+    /// killed with SIGKILL and its task taken over by another); medians
+    /// are reported.
+    #[arg(long, default_value_t = 3)]
+    takeover_rounds: usize,
     /// pgbench scale of backfill_throughput's table: 100,000 accounts each.
     #[arg(long, default_value_t = 10)]
     backfill_scale: u32,
@@ -149,8 +163,11 @@ async fn benches(args: Args) -> anyhow::Result<()> {
         || args.rebuild_rounds == 0
         || args.query_users == 0
         || args.latency_seconds == 0
+        || args.horizon_seconds == 0
     {
-        bail!("--rebuild-events, --rebuild-rounds, --query-users and --latency-seconds must be at least 1");
+        bail!(
+            "--rebuild-events, --rebuild-rounds, --query-users, --latency-seconds and --horizon-seconds must be at least 1"
+        );
     }
     if args.workflows == 0 || args.workflows_in_flight == 0 || args.throughput_workflows == 0 {
         bail!("--workflows, --workflows-in-flight and --throughput-workflows must be at least 1");
@@ -193,6 +210,12 @@ async fn benches(args: Args) -> anyhow::Result<()> {
         db.drop_database(&admin_url).await?;
         result?;
     }
+    if wanted("subscribe_beside_long_transaction") {
+        let db = ScratchDb::create(&admin_url).await?;
+        let result = horizon::subscribe_beside_long_transaction(&args, &db, &admin_url).await;
+        db.drop_database(&admin_url).await?;
+        result?;
+    }
     if wanted("projection_rebuild") {
         let db = ScratchDb::create(&admin_url).await?;
         let result = read_models::projection_rebuild(&args, &db).await;
@@ -210,6 +233,10 @@ async fn benches(args: Args) -> anyhow::Result<()> {
         let result = workflows::run(&args, &db).await;
         db.drop_database(&admin_url).await?;
         result?;
+    }
+    if wanted("takeover") {
+        // A database per round.
+        takeover::takeover(&args, &admin_url).await?;
     }
     if wanted("backfill_throughput") {
         // Three databases: each run's pgbench tables, the migration history.
@@ -515,12 +542,20 @@ struct ServerProcess {
 
 impl ServerProcess {
     fn start(db: &ScratchDb, serve: Serve) -> anyhow::Result<ServerProcess> {
+        ServerProcess::start_with(db, serve, &[])
+    }
+
+    /// `start`, with more settings in the server's environment.
+    fn start_with(db: &ScratchDb, serve: Serve, env: &[(&str, String)]) -> anyhow::Result<ServerProcess> {
         let binary: PathBuf = std::env::current_exe()?.with_file_name("dbswarm");
         let grpc_port = free_port()?;
         let http_port = free_port()?;
         let mut command = Command::new(&binary);
         if let Some(ttl_ms) = serve.cache_ttl_ms {
             command.env("DBSWARM_CACHE_TTL_MS", ttl_ms.to_string());
+        }
+        for (name, value) in env {
+            command.env(name, value);
         }
         let child = command
             .arg("serve")
@@ -641,6 +676,13 @@ impl ServerProcess {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0);
         round2(kb / 1024.0)
+    }
+
+    /// SIGKILL: no shutdown code runs, as in a crash.
+    fn kill_9(&mut self) {
+        self.stopped = true;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn stop(&mut self) {

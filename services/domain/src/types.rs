@@ -199,7 +199,9 @@ pub struct ProposedEvent {
     pub event_id: Uuid,
     pub event_type: EventType,
     pub data: EventData,
-    /// A JSON object, as text; `{}` when the writer sent none.
+    /// A JSON object, as the writer sent it; empty when it sent none
+    /// (stored as `{}`: [`ProposedEvent::stored_metadata`]). Kept as sent
+    /// so that `event_bytes_max` counts the bytes the writer sent.
     pub metadata: String,
     pub schema_version: u32,
     pub correlation_id: Option<Uuid>,
@@ -207,10 +209,11 @@ pub struct ProposedEvent {
 }
 
 impl ProposedEvent {
-    /// Checks that metadata is empty or a JSON object; returns its text.
+    /// Checks that metadata is empty or a JSON object; returns its text
+    /// (empty when it is).
     pub fn metadata_from(bytes: Vec<u8>) -> Result<String, ValidationError> {
         if bytes.is_empty() {
-            return Ok("{}".to_owned());
+            return Ok(String::new());
         }
         let reject = |message: String| Err(ValidationError::new("metadata", message));
         let Ok(text) = String::from_utf8(bytes) else {
@@ -226,7 +229,18 @@ impl ProposedEvent {
         }
     }
 
-    /// Bytes counted against `event_bytes_max`.
+    /// The metadata as the store keeps it: `{}` when the writer sent none.
+    pub fn stored_metadata(&self) -> &str {
+        if self.metadata.is_empty() {
+            "{}"
+        } else {
+            &self.metadata
+        }
+    }
+
+    /// Bytes counted against `event_bytes_max` and `append_bytes_max`: the
+    /// data and metadata as the writer sent them (no metadata counts 0,
+    /// not the 2 bytes of the `{}` stored for it).
     pub fn size_bytes(&self) -> usize {
         self.data.len() + self.metadata.len()
     }
@@ -404,7 +418,7 @@ mod tests {
 
     #[test]
     fn metadata_must_be_an_object() {
-        assert_eq!(ProposedEvent::metadata_from(vec![]).unwrap(), "{}");
+        assert_eq!(ProposedEvent::metadata_from(vec![]).unwrap(), "");
         assert!(ProposedEvent::metadata_from(b"[1]".to_vec()).is_err());
         assert!(ProposedEvent::metadata_from(b"{\"user\":\"x\"}".to_vec()).is_ok());
     }
@@ -427,6 +441,35 @@ mod tests {
             expected: ExpectedVersion::Any,
             events,
         }
+    }
+
+    /// Given event_bytes_max, when an event is exactly that large counting
+    /// the metadata its writer sent, then it is accepted, and refused one
+    /// byte larger; no metadata counts 0 though it is stored as `{}`.
+    #[test]
+    fn an_event_counts_the_metadata_its_writer_sent() {
+        let l = Limits {
+            event_bytes_max: 10,
+            ..limits()
+        };
+        let one = |data: usize, metadata: &str| {
+            let mut e = event(Uuid::new_v4(), data);
+            e.metadata = metadata.into();
+            vec![append("s", vec![e])]
+        };
+        assert!(AppendRequest::new(one(10, ""), &l).is_ok());
+        let over = AppendRequest::new(one(11, ""), &l).unwrap_err();
+        assert_eq!(over.field, "streams[0].events[0]");
+        assert!(over.message.contains("is 11 bytes"), "{}", over.message);
+        assert!(AppendRequest::new(one(8, "{}"), &l).is_ok());
+        assert!(AppendRequest::new(one(9, "{}"), &l).is_err());
+        assert!(AppendRequest::new(one(2, r#"{"a":"12"}"#), &l).is_err());
+        let none = event(Uuid::new_v4(), 1);
+        let none = ProposedEvent {
+            metadata: ProposedEvent::metadata_from(vec![]).unwrap(),
+            ..none
+        };
+        assert_eq!((none.size_bytes(), none.stored_metadata()), (1, "{}"));
     }
 
     #[test]

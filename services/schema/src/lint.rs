@@ -20,6 +20,7 @@
 //!
 //! Pure: no IO, no clock, no randomness; the same input gives the same report.
 
+mod advice;
 mod analyze;
 mod catalog;
 mod parse;
@@ -169,7 +170,10 @@ pub struct Finding {
     pub severity: Severity,
     /// What happens, with the lock, the tables and their size.
     pub message: String,
-    /// The safe alternative (SQL where it can be written out).
+    /// The safe alternative. Where it can be written as SQL, the whole
+    /// statement sequence, ready to run in autocommit: `SET lock_timeout`
+    /// first, notes in a trailing `--` comment; it lints without a
+    /// blocking finding. Otherwise what to do, in words.
     pub safe_alternative: String,
 }
 
@@ -286,6 +290,9 @@ pub mod rules {
         "ban-concurrent-index-creation-in-transaction";
     /// DROP INDEX without CONCURRENTLY (ACCESS EXCLUSIVE on the table).
     pub const REQUIRE_CONCURRENT_INDEX_DELETION: &str = "require-concurrent-index-deletion";
+    /// DROP INDEX CONCURRENTLY inside an explicit transaction block (PostgreSQL refuses it).
+    pub const BAN_CONCURRENT_INDEX_DELETION_IN_TRANSACTION: &str =
+        "ban-concurrent-index-deletion-in-transaction";
     /// ADD CHECK without NOT VALID, or VALIDATE in the same transaction as the NOT VALID add.
     pub const CONSTRAINT_MISSING_NOT_VALID: &str = "constraint-missing-not-valid";
     /// ADD FOREIGN KEY without NOT VALID (SHARE ROW EXCLUSIVE on both tables during the scan).
@@ -334,6 +341,38 @@ pub mod rules {
     pub const SET_LOCAL_OUTSIDE_TRANSACTION: &str = "set-local-outside-transaction";
     /// A statement whose locks the linter does not model.
     pub const UNANALYZED_STATEMENT: &str = "unanalyzed-statement";
+
+    /// Every rule, in the order above.
+    pub const ALL: [&str; 28] = [
+        REQUIRE_CONCURRENT_INDEX_CREATION,
+        BAN_CONCURRENT_INDEX_CREATION_IN_TRANSACTION,
+        REQUIRE_CONCURRENT_INDEX_DELETION,
+        BAN_CONCURRENT_INDEX_DELETION_IN_TRANSACTION,
+        CONSTRAINT_MISSING_NOT_VALID,
+        ADDING_FOREIGN_KEY_CONSTRAINT,
+        ADDING_NOT_NULLABLE_FIELD,
+        ADDING_REQUIRED_FIELD,
+        CHANGING_COLUMN_TYPE,
+        ADDING_FIELD_WITH_DEFAULT,
+        DISALLOWED_UNIQUE_CONSTRAINT,
+        ADDING_SERIAL_PRIMARY_KEY_FIELD,
+        ADDING_EXCLUSION_CONSTRAINT,
+        REQUIRE_TIMEOUT_SETTINGS,
+        RENAMING_COLUMN,
+        RENAMING_TABLE,
+        BAN_DROP_COLUMN,
+        BAN_DROP_TABLE,
+        PREFER_ROBUST_STMTS,
+        TABLE_REWRITE,
+        UNBATCHED_UPDATE,
+        TABLE_NOT_FOUND,
+        TABLE_ALREADY_EXISTS,
+        COLUMN_NOT_FOUND,
+        INDEX_NOT_FOUND,
+        CONSTRAINT_NOT_FOUND,
+        SET_LOCAL_OUTSIDE_TRANSACTION,
+        UNANALYZED_STATEMENT,
+    ];
 }
 
 /// One statement of a script, as the migration engine runs it.
@@ -344,8 +383,8 @@ pub struct ScriptStatement {
     /// BEGIN, COMMIT, ROLLBACK, SAVEPOINT...: the engine runs each script
     /// in a transaction of its own and refuses these.
     pub transaction_control: bool,
-    /// CREATE INDEX CONCURRENTLY, VACUUM: PostgreSQL refuses them inside
-    /// a transaction block.
+    /// CREATE INDEX CONCURRENTLY, DROP INDEX CONCURRENTLY, VACUUM:
+    /// PostgreSQL refuses them inside a transaction block.
     pub outside_transaction: bool,
 }
 
@@ -368,7 +407,7 @@ pub fn split_script(sql: &str) -> Result<Vec<ScriptStatement>, LintError> {
             let outside_transaction = match &parsed.statement {
                 Statement::CreateIndex(ci) => ci.concurrently,
                 Statement::Vacuum(_) => true,
-                _ => false,
+                _ => parsed.drop_index_concurrently,
             };
             ScriptStatement {
                 sql: parsed.text,

@@ -101,11 +101,18 @@ pub enum BackupCommand {
     /// by its owner only. Refuses to overwrite a file.
     GenerateKey { file: PathBuf },
     /// PostgreSQL's archive_command: encrypt one WAL file into the repository.
+    /// With --check instead of a file: whether this OS user can read the key
+    /// (exit code 1 when not) and write the target's WAL directory (2 when
+    /// not); the agent runs it as PostgreSQL's OS user before a backup.
     WalPush {
         #[command(flatten)]
         archive: ArchiveArgs,
+        /// Check that archiving can work, archive nothing.
+        #[arg(long, conflicts_with = "path")]
+        check: bool,
         /// The WAL file (%p).
-        path: PathBuf,
+        #[arg(required_unless_present = "check")]
+        path: Option<PathBuf>,
     },
     /// PostgreSQL's restore_command: decrypt one archived WAL file.
     /// Exits with 1 when the archive does not have it.
@@ -147,7 +154,8 @@ pub struct ArchiveArgs {
 /// How a command ended, when it did its work.
 pub enum Ended {
     Done,
-    /// A verification or restore test failed, or a WAL file is missing.
+    /// A verification or restore test failed, a WAL file is missing, or
+    /// (`wal-push --check`) the key cannot be read: exit code 1.
     Failed,
 }
 
@@ -321,13 +329,18 @@ pub async fn run(command: BackupCommand) -> anyhow::Result<Ended> {
             );
             Ok(Ended::Done)
         }
-        BackupCommand::WalPush { archive, path } => {
+        BackupCommand::WalPush {
+            archive,
+            path: Some(path),
+            ..
+        } => {
             let (repository, key) = archive_of(&archive)?;
             backup::physical::wal_push(&repository, &key, &archive.target, &path)
                 .await
                 .map_err(anyhow::Error::msg)?;
             Ok(Ended::Done)
         }
+        BackupCommand::WalPush { archive, .. } => check_archive(&archive).await,
         BackupCommand::WalFetch {
             archive,
             name,
@@ -344,6 +357,22 @@ pub async fn run(command: BackupCommand) -> anyhow::Result<Ended> {
             }
         }
     }
+}
+
+/// `wal-push --check`: a key this user cannot read is the answer "no"
+/// (exit code 1, which the agent tells apart); a WAL directory it cannot
+/// write is an error (exit code 2). The key's text is never printed.
+async fn check_archive(archive: &ArchiveArgs) -> anyhow::Result<Ended> {
+    domain::target::TargetName::parse(&archive.target)?;
+    if let Err(error) = BackupKey::from_file(&archive.key_file) {
+        eprintln!("dbswarm: {error}");
+        return Ok(Ended::Failed);
+    }
+    let repository = Repository::new(archive.repository.clone());
+    backup::physical::check_wal_dir(&repository, &archive.target)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    Ok(Ended::Done)
 }
 
 fn archive_of(archive: &ArchiveArgs) -> anyhow::Result<(Repository, BackupKey)> {

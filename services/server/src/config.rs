@@ -2,6 +2,7 @@
 //! defaults, a TOML file, `DBSWARM_*` environment variables and CLI flags.
 //! A bad value fails at start with a message that names the setting.
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -90,6 +91,9 @@ pub struct Settings {
     /// Address of the HTTP server (/metrics, /healthz) [default: 127.0.0.1:8080].
     #[arg(long, env = "DBSWARM_HTTP_ADDR", value_name = "HOST:PORT")]
     pub http_addr: Option<String>,
+    /// Directory of dbswarm's own files: the backup repository and scratch instances go in it unless set apart; a relative path is resolved against the working directory at start [default: /var/lib/dbswarm as root, else $XDG_DATA_HOME/dbswarm or ~/.local/share/dbswarm].
+    #[arg(long, env = "DBSWARM_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Connections in the PostgreSQL pool [default: 16].
     #[arg(long, env = "DBSWARM_DB_POOL_CONNECTIONS_MAX", value_name = "N")]
     pub db_pool_connections_max: Option<u32>,
@@ -225,7 +229,7 @@ pub struct Settings {
     /// Tasks each agent starts per second on this server at most; 0 = no limit [default: 0].
     #[arg(long, env = "DBSWARM_AGENT_TASKS_PER_S_MAX", value_name = "N")]
     pub agent_tasks_per_s_max: Option<u32>,
-    /// A task command not acknowledged for this long goes to another agent instance, ms; running tasks extend it [default: 30000].
+    /// A task command not acknowledged for this long goes to another agent instance (how fast a crashed server's tasks move on), ms; a server extends the commands it holds, queued or running, every third of it [default: 5000].
     #[arg(long, env = "DBSWARM_AGENT_ACK_WAIT_MS", value_name = "MS")]
     pub agent_ack_wait_ms: Option<u64>,
     /// Agent heartbeat (and health check) interval, ms [default: 30000].
@@ -272,7 +276,7 @@ pub struct Settings {
     /// How long query.create_index measures its statements after building an index (a task's measure_ms overrides it), ms [default: 30000].
     #[arg(long, env = "DBSWARM_QUERY_MEASURE_WINDOW_MS", value_name = "MS")]
     pub query_measure_window_ms: Option<u64>,
-    /// Directory of the backup repository (backups and archived WAL, encrypted) [default: .dbswarm/backups].
+    /// Directory of the backup repository (backups and archived WAL, encrypted) [default: <data_dir>/backups].
     #[arg(long, env = "DBSWARM_BACKUP_REPOSITORY_DIR", value_name = "DIR")]
     pub backup_repository_dir: Option<PathBuf>,
     /// File holding the AES-256 backup key (64 hex characters; `dbswarm backup generate-key` writes one); keep it away from the repository. Without it the backup agent refuses to work [default: none].
@@ -289,7 +293,7 @@ pub struct Settings {
         value_delimiter = ','
     )]
     pub backup_archive_targets: Option<Vec<String>>,
-    /// Where restore tests and point-in-time restores without a named directory create instances [default: .dbswarm/scratch].
+    /// Where restore tests and point-in-time restores without a named directory create instances [default: <data_dir>/scratch].
     #[arg(long, env = "DBSWARM_BACKUP_SCRATCH_DIR", value_name = "DIR")]
     pub backup_scratch_dir: Option<PathBuf>,
     /// The dbswarm executable PostgreSQL runs as archive_command / restore_command [default: this executable].
@@ -316,6 +320,8 @@ pub struct Config {
     pub redis_url: String,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// Absolute.
+    pub data_dir: PathBuf,
     pub db_pool_connections_max: u32,
     pub db_acquire_timeout_ms: u64,
     pub limits: Limits,
@@ -353,6 +359,7 @@ impl Settings {
             redis_url,
             grpc_addr,
             http_addr,
+            data_dir,
             db_pool_connections_max,
             db_acquire_timeout_ms,
             stream_id_bytes_max,
@@ -489,7 +496,8 @@ impl Config {
         let planner_llm = planner_llm_config(&s)?;
         let schema = schema_config(&s)?;
         let query = query_config(&s)?;
-        let backup = backup_config(&s)?;
+        let data_dir = data_dir(&s)?;
+        let backup = backup_config(&s, &data_dir)?;
         let limit_defaults = Limits::default();
         let append_defaults = AppendConfig::default();
         let read_defaults = ReadConfig::default();
@@ -661,6 +669,7 @@ impl Config {
             redis_url,
             grpc_addr: addr("grpc_addr", s.grpc_addr, "127.0.0.1:50051")?,
             http_addr: addr("http_addr", s.http_addr, "127.0.0.1:8080")?,
+            data_dir,
             db_pool_connections_max,
             db_acquire_timeout_ms: positive("db_acquire_timeout_ms", s.db_acquire_timeout_ms, 5000, 600_000)?,
             limits,
@@ -688,7 +697,77 @@ fn absolute(setting: &'static str, path: &Path) -> Result<PathBuf, ConfigError> 
     std::path::absolute(path).map_err(|e| invalid(setting, format!("{}: {e}", path.display())))
 }
 
-fn backup_config(s: &Settings) -> Result<BackupConfig, ConfigError> {
+/// The parts of `data_dir` that settings default to.
+const BACKUPS_SUBDIR: &str = "backups";
+const SCRATCH_SUBDIR: &str = "scratch";
+
+/// `data_dir`, absolute: as given (resolved against the working
+/// directory), or the default for this user.
+fn data_dir(s: &Settings) -> Result<PathBuf, ConfigError> {
+    let dir = match &s.data_dir {
+        Some(dir) => absolute("data_dir", dir)?,
+        None => default_data_dir(
+            backup::tools::is_root(),
+            std::env::var_os("XDG_DATA_HOME").as_deref(),
+            std::env::var_os("HOME").as_deref(),
+        )
+        .map_err(|message| invalid("data_dir", message))?,
+    };
+    directory_or_absent("data_dir", &dir)?;
+    Ok(dir)
+}
+
+/// Where `data_dir` defaults to. Root: `/var/lib/dbswarm`, a system
+/// service's state (FHS); also, PostgreSQL's archive_command runs as
+/// `postgres` and must reach the repository, which it cannot under
+/// `/root`. Anyone else: the XDG data directory, `$XDG_DATA_HOME/dbswarm`
+/// or `$HOME/.local/share/dbswarm` (a relative value is ignored, as the
+/// XDG spec says). Never the working directory, which depends on where
+/// the server happened to be started.
+fn default_data_dir(
+    root: bool,
+    xdg_data_home: Option<&OsStr>,
+    home: Option<&OsStr>,
+) -> Result<PathBuf, String> {
+    if root {
+        return Ok(PathBuf::from("/var/lib/dbswarm"));
+    }
+    if let Some(data_home) = absolute_path(xdg_data_home) {
+        return Ok(data_home.join("dbswarm"));
+    }
+    if let Some(home) = absolute_path(home) {
+        return Ok(home.join(".local/share/dbswarm"));
+    }
+    Err("has no default: neither XDG_DATA_HOME nor HOME is an absolute path; set it".into())
+}
+
+fn absolute_path(value: Option<&OsStr>) -> Option<&Path> {
+    value.map(Path::new).filter(|path| path.is_absolute())
+}
+
+/// A directory setting names a directory or a path not created yet
+/// (directories are created when first written): anything else fails at
+/// start, not at the first backup.
+fn directory_or_absent(setting: &'static str, path: &Path) -> Result<(), ConfigError> {
+    match std::fs::metadata(path) {
+        Ok(metadata) if metadata.is_dir() => Ok(()),
+        Ok(_) => Err(invalid(
+            setting,
+            format!("{} exists and is not a directory", path.display()),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Err(invalid(
+            setting,
+            format!(
+                "{}: a part of the path is a file, not a directory",
+                path.display()
+            ),
+        )),
+        Err(e) => Err(invalid(setting, format!("{}: {e}", path.display()))),
+    }
+}
+
+fn backup_config(s: &Settings, data_dir: &Path) -> Result<BackupConfig, ConfigError> {
     let d = BackupConfig::default();
     let (key, key_file) = match &s.backup_key_file {
         Some(path) => {
@@ -710,14 +789,16 @@ fn backup_config(s: &Settings) -> Result<BackupConfig, ConfigError> {
         domain::target::TargetName::parse(name)
             .map_err(|e| invalid("backup_archive_targets", e.to_string()))?;
     }
-    let repository_dir = absolute(
-        "backup_repository_dir",
-        s.backup_repository_dir.as_deref().unwrap_or(&d.repository_dir),
-    )?;
-    let scratch_dir = absolute(
-        "backup_scratch_dir",
-        s.backup_scratch_dir.as_deref().unwrap_or(&d.scratch_dir),
-    )?;
+    let repository_dir = match &s.backup_repository_dir {
+        Some(dir) => absolute("backup_repository_dir", dir)?,
+        None => data_dir.join(BACKUPS_SUBDIR),
+    };
+    directory_or_absent("backup_repository_dir", &repository_dir)?;
+    let scratch_dir = match &s.backup_scratch_dir {
+        Some(dir) => absolute("backup_scratch_dir", dir)?,
+        None => data_dir.join(SCRATCH_SUBDIR),
+    };
+    directory_or_absent("backup_scratch_dir", &scratch_dir)?;
     let executable = absolute(
         "backup_executable",
         s.backup_executable.as_deref().unwrap_or(&d.executable),
@@ -865,6 +946,9 @@ fn orchestrator_config(s: &Settings) -> Result<OrchestratorConfig, ConfigError> 
     })
 }
 
+/// The shortest `agent_ack_wait_ms` accepted.
+const ACK_WAIT_MS_MIN: u64 = 1_000;
+
 fn agents_config(s: &Settings) -> Result<AgentsConfig, ConfigError> {
     let d = AgentsConfig::default();
     let queue_max = positive("agent_queue_max", s.agent_queue_max, d.queue_max, 10_000)?;
@@ -893,7 +977,17 @@ fn agents_config(s: &Settings) -> Result<AgentsConfig, ConfigError> {
         concurrency_max,
         queue_max,
         tasks_per_s_max,
-        ack_wait_ms: positive("agent_ack_wait_ms", s.agent_ack_wait_ms, d.ack_wait_ms, 3_600_000)?,
+        ack_wait_ms: match s.agent_ack_wait_ms.unwrap_or(d.ack_wait_ms) {
+            // Extended every third of it: below a second, a pause of a few
+            // hundred ms (NATS, the scheduler) redelivers running tasks.
+            ms if !(ACK_WAIT_MS_MIN..=3_600_000).contains(&ms) => {
+                return Err(invalid(
+                    "agent_ack_wait_ms",
+                    format!("{ms} is outside {ACK_WAIT_MS_MIN}..=3600000"),
+                ));
+            }
+            ms => ms,
+        },
         heartbeat_interval_ms: positive(
             "agent_heartbeat_interval_ms",
             s.agent_heartbeat_interval_ms,
@@ -1138,5 +1232,120 @@ mod workflow_settings_tests {
             ..Settings::default()
         });
         assert!(zero_tick.contains("workflow_tick_interval_ms"), "{zero_tick}");
+    }
+}
+
+#[cfg(test)]
+mod data_dir_tests {
+    use super::*;
+
+    fn refused(settings: Settings) -> String {
+        Config::from_settings(settings).unwrap_err().to_string()
+    }
+
+    /// A scratch directory of this test process, removed by the test.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("dbswarm-data-dir-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_default_data_dir_is_absolute_for_root_and_for_a_user() {
+        let os = |s: &'static str| Some(OsStr::new(s));
+        assert_eq!(
+            default_data_dir(true, os("/x"), os("/root")).unwrap(),
+            Path::new("/var/lib/dbswarm")
+        );
+        assert_eq!(
+            default_data_dir(false, os("/data"), os("/home/u")).unwrap(),
+            Path::new("/data/dbswarm")
+        );
+        // A relative XDG_DATA_HOME is ignored (XDG base directory spec).
+        assert_eq!(
+            default_data_dir(false, os("data"), os("/home/u")).unwrap(),
+            Path::new("/home/u/.local/share/dbswarm")
+        );
+        let none = default_data_dir(false, None, os("relative")).unwrap_err();
+        assert!(none.contains("HOME"), "{none}");
+    }
+
+    #[test]
+    fn backups_and_scratch_instances_default_to_the_data_dir() {
+        let config = Config::from_settings(Settings::default()).unwrap();
+        assert!(config.data_dir.is_absolute(), "{}", config.data_dir.display());
+        assert_eq!(config.backup.repository_dir, config.data_dir.join("backups"));
+        assert_eq!(config.backup.scratch_dir, config.data_dir.join("scratch"));
+
+        let dir = scratch("given");
+        let config = Config::from_settings(Settings {
+            data_dir: Some(dir.clone()),
+            backup_scratch_dir: Some(dir.join("elsewhere")),
+            ..Settings::default()
+        })
+        .unwrap();
+        assert_eq!(config.backup.repository_dir, dir.join("backups"));
+        assert_eq!(config.backup.scratch_dir, dir.join("elsewhere"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_relative_data_dir_is_resolved_against_the_working_directory() {
+        let config = Config::from_settings(Settings {
+            data_dir: Some("not-created-yet/dbswarm".into()),
+            ..Settings::default()
+        })
+        .unwrap();
+        let expected = std::env::current_dir().unwrap().join("not-created-yet/dbswarm");
+        assert_eq!(config.data_dir, expected);
+        assert_eq!(config.backup.repository_dir, expected.join("backups"));
+    }
+
+    #[test]
+    fn a_data_dir_that_is_a_file_is_refused_with_the_path() {
+        let dir = scratch("file");
+        let file = dir.join("a-file");
+        std::fs::write(&file, "not a directory").unwrap();
+        let is_file = refused(Settings {
+            data_dir: Some(file.clone()),
+            ..Settings::default()
+        });
+        assert!(is_file.contains("`data_dir`"), "{is_file}");
+        assert!(is_file.contains("DBSWARM_DATA_DIR"), "{is_file}");
+        assert!(
+            is_file.contains(&format!("{} exists and is not a directory", file.display())),
+            "{is_file}"
+        );
+        let under_file = refused(Settings {
+            data_dir: Some(file.join("dbswarm")),
+            ..Settings::default()
+        });
+        assert!(
+            under_file.contains("a part of the path is a file"),
+            "{under_file}"
+        );
+        let repository_is_file = refused(Settings {
+            data_dir: Some(dir.clone()),
+            backup_repository_dir: Some(file.clone()),
+            ..Settings::default()
+        });
+        assert!(
+            repository_is_file.contains("`backup_repository_dir`"),
+            "{repository_is_file}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_ack_wait_is_short_by_default_and_not_below_a_second() {
+        let config = Config::from_settings(Settings::default()).unwrap();
+        assert_eq!(config.agents.ack_wait_ms, 5_000);
+        let too_short = refused(Settings {
+            agent_ack_wait_ms: Some(999),
+            ..Settings::default()
+        });
+        assert!(too_short.contains("`agent_ack_wait_ms`"), "{too_short}");
+        assert!(too_short.contains("1000..=3600000"), "{too_short}");
     }
 }

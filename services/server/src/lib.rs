@@ -2,6 +2,7 @@
 //! observability. `main.rs` is only the CLI over this.
 
 pub mod config;
+pub mod metric_list;
 pub mod telemetry;
 
 use std::net::SocketAddr;
@@ -78,8 +79,13 @@ pub async fn connect(config: &Config) -> Result<PgPool, StartError> {
 
 /// Connects, migrates, binds both listeners and serves until `shutdown`.
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    // First: whatever is recorded before the recorder exists is lost (the
+    // cache's start state, the agents' first status).
+    let metrics = telemetry::metrics_handle();
+    metric_list::register();
     let pool = connect(&config).await?;
     event_store::MIGRATOR.run(&pool).await?;
+    record_pool_usage(&pool);
 
     let grpc_listener = bind("grpc_addr", config.grpc_addr).await?;
     let http_listener = bind("http_addr", config.http_addr).await?;
@@ -106,6 +112,10 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         .map_err(|e| StartError::Projections(format!("built-in read models: {e}")))?;
     if let Some(dir) = &config.projections_dir {
         define_from_dir(&projections, dir).await?;
+    }
+    if config.projections_enabled {
+        // Before the first scrape can come: every projection on /metrics.
+        projections.publish_metrics().await;
     }
     let projections_service = ProjectionsService::new(projections.clone()).into_server();
     let directory = agents::Directory::default();
@@ -145,6 +155,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         config.limits,
     )
     .into_server();
+    let agents_ready = directory.watch_all_ready();
     let agents_runtime = agents::AgentsRuntime::new(
         orchestrator.clone(),
         directory,
@@ -184,8 +195,9 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     health_reporter
         .set_serving::<ProjectionsServer<ProjectionsService>>()
         .await;
+    // Workflows follows its agents (report_health).
     health_reporter
-        .set_serving::<WorkflowsServer<WorkflowsService>>()
+        .set_not_serving::<WorkflowsServer<WorkflowsService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(api::proto::FILE_DESCRIPTOR_SET)
@@ -210,13 +222,13 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             until_stopped(stopped.clone()),
         );
-    let metrics = telemetry::metrics_handle();
     let http = axum::serve(http_listener, http_router(metrics))
         .with_graceful_shutdown(until_stopped(stopped.clone()));
     let mut tasks = JoinSet::new();
     tasks.spawn(async move { grpc.await.map_err(|e| e.to_string()) });
     tasks.spawn(async move { http.await.map_err(|e| e.to_string()) });
     tasks.spawn(sample_pool_usage(pool.clone(), stopped.clone()));
+    tasks.spawn(report_health(health_reporter, agents_ready, stopped.clone()));
     let watching = event_store::watch_commits(pool.clone(), commits_tx, stopped.clone());
     tasks.spawn(async move {
         watching.await;
@@ -259,7 +271,9 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             Ok(())
         });
     }
-    tracing::info!(%grpc_addr, %http_addr, "dbswarm serving");
+    // Absolute: a relative data_dir was resolved against the working directory.
+    let data_dir = config.data_dir.display();
+    tracing::info!(%grpc_addr, %http_addr, %data_dir, "dbswarm serving");
     Ok(RunningServer {
         grpc_addr,
         http_addr,
@@ -350,13 +364,60 @@ async fn sample_pool_usage(pool: PgPool, mut stopped: watch::Receiver<bool>) -> 
     let mut tick = tokio::time::interval(Duration::from_millis(POOL_METRICS_INTERVAL_MS));
     loop {
         tokio::select! {
-            _ = tick.tick() => {
-                metrics::gauge!("dbswarm_db_pool_connections").set(f64::from(pool.size()));
-                metrics::gauge!("dbswarm_db_pool_connections_idle").set(pool.num_idle() as f64);
-            }
+            _ = tick.tick() => record_pool_usage(&pool),
             _ = stopped.wait_for(|s| *s) => return Ok(()),
         }
     }
+}
+
+/// gRPC health of the services (README.md, "Metrics and health"): `Workflows` is
+/// SERVING only while every agent of this server is ready, since its health
+/// gate refuses any plan that needs one that is not (so never on a server
+/// with `workflows_enabled = false`); the others serve from start. Once
+/// the server stops, every service is NOT_SERVING.
+async fn report_health(
+    reporter: tonic_health::server::HealthReporter,
+    mut agents_ready: watch::Receiver<bool>,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(), String> {
+    loop {
+        if *agents_ready.borrow_and_update() {
+            reporter.set_serving::<WorkflowsServer<WorkflowsService>>().await;
+        } else {
+            reporter
+                .set_not_serving::<WorkflowsServer<WorkflowsService>>()
+                .await;
+        }
+        let directory_gone = tokio::select! {
+            changed = agents_ready.changed() => changed.is_err(),
+            _ = stopped.wait_for(|s| *s) => break,
+        };
+        if directory_gone {
+            // Nothing changes any more; the task still ends only with the server.
+            let _ = stopped.wait_for(|s| *s).await;
+            break;
+        }
+    }
+    reporter
+        .set_not_serving::<EventStoreServer<EventStoreService>>()
+        .await;
+    reporter.set_not_serving::<AdminServer<AdminService>>().await;
+    reporter
+        .set_not_serving::<ProjectionsServer<ProjectionsService>>()
+        .await;
+    reporter
+        .set_not_serving::<WorkflowsServer<WorkflowsService>>()
+        .await;
+    // "": the server as a whole.
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    Ok(())
+}
+
+fn record_pool_usage(pool: &PgPool) {
+    metrics::gauge!("dbswarm_db_pool_connections").set(f64::from(pool.size()));
+    metrics::gauge!("dbswarm_db_pool_connections_idle").set(pool.num_idle() as f64);
 }
 
 impl RunningServer {

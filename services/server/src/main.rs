@@ -96,8 +96,9 @@ impl ServeArgs {
 }
 
 /// Exit code of a lint (or plan, or apply) that found a blocking hazard,
-/// of a backup verification or restore test that failed, and of a
-/// wal-fetch of a file the archive does not have.
+/// of a backup verification or restore test that failed, of a
+/// wal-fetch of a file the archive does not have, and of a
+/// `wal-push --check` whose key cannot be read (the backup agent relies on it).
 const EXIT_BLOCKING: u8 = 1;
 /// Exit code of a command that could not do its work.
 const EXIT_FAILED: u8 = 2;

@@ -844,6 +844,198 @@ async fn point_in_time_recovery_restores_exactly_the_rows_committed_at_the_targe
     drop(pg);
 }
 
+/// Issue 16: a key as `dbswarm backup generate-key` writes it as root
+/// (0600, root's) cannot be read by PostgreSQL's OS user, which runs
+/// archive_command and restore_command. The agent gives the server a copy
+/// only it can read (in its data directory) when it may configure the
+/// target, refuses at once with the fix when it may not, and a restored
+/// instance keeps no copy.
+#[tokio::test]
+async fn a_physical_backup_archives_with_a_key_only_root_can_read() {
+    use std::os::unix::fs::MetadataExt;
+    if !is_root() {
+        return; // without root there is no other user for PostgreSQL to run as
+    }
+    let dirs = BackupDirs::new();
+    let key_file = dirs.root.join("root-only.key");
+    let key_text = BackupKey::generate_text().unwrap();
+    std::fs::write(&key_file, format!("{key_text}\n")).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let pg = PrivatePostgres::start(&["archive_mode = on"]).await;
+    let db = TestDb::create().await;
+    let settings = server::Settings {
+        backup_archive_targets: Some(vec!["pitr".into()]),
+        backup_key_file: Some(key_file.clone()),
+        ..dirs.settings(with_workflows(settings_for(&db)))
+    };
+    let server = TestServer::start(settings).await;
+    server.register_target("pitr", &pg.url("postgres")).await;
+    server.register_target("other", &pg.url("postgres")).await;
+    let mut client = workflows_client(&server).await;
+    let source = sqlx::PgPool::connect(&pg.url("postgres")).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE kept AS SELECT g AS id FROM generate_series(1, 100) g")
+        .execute(&source)
+        .await
+        .unwrap();
+
+    // A target the agent may not configure: refused at once, with the fix
+    let started = std::time::Instant::now();
+    let refused = error(
+        &execute_and_wait(
+            &mut client,
+            &task("create", json!({"database": "other", "kind": "physical"})),
+        )
+        .await,
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        refused.contains("set archive_command = ")
+            && refused.contains("as OS user 'postgres'")
+            && refused.contains("cannot read backup key file")
+            && refused.contains(&format!("chgrp postgres '{}' && chmod 0640", key_file.display())),
+        "{refused}"
+    );
+
+    // One it may: archiving works with a copy of the key only postgres reads
+    let created = result(
+        &execute_and_wait(
+            &mut client,
+            &task("create", json!({"database": "pitr", "kind": "physical"})),
+        )
+        .await,
+    );
+    assert!(created["backup_id"].is_string(), "{created}");
+    let copy = pg.data_dir.join(backup::archive_access::KEY_COPY);
+    let command: String = sqlx::query_scalar("SELECT current_setting('archive_command')")
+        .fetch_one(&source)
+        .await
+        .unwrap();
+    assert!(
+        command.contains(&format!("--key-file '{}'", copy.display())),
+        "{command}"
+    );
+    let copied = std::fs::metadata(&copy).unwrap();
+    let postgres_uid = std::fs::metadata(&pg.data_dir).unwrap().uid();
+    assert_eq!((copied.mode() & 0o7777, copied.uid()), (0o600, postgres_uid));
+    assert_eq!(std::fs::read_to_string(&copy).unwrap(), format!("{key_text}\n"));
+    let original = std::fs::metadata(&key_file).unwrap();
+    assert_eq!(
+        (original.mode() & 0o7777, original.uid()),
+        (0o600, 0),
+        "the given key is left as it was"
+    );
+    switch_and_wait_for_archive(&source).await;
+
+    // Restores run restore_command as postgres too
+    let tested =
+        result(&execute_and_wait(&mut client, &task("test_restore", json!({"database": "pitr"}))).await);
+    assert_eq!(tested["passed"], true, "{tested}");
+    let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&source)
+        .await
+        .unwrap();
+    // Recovery stops at the first commit after the target time
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    sqlx::raw_sql("INSERT INTO kept VALUES (101)")
+        .execute(&source)
+        .await
+        .unwrap();
+    switch_and_wait_for_archive(&source).await;
+    let restored = result(
+        &execute_and_wait(
+            &mut client,
+            &task(
+                "restore_pitr",
+                json!({"database": "pitr", "target_time": now.to_rfc3339()}),
+            ),
+        )
+        .await,
+    );
+    let data_directory = restored["data_directory"].as_str().unwrap().to_owned();
+    assert_eq!(
+        count(restored["url"].as_str().unwrap(), "SELECT count(*) FROM kept").await,
+        100
+    );
+    assert!(
+        !Path::new(&data_directory)
+            .join(backup::archive_access::KEY_COPY)
+            .exists(),
+        "a promoted instance keeps no copy of the key"
+    );
+    stop_restored(&data_directory);
+    std::fs::remove_dir_all(&data_directory).unwrap();
+
+    source.close().await;
+    server.stop().await;
+    db.drop_database().await;
+    drop(pg);
+}
+
+/// When archive_command fails, the backup fails as soon as PostgreSQL's
+/// archiver has given up on a round of attempts, not after the 60 s wait.
+#[tokio::test]
+async fn a_physical_backup_fails_fast_when_the_archiver_keeps_failing() {
+    let dirs = BackupDirs::new();
+    let pg = PrivatePostgres::start(&["archive_mode = on"]).await;
+    let db = TestDb::create().await;
+    event_store::MIGRATOR.run(&db.pool().await).await.unwrap();
+    let config = server::Config::from_settings(dirs.settings(settings_for(&db))).unwrap();
+    let store = catalogue_store(&config, db.pool().await);
+    // A dbswarm whose check passes and whose every archiving fails
+    let failing = dirs.root.join("failing-dbswarm");
+    std::fs::write(
+        &failing,
+        "#!/bin/sh\nfor arg in \"$@\"; do [ \"$arg\" = --check ] && exit 0; done\necho 'simulated archive failure' >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&failing, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut backup_config = config.backup.clone();
+    backup_config.executable = failing;
+    backup_config.archive_targets = vec!["failing".into()];
+    let backups = backup::engine::Backups::new(backup_config, store);
+    let target = backup::engine::Target {
+        name: "failing".into(),
+        pool: sqlx::PgPool::connect(&pg.url("postgres")).await.unwrap(),
+        url: domain::target::ConnectionUrl::parse(&pg.url("postgres")).unwrap(),
+    };
+    let request = backup::engine::CreateRequest {
+        kind: backup::catalogue::BackupKind::Physical,
+        tables: vec![],
+        checksum_tables: vec![],
+    };
+
+    let started = std::time::Instant::now();
+    let failed = backups
+        .create(&target, &request, &backup::engine::NoProgress)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}: {failed}",
+        started.elapsed()
+    );
+    assert!(
+        failed.contains("cannot be archived: archive_command failed"),
+        "{failed}"
+    );
+    let catalogue = backups.catalogue("failing").await.unwrap();
+    assert!(
+        catalogue
+            .backups
+            .values()
+            .all(|e| matches!(e.status, backup::catalogue::Status::Failed { .. })),
+        "recorded as failed"
+    );
+    target.pool.close().await;
+    db.drop_database().await;
+    drop(pg);
+}
+
 #[tokio::test]
 async fn the_cli_creates_lists_verifies_and_tests_backups_with_the_agents_catalogue() {
     let dirs = BackupDirs::new();

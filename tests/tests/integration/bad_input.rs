@@ -236,3 +236,104 @@ async fn bad_reads_are_refused() {
     server.stop().await;
     db.drop_database().await;
 }
+
+/// `event_bytes_max` counts the data and the metadata bytes the client
+/// sent: no metadata counts 0 (though `{}` is stored for it), `{}` sent
+/// counts 2.
+#[tokio::test]
+async fn an_event_of_exactly_event_bytes_max_is_accepted_and_one_byte_more_refused() {
+    const LIMIT: usize = 1024;
+    let db = TestDb::create().await;
+    let mut settings = settings_for(&db);
+    settings.event_bytes_max = Some(LIMIT);
+    let mut server = TestServer::start(settings).await;
+    // A JSON string of `bytes` bytes, quotes included, with `metadata`.
+    let sized = |bytes: usize, metadata: &[u8]| {
+        event_with(|e| {
+            e.data = serde_json::to_vec(&"x".repeat(bytes - 2)).unwrap();
+            e.metadata = metadata.to_vec();
+        })
+    };
+    let metadata = br#"{"user":"ada"}"#;
+    let cases: [(&str, proto::ProposedEvent, Option<usize>); 6] = [
+        ("no metadata", sized(LIMIT, b""), None),
+        ("no metadata", sized(LIMIT + 1, b""), Some(LIMIT + 1)),
+        ("metadata", sized(LIMIT - metadata.len(), metadata), None),
+        (
+            "metadata",
+            sized(LIMIT - metadata.len() + 1, metadata),
+            Some(LIMIT + 1),
+        ),
+        ("{} sent", sized(LIMIT - 2, b"{}"), None),
+        ("{} sent", sized(LIMIT - 1, b"{}"), Some(LIMIT + 1)),
+    ];
+    let mut accepted = Vec::new();
+    for (what, event, refused_at) in cases {
+        let answer = server
+            .client
+            .append_to_stream(append_request("sized", None, vec![event.clone()]))
+            .await;
+        match refused_at {
+            None => {
+                answer.unwrap_or_else(|e| panic!("{what}: {e:?}"));
+                accepted.push(event);
+            }
+            Some(bytes) => {
+                let status = answer.unwrap_err();
+                assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+                let expected = format!("data + metadata is {bytes} bytes; the limit is {LIMIT} bytes");
+                assert!(
+                    status.message().contains(&expected),
+                    "{what}: {}",
+                    status.message()
+                );
+                let bad_request = status.get_details_bad_request().expect("BadRequest detail");
+                assert_eq!(bad_request.field_violations[0].field, "events[0]", "{what}");
+            }
+        }
+    }
+    // The same rule in AppendMulti
+    let status = server
+        .client
+        .append_multi(proto::AppendMultiRequest {
+            streams: vec![proto::StreamAppend {
+                stream_id: "sized".into(),
+                expected_version: None,
+                events: vec![sized(LIMIT + 1, b"")],
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(event_count(&server.running.pool).await, accepted.len() as i64);
+    // No metadata is stored and read back as `{}`; so a retry is the same
+    // event whether it sends no metadata or `{}`
+    let read = server
+        .client
+        .read_stream(proto::ReadStreamRequest {
+            stream_id: "sized".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let read = collect_stream(read).await;
+    assert_eq!(read[0].event.as_ref().unwrap().metadata, b"{}");
+    let stored: serde_json::Value =
+        serde_json::from_slice(&read[1].event.as_ref().unwrap().metadata).unwrap();
+    assert_eq!(stored, json!({"user": "ada"}));
+    let mut without_braces = accepted[2].clone();
+    without_braces.metadata.clear();
+    for retry in [accepted[0].clone(), accepted[2].clone(), without_braces] {
+        let replay = server
+            .client
+            .append_to_stream(append_request("sized", None, vec![retry]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(replay.result.unwrap().idempotent_replay);
+    }
+    assert_eq!(event_count(&server.running.pool).await, accepted.len() as i64);
+    server.stop().await;
+    db.drop_database().await;
+}

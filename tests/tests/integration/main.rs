@@ -1,13 +1,16 @@
 //! The one integration-test binary: real PostgreSQL (started by
 //! `make test`), a fresh database per test, an in-process server.
 
+mod agent_health;
 mod append;
 mod backup_agent;
 mod bad_input;
 mod cache;
 mod concurrency;
 mod consumer;
+mod horizon;
 mod llm_planner;
+mod metrics;
 mod orchestration;
 mod private_postgres;
 mod projections;

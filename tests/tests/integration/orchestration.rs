@@ -559,6 +559,158 @@ async fn a_workflow_survives_kill_9_of_its_server_and_records_each_result_once()
     db.drop_database().await;
 }
 
+/// Polls (bounded) until `ready` holds for the events of workflow `id`.
+async fn wait_for_events(
+    pool: &PgPool,
+    id: &str,
+    what: &str,
+    ready: impl Fn(&[(String, Value, DateTime<Utc>)]) -> bool,
+) -> Vec<(String, Value, DateTime<Utc>)> {
+    let waited = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let events = workflow_events(pool, id).await;
+            if ready(&events) {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    waited.await.unwrap_or_else(|_| panic!("{what} within 60 s"))
+}
+
+/// Servers whose `agent` recorded itself ready (`AgentStateChanged`).
+async fn ready_servers(pool: &PgPool, agent: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(DISTINCT event_data->>'server') FROM events
+         WHERE stream_id = $1 AND event_type = 'AgentStateChanged' AND event_data->>'status' = 'ready'",
+    )
+    .bind(format!("agent-{agent}"))
+    .fetch_one(pool)
+    .await
+    .expect("read the agent's states")
+}
+
+#[tokio::test]
+async fn another_server_runs_a_killed_servers_task_within_seconds_at_default_settings() {
+    let db = TestDb::create().await;
+    let pool = db.pool().await;
+    // The default agent_ack_wait_ms: the takeover a deployment gets.
+    let env = [("DBSWARM_PROJECTIONS_ENABLED", "false")];
+    let mut first = ServerChild::spawn(&db, &env).await;
+    let mut client = WorkflowsClient::connect(first.url()).await.unwrap();
+    // Long enough to be running still when the first server is killed.
+    let plan = json!({"name": "takeover", "tasks": [
+        probe("long", "schema", &[], json!({"delay_ms": 60_000})),
+    ]});
+    let mut request = execute_request(&plan);
+    request.wait = false;
+    let id = client.execute(request).await.unwrap().into_inner().workflow_id;
+    // Given the only server is working on the task (its probe reports
+    // progress as its simulated work starts)
+    let progressed = |events: &[(String, Value, DateTime<Utc>)]| count(events, "TaskProgressed", "long");
+    wait_for_events(&pool, &id, "the task running on the first server", |events| {
+        progressed(events) >= 1
+    })
+    .await;
+    // And a second server's agent is ready to take it
+    let second = ServerChild::spawn(&db, &env).await;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while ready_servers(&pool, "schema").await < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the second server's schema agent ready within 60 s");
+    // When the first is killed with SIGKILL
+    let killed_at = Utc::now();
+    first.kill_9();
+    // Then the second runs the task (its start reports progress again)
+    // within a few seconds: the ack wait, less the time since the last
+    // extension of the killed server
+    let events = wait_for_events(&pool, &id, "the task running on the second server", |events| {
+        progressed(events) >= 2
+    })
+    .await;
+    assert_eq!(count(&events, "TaskSucceeded", "long"), 0, "killed while running");
+    let resumed_at = events
+        .iter()
+        .filter(|(t, data, _)| t == "TaskProgressed" && data["task_id"] == "long")
+        .nth(1)
+        .map(|(_, _, at)| *at)
+        .expect("a second progress report");
+    let takeover_ms = (resumed_at - killed_at).num_milliseconds();
+    eprintln!("takeover after kill -9 at default settings: {takeover_ms} ms");
+    assert!(
+        (0..15_000).contains(&takeover_ms),
+        "the task ran elsewhere {takeover_ms} ms after the kill"
+    );
+    // And the attempt is the same one: taken over, not retried
+    assert_eq!(count(&events, "TaskScheduled", "long"), 1);
+    let mut client = WorkflowsClient::connect(second.url()).await.unwrap();
+    let cancelled = client
+        .cancel(proto::CancelRequest {
+            workflow_id: id.clone(),
+            reason: "measured".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cancelled.status, "cancelled");
+    drop(second);
+    pool.close().await;
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn commands_waiting_in_the_queue_longer_than_the_ack_wait_are_not_redelivered() {
+    let db = TestDb::create().await;
+    let mut settings = with_workflows(settings_for(&db));
+    // One worker and the shortest ack wait: the queued tasks wait several
+    // ack waits for the worker.
+    settings.agent_concurrency_max = Some(1);
+    settings.agent_ack_wait_ms = Some(1_000);
+    let server = TestServer::start(settings).await;
+    let pool = db.pool().await;
+    let mut client = workflows_client(&server).await;
+    let tasks: Vec<Value> = (0..6)
+        .map(|i| probe(&format!("q{i}"), "monitoring", &[], json!({"delay_ms": 700})))
+        .collect();
+    // When six independent tasks of one agent arrive at once
+    let workflow = execute_and_wait(&mut client, &json!({"name": "queued", "tasks": tasks})).await;
+    // Then they run one after another, each once
+    assert_eq!(workflow.status, "completed", "{}", workflow.summary);
+    let events = workflow_events(&pool, &workflow.workflow_id).await;
+    for i in 0..6 {
+        let task = format!("q{i}");
+        assert_eq!(count(&events, "TaskStarted", &task), 1, "{task}");
+        assert_eq!(count(&events, "TaskSucceeded", &task), 1, "{task}");
+    }
+    let first = time_of(&events, "TaskStarted", "q0").min(time_of(&events, "TaskStarted", "q5"));
+    let last = (0..6)
+        .map(|i| time_of(&events, "TaskSucceeded", &format!("q{i}")))
+        .max()
+        .unwrap();
+    assert!(
+        (last - first).num_milliseconds() > 3_000,
+        "the last task waited several ack waits in the queue"
+    );
+    // And JetStream delivered each command once: the queued ones' acks
+    // were extended while they waited, not only the running one's (every
+    // delivery, redeliveries too, takes a consumer sequence number)
+    let nats = async_nats::connect(nats_url()).await.unwrap();
+    let tasks_stream = async_nats::jetstream::new(nats)
+        .get_stream(db.relay_config().tasks_stream_name)
+        .await
+        .unwrap();
+    let consumer = tasks_stream.consumer_info("agent_monitoring").await.unwrap();
+    assert_eq!(consumer.delivered.consumer_sequence, 6, "{consumer:?}");
+    assert_eq!(consumer.num_ack_pending, 0, "{consumer:?}");
+
+    pool.close().await;
+    server.stop().await;
+    db.drop_database().await;
+}
+
 #[tokio::test]
 async fn high_priority_tasks_are_taken_before_waiting_low_priority_ones() {
     let db = TestDb::create().await;
@@ -747,6 +899,131 @@ async fn an_agents_rate_limit_spaces_out_the_starts_of_its_tasks() {
         "starts spread over {spread}"
     );
     pool.close().await;
+    server.stop().await;
+    db.drop_database().await;
+}
+
+/// The plan of a dry run, sent back as a plan, is exactly the same plan:
+/// for a JSON plan, a YAML plan and plain-English requests (rules). The
+/// answer is in the input shape (dependencies by id, `timeout` as a
+/// duration, never the stored form), and it runs as the plan it came from.
+#[tokio::test]
+async fn a_dry_run_answer_sent_back_is_the_same_plan() {
+    use proto::execute_request::Request as Asked;
+    let db = TestDb::create().await;
+    let server = TestServer::start(with_workflows(settings_for(&db))).await;
+    let mut client = workflows_client(&server).await;
+    let json_plan = json!({"name": "checks", "tasks": [
+        {"id": "last", "agent": "monitoring", "operation": "probe",
+         "dependencies": ["first", "second"], "timeout": 90},
+        probe("first", "integrity", &[], json!({})),
+        {"id": "second", "agent": "backup", "operation": "probe", "dependencies": ["first"],
+         "params": {"simulate": {"delay_ms": 10}}, "timeout": "1500ms", "retries": 2,
+         "compensation": {"operation": "probe"}}
+    ]});
+    let yaml_plan = "
+name: nightly checks
+tasks:
+  - {id: second, agent: monitoring, operation: probe, dependencies: [first], timeout: 10s, retries: 1}
+  - {id: first, agent: integrity, operation: probe, timeout: 2h}
+";
+    let asked = [
+        Asked::PlanJson(json_plan.to_string()),
+        Asked::PlanYaml(yaml_plan.into()),
+        Asked::Operation("back up the database then run migration add_user_roles".into()),
+        Asked::Operation("Optimize slow queries in the users table and create an index on email".into()),
+    ];
+    let shared = client.clone();
+    let dry = move |request: Asked| {
+        let mut client = shared.clone();
+        async move {
+            client
+                .execute(proto::ExecuteRequest {
+                    request: Some(request),
+                    dry_run: true,
+                    ..Default::default()
+                })
+                .await
+                .map(|answer| answer.into_inner())
+        }
+    };
+    let mut answers = Vec::new();
+    for request in asked {
+        let what = format!("{request:?}");
+        let first = dry(request).await.unwrap_or_else(|e| panic!("{what}: {e:?}"));
+        let shown: Value = serde_json::from_str(&first.plan_json).unwrap();
+        for task in shown["tasks"].as_array().unwrap() {
+            assert!(task.get("timeout_ms").is_none(), "{what}: {task}");
+            assert!(task["timeout"].is_string(), "{what}: {task}");
+            for dependency in task["dependencies"].as_array().into_iter().flatten() {
+                assert!(dependency.is_string(), "{what}: {task}");
+            }
+        }
+        for again in [
+            Asked::PlanJson(first.plan_json.clone()),
+            Asked::PlanYaml(first.plan_json.clone()),
+        ] {
+            let again = dry(again).await.unwrap_or_else(|e| panic!("{what}: {e:?}"));
+            assert_eq!(again.plan_json, first.plan_json, "{what}");
+            assert_eq!(again.planner, "plan");
+        }
+        answers.push(first.plan_json);
+    }
+    let shown: Value = serde_json::from_str(&answers[0]).unwrap();
+    assert_eq!(
+        shown["tasks"][2],
+        json!({"id": "last", "agent": "monitoring", "operation": "probe",
+               "dependencies": ["first", "second"], "timeout": "90s", "retries": 0})
+    );
+    assert_eq!(
+        shown["tasks"][1]["compensation"],
+        json!({"operation": "probe", "params": {"simulate": {"delay_ms": 10}}})
+    );
+
+    // The answer runs as the plan it came from: under the same idempotency
+    // key it is the same workflow (another plan would be ALREADY_EXISTS)
+    let mut original = execute_request(&json_plan);
+    original.idempotency_key = "dry-run-round-trip".into();
+    let ran = client.execute(original.clone()).await.unwrap().into_inner();
+    assert_eq!(ran.workflow.unwrap().status, "completed");
+    let mut sent_back = original;
+    sent_back.request = Some(Asked::PlanJson(answers[0].clone()));
+    let again = client.execute(sent_back).await.unwrap().into_inner();
+    assert!(!again.created);
+    assert_eq!(again.workflow_id, ran.workflow_id);
+    // A schedule shows its plan in the same shape
+    let schedule = client
+        .create_schedule(proto::CreateScheduleRequest {
+            name: "checks".into(),
+            cron: "@daily".into(),
+            request: Some(proto::create_schedule_request::Request::PlanJson(
+                answers[0].clone(),
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(schedule.plan_json, answers[0]);
+
+    // What dry runs used to answer (indices, milliseconds) is refused,
+    // and so is an answer edited into a bad plan
+    let mut stored_shape = shown.clone();
+    stored_shape["tasks"][2]["dependencies"] = json!([0, 1]);
+    stored_shape["tasks"][2]["timeout_ms"] = json!(90_000);
+    let mut cyclic = shown.clone();
+    cyclic["tasks"][0]["dependencies"] = json!(["last"]);
+    let mut no_unit = shown;
+    no_unit["tasks"][0]["timeout"] = json!("90");
+    for (bad, expected) in [
+        (stored_shape, "expected a string"),
+        (cyclic, "cycle"),
+        (no_unit, "needs a unit"),
+    ] {
+        let status = dry(Asked::PlanJson(bad.to_string())).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(expected), "{}", status.message());
+    }
     server.stop().await;
     db.drop_database().await;
 }

@@ -216,3 +216,75 @@ async fn bad_schedules_are_refused_with_the_problem_named() {
     server.stop().await;
     db.drop_database().await;
 }
+
+/// `name` is required: a schedule without one (or with only whitespace)
+/// is refused with INVALID_ARGUMENT naming the field, before its plan is
+/// made, and nothing is created.
+#[tokio::test]
+async fn a_schedule_without_a_name_is_refused_naming_the_field() {
+    use tonic_types::StatusExt;
+    let db = TestDb::create().await;
+    let server = TestServer::start(settings_for(&db)).await;
+    let mut client = workflows_client(&server).await;
+    let mut bad_plan = every_minute("bad-plan");
+    bad_plan.request = Some(proto::create_schedule_request::Request::PlanJson("{}".into()));
+    let mut english = every_minute("english");
+    english.request = Some(proto::create_schedule_request::Request::Operation(
+        "check integrity of orders".into(),
+    ));
+    for (id, mut request) in [
+        ("plain", every_minute("plain")),
+        ("whitespace", every_minute("whitespace")),
+        ("bad-plan", bad_plan),
+        ("english", english),
+    ] {
+        request.name = if id == "whitespace" {
+            " \t ".into()
+        } else {
+            String::new()
+        };
+        let status = client.create_schedule(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{id}: {status:?}");
+        assert_eq!(
+            status.message(),
+            "name: the schedule name is required: use 1 to 100 characters",
+            "{id}"
+        );
+        let bad_request = status.get_details_bad_request().expect("BadRequest detail");
+        assert_eq!(bad_request.field_violations[0].field, "name", "{id}");
+        let missing = client
+            .get_schedule(proto::ScheduleRequest {
+                schedule_id: id.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(missing.code(), Code::NotFound, "{id}");
+    }
+    // The other fields are named too
+    let mut bad_cron = every_minute("cron");
+    bad_cron.cron = "61 * * * *".into();
+    let status = client.create_schedule(bad_cron).await.unwrap_err();
+    assert_eq!(
+        status.get_details_bad_request().unwrap().field_violations[0].field,
+        "cron"
+    );
+    let status = client
+        .create_schedule(every_minute("not an id!"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.get_details_bad_request().unwrap().field_violations[0].field,
+        "schedule_id"
+    );
+    assert!(
+        client
+            .list_schedules(proto::ListSchedulesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .schedules
+            .is_empty()
+    );
+    server.stop().await;
+    db.drop_database().await;
+}

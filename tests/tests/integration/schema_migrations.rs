@@ -579,6 +579,44 @@ operations:
     f.drop().await;
 }
 
+/// A `sql` operation that fails on the target names its operation once
+/// (not "operation 1 (sql): operation 1 (sql): ..."), in a transaction
+/// and outside one (CONCURRENTLY), and is undone.
+#[tokio::test]
+async fn a_failing_sql_operation_names_its_operation_once() {
+    let f = Fixture::new().await;
+    let cases = [
+        (
+            "fails_in_transaction",
+            "CREATE TABLE audit (id int CHECK (id > 0)); INSERT INTO audit VALUES (0)",
+            "DROP TABLE audit",
+            "violates check constraint",
+        ),
+        (
+            "fails_concurrently",
+            "CREATE TABLE audit2 (id int); CREATE INDEX CONCURRENTLY IF NOT EXISTS audit2_nope ON audit2 (nope)",
+            "DROP TABLE IF EXISTS audit2",
+            "column \"nope\" does not exist",
+        ),
+    ];
+    for (name, up, down, cause) in cases {
+        let migration = yaml(&format!(
+            "name: {name}\noperations: [{{sql: {{up: \"{up}\", down: \"{down}\"}}}}]"
+        ));
+        let error = f
+            .migrator
+            .apply(&f.target, migration, false, &NoProgress)
+            .await
+            .unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains(cause), "{message}");
+        assert_eq!(message.matches("operation 1 (sql)").count(), 1, "{message}");
+        assert_eq!(message.matches(name).count(), 1, "{message}");
+        assert!(message.contains("the database is as it was"), "{message}");
+    }
+    f.drop().await;
+}
+
 /// Through workflows: plan, apply (compensated by rollback), status and
 /// complete as the schema agent's operations, with migrations read from
 /// the server's migrations directory; a split column as the example.

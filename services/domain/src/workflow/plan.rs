@@ -103,12 +103,15 @@ impl Catalogue {
 
 // ---------------------------------------------------------------- wire form
 
+/// A plan as clients write it, and as answers show it ([`Plan::to_spec`]):
+/// what is left out is left out when serialized too, so an answer reads
+/// like a plan a person wrote.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanSpec {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     pub tasks: Vec<TaskSpec>,
 }
@@ -119,16 +122,16 @@ pub struct TaskSpec {
     pub id: String,
     pub agent: String,
     pub operation: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub params: Map<String, Value>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dependencies: Vec<String>,
     /// Seconds (a number) or a duration such as "500ms", "30s", "5m", "1h".
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Value>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compensation: Option<CompensationSpec>,
 }
 
@@ -137,7 +140,7 @@ pub struct TaskSpec {
 #[serde(deny_unknown_fields)]
 pub struct CompensationSpec {
     pub operation: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub params: Map<String, Value>,
 }
 
@@ -320,6 +323,35 @@ impl Plan {
     pub fn task(&self, id: &str) -> Option<(usize, &Task)> {
         self.tasks.iter().enumerate().find(|(_, t)| t.id == id)
     }
+
+    /// The plan written in the input shape, so that what a dry run shows
+    /// can be sent back and is this same plan again: dependencies by task
+    /// id, the timeout as a duration, and every value validation filled in
+    /// (default timeout, no retries, inherited compensation parameters)
+    /// written out, since a person reviewing the plan should see what runs.
+    pub fn to_spec(&self) -> PlanSpec {
+        PlanSpec {
+            name: self.name.clone(),
+            description: String::new(),
+            tasks: self.tasks.iter().map(|task| task.to_spec(&self.tasks)).collect(),
+        }
+    }
+}
+
+impl Task {
+    /// `tasks` are the plan's, which the dependency indices point into.
+    fn to_spec(&self, tasks: &[Task]) -> TaskSpec {
+        TaskSpec {
+            id: self.id.clone(),
+            agent: self.agent.clone(),
+            operation: self.operation.clone(),
+            params: self.params.clone(),
+            dependencies: self.dependencies.iter().map(|&d| tasks[d].id.clone()).collect(),
+            timeout: Some(Value::String(format_timeout(self.timeout_ms))),
+            retries: Some(self.retries),
+            compensation: self.compensation.clone(),
+        }
+    }
 }
 
 fn valid_id(id: &str) -> bool {
@@ -381,7 +413,7 @@ fn check_operation(
     }
 }
 
-/// Seconds as a number, or "<n>ms|s|m|h".
+/// A plan's text is bounded before it is parsed.
 fn check_size(text: &str) -> Result<(), PlanError> {
     if text.len() > PLAN_BYTES_MAX {
         return Err(PlanError {
@@ -394,6 +426,7 @@ fn check_size(text: &str) -> Result<(), PlanError> {
     Ok(())
 }
 
+/// Seconds as a number, or "<n>ms|s|m|h".
 pub fn parse_timeout_ms(value: &Value) -> Result<u64, String> {
     if let Some(seconds) = value.as_u64() {
         return seconds
@@ -425,6 +458,17 @@ pub fn parse_timeout_ms(value: &Value) -> Result<u64, String> {
     })?;
     n.checked_mul(unit_ms)
         .ok_or_else(|| format!("timeout \"{text}\" is too large"))
+}
+
+/// `ms` as the duration [`parse_timeout_ms`] reads back to `ms`, in the
+/// largest unit that divides it ("30m", not "1800000ms").
+pub fn format_timeout(ms: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(3_600_000, "h"), (60_000, "m"), (1000, "s")];
+    UNITS
+        .iter()
+        .find(|&&(unit_ms, _)| ms != 0 && ms.is_multiple_of(unit_ms))
+        .map(|&(unit_ms, unit)| format!("{}{unit}", ms / unit_ms))
+        .unwrap_or_else(|| format!("{ms}ms"))
 }
 
 /// A cycle in the dependency graph, as task indices with the first

@@ -284,6 +284,8 @@ pub enum ScheduleError {
          and '.'"
     )]
     InvalidId(String),
+    #[error("the schedule name is required: use 1 to {NAME_CHARS_MAX} characters")]
+    MissingName,
     #[error("the schedule name {0}; use 1 to {NAME_CHARS_MAX} characters")]
     InvalidName(String),
     #[error("invalid cron expression: {0}")]
@@ -373,12 +375,13 @@ fn validate_id(id: &str) -> Result<(), ScheduleError> {
     }
 }
 
-/// The name without surrounding whitespace.
-fn validate_name(name: &str) -> Result<String, ScheduleError> {
+/// The name without surrounding whitespace; a name is required (an empty
+/// one, or only whitespace, is missing).
+pub fn validate_name(name: &str) -> Result<String, ScheduleError> {
     let name = name.trim();
     let chars = name.chars().count();
     if chars == 0 {
-        return Err(ScheduleError::InvalidName("is empty".into()));
+        return Err(ScheduleError::MissingName);
     }
     if chars > NAME_CHARS_MAX {
         return Err(ScheduleError::InvalidName(format!("has {chars} characters")));

@@ -18,6 +18,7 @@ use sqlparser::ast::{
     SelectItem, Set, SetExpr, Statement, TableConstraint, TableFactor, TableObject, Value,
 };
 
+use super::advice::{self, ident, script};
 use super::catalog::{CatalogFacts, ConstraintKind, TableFacts};
 use super::parse::ParsedStatement;
 use super::rules::*;
@@ -46,6 +47,16 @@ pub(crate) fn analyze(statements: &[ParsedStatement], facts: &CatalogFacts) -> M
         .map(|(i, parsed)| linter.statement(i + 1, parsed))
         .collect();
     linter.finish(reports)
+}
+
+/// What a DROP statement says besides its names.
+#[derive(Debug, Clone, Copy)]
+struct DropStatement {
+    object_type: ObjectType,
+    if_exists: bool,
+    cascade: bool,
+    /// DROP INDEX CONCURRENTLY.
+    concurrently: bool,
 }
 
 /// Whether a table exists at a point of the migration.
@@ -250,6 +261,7 @@ impl<'f> Linter<'f> {
     fn new(facts: &'f CatalogFacts, statements: &[ParsedStatement]) -> Linter<'f> {
         let non_atomic = statements.iter().any(|s| match &s.statement {
             Statement::CreateIndex(ci) => ci.concurrently,
+            Statement::Drop { .. } => s.drop_index_concurrently,
             Statement::AlterTable(at) => at.operations.iter().any(|op| {
                 matches!(
                     op,
@@ -487,7 +499,15 @@ impl<'f> Linter<'f> {
                 names,
                 cascade,
                 ..
-            } => self.drop(&mut ctx, *object_type, *if_exists, names, *cascade),
+            } => {
+                let drop = DropStatement {
+                    object_type: *object_type,
+                    if_exists: *if_exists,
+                    cascade: *cascade,
+                    concurrently: parsed.drop_index_concurrently,
+                };
+                self.drop(&mut ctx, drop, names)
+            }
             Statement::Set(set) => self.set(&mut ctx, set),
             Statement::Reset(reset) => {
                 let name = match &reset.reset {
@@ -691,7 +711,10 @@ impl<'f> Linter<'f> {
                 format!(
                     "takes {locks} without lock_timeout: while it waits behind a long-running transaction, every later query on the table queues behind it"
                 ),
-                "SET lock_timeout = '2s'; before the first statement (SET LOCAL inside a transaction block) and retry the migration when it times out".to_owned(),
+                script(
+                    &[],
+                    "before the first statement that takes a lock stronger than ROW EXCLUSIVE (SET LOCAL inside a transaction block); retry the migration when it times out",
+                ),
             ));
         }
         self.last_strong_lock_had_timeout = Some(in_force);
@@ -808,26 +831,30 @@ impl<'f> Linter<'f> {
             return; // exists: a no-op
         }
         self.scan(ctx, &key);
+        let mut safe = ci.clone();
+        safe.concurrently = true;
+        safe.if_not_exists = ci.name.is_some();
         if ci.concurrently && self.transaction.is_some() {
             ctx.findings.push(Finding::blocking(
                 BAN_CONCURRENT_INDEX_CREATION_IN_TRANSACTION,
                 "CREATE INDEX CONCURRENTLY cannot run inside a transaction block; PostgreSQL refuses it"
                     .to_owned(),
-                "COMMIT before it (or move it out of BEGIN ... COMMIT) and run it on its own".to_owned(),
+                script(
+                    &[safe.to_string()],
+                    "after the COMMIT of the transaction block, on its own",
+                ),
             ));
         }
         if !ci.concurrently && presence.hazard() {
             let table = self.describe(&key);
-            let mut safe = ci.clone();
-            safe.concurrently = true;
-            safe.if_not_exists = ci.name.is_some();
             ctx.findings.push(Finding::blocking(
                 REQUIRE_CONCURRENT_INDEX_CREATION,
                 format!(
                     "CREATE INDEX without CONCURRENTLY holds SHARE on {table} for the whole build, blocking writes (INSERT, UPDATE, DELETE)"
                 ),
-                format!(
-                    "{safe}; (outside a transaction block; if it fails it leaves an INVALID index: drop it before retrying)"
+                script(
+                    &[safe.to_string()],
+                    "outside a transaction block; a build that fails leaves an INVALID index: DROP INDEX CONCURRENTLY it before retrying",
                 ),
             ));
         }
@@ -911,14 +938,13 @@ impl<'f> Linter<'f> {
         }
     }
 
-    fn drop(
-        &mut self,
-        ctx: &mut Ctx,
-        object_type: ObjectType,
-        if_exists: bool,
-        names: &[ObjectName],
-        cascade: bool,
-    ) {
+    fn drop(&mut self, ctx: &mut Ctx, drop: DropStatement, names: &[ObjectName]) {
+        let DropStatement {
+            object_type,
+            if_exists,
+            cascade,
+            concurrently,
+        } = drop;
         match object_type {
             ObjectType::Table => {
                 for name in names {
@@ -963,32 +989,19 @@ impl<'f> Linter<'f> {
                 self.robust(ctx, if_exists, "DROP TABLE", "IF EXISTS");
             }
             ObjectType::Index => {
+                if concurrently && self.transaction.is_some() {
+                    ctx.findings.push(Finding::blocking(
+                        BAN_CONCURRENT_INDEX_DELETION_IN_TRANSACTION,
+                        "DROP INDEX CONCURRENTLY cannot run inside a transaction block; PostgreSQL refuses it"
+                            .to_owned(),
+                        script(
+                            &drop_indexes_concurrently(names),
+                            "after the COMMIT of the transaction block, on its own",
+                        ),
+                    ));
+                }
                 for name in names {
-                    let index_key = self.index_key(name, None);
-                    let Some(index) = self.index(&index_key) else {
-                        if !if_exists {
-                            ctx.findings.push(Finding::blocking(
-                                INDEX_NOT_FOUND,
-                                format!("index {index_key} does not exist; the statement fails"),
-                                "fix the index name, or use DROP INDEX IF EXISTS".to_owned(),
-                            ));
-                        }
-                        continue;
-                    };
-                    self.lock(ctx, &index.table, LockLevel::AccessExclusive);
-                    if self.presence(&index.table) == Presence::Existing {
-                        let table = self.describe(&index.table);
-                        ctx.findings.push(Finding::warning(
-                            REQUIRE_CONCURRENT_INDEX_DELETION,
-                            format!(
-                                "DROP INDEX {index_key} takes ACCESS EXCLUSIVE on {table}, blocking reads and writes while it waits for and holds the lock"
-                            ),
-                            format!(
-                                "DROP INDEX CONCURRENTLY IF EXISTS {index_key}; outside a transaction block (run it as its own step: the SQL parser the linter uses does not accept DROP INDEX CONCURRENTLY)"
-                            ),
-                        ));
-                    }
-                    self.indexes.insert(index_key, None);
+                    self.drop_index(ctx, name, if_exists, concurrently);
                 }
                 self.robust(ctx, if_exists, "DROP INDEX", "IF EXISTS");
             }
@@ -998,6 +1011,42 @@ impl<'f> Linter<'f> {
                 "check its dependents in pg_depend by hand before dropping".to_owned(),
             )),
         }
+    }
+
+    /// One index of a DROP INDEX: ACCESS EXCLUSIVE on its table, or SHARE
+    /// UPDATE EXCLUSIVE when CONCURRENTLY.
+    fn drop_index(&mut self, ctx: &mut Ctx, name: &ObjectName, if_exists: bool, concurrently: bool) {
+        let index_key = self.index_key(name, None);
+        let Some(index) = self.index(&index_key) else {
+            if !if_exists {
+                ctx.findings.push(Finding::blocking(
+                    INDEX_NOT_FOUND,
+                    format!("index {index_key} does not exist; the statement fails"),
+                    "fix the index name, or use DROP INDEX IF EXISTS".to_owned(),
+                ));
+            }
+            return;
+        };
+        let level = if concurrently {
+            LockLevel::ShareUpdateExclusive
+        } else {
+            LockLevel::AccessExclusive
+        };
+        self.lock(ctx, &index.table, level);
+        if !concurrently && self.presence(&index.table) == Presence::Existing {
+            let table = self.describe(&index.table);
+            ctx.findings.push(Finding::warning(
+                REQUIRE_CONCURRENT_INDEX_DELETION,
+                format!(
+                    "DROP INDEX {index_key} takes ACCESS EXCLUSIVE on {table}, blocking reads and writes while it waits for and holds the lock"
+                ),
+                script(
+                    &drop_indexes_concurrently(std::slice::from_ref(name)),
+                    "outside a transaction block (SHARE UPDATE EXCLUSIVE: reads and writes go on)",
+                ),
+            ));
+        }
+        self.indexes.insert(index_key, None);
     }
 
     fn alter_table(&mut self, ctx: &mut Ctx, index: usize, at: &AlterTable) {
@@ -1126,8 +1175,9 @@ impl<'f> Linter<'f> {
                                 format!(
                                     "VALIDATE CONSTRAINT {constraint_name} runs in the same transaction as its ADD ... NOT VALID (statement {added_at}): the {lock} lock taken there is held through the validation scan of {table}, {blocks}"
                                 ),
-                                format!(
-                                    "COMMIT after the ADD ... NOT VALID and run ALTER TABLE {table_sql} VALIDATE CONSTRAINT {name}; in its own transaction"
+                                script(
+                                    &[format!("ALTER TABLE {table_sql} VALIDATE CONSTRAINT {name}")],
+                                    "in its own transaction, after the COMMIT of the one that added the constraint NOT VALID",
                                 ),
                             ));
                         }
@@ -1315,6 +1365,7 @@ impl<'f> Linter<'f> {
         if if_not_exists && matches!(self.column(key, &column), Ok(Some(_))) {
             return; // exists: a no-op
         }
+        let relation = key.split_once('.').map_or(key, |(_, t)| t);
         let mut rewrite_reason = serial_type(&column_def.data_type).map(|t| {
             format!("the {t} type's nextval() default is volatile and is evaluated for every existing row")
         });
@@ -1367,10 +1418,23 @@ impl<'f> Linter<'f> {
                     self.scan(ctx, key);
                     if presence.hazard() {
                         let table = self.describe(key);
+                        let name = ident(&format!("{relation}_{column}_key"));
+                        let steps = [
+                            advice::add_column_without(table_sql, column_def, |o| {
+                                matches!(o, ColumnOption::Unique(_))
+                            }),
+                            format!(
+                                "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table_sql} ({})",
+                                column_def.name
+                            ),
+                            format!(
+                                "ALTER TABLE {table_sql} ADD CONSTRAINT {name} UNIQUE USING INDEX {name}"
+                            ),
+                        ];
                         ctx.findings.push(Finding::blocking(
                             DISALLOWED_UNIQUE_CONSTRAINT,
                             format!("ADD COLUMN {column} ... UNIQUE builds a unique index on {table} under ACCESS EXCLUSIVE, blocking reads and writes for the build"),
-                            format!("add the column without UNIQUE, CREATE UNIQUE INDEX CONCURRENTLY on it, then ALTER TABLE {table_sql} ADD CONSTRAINT ... UNIQUE USING INDEX ..."),
+                            script(&steps, "the index is built outside a transaction block, without blocking writes"),
                         ));
                     }
                 }
@@ -1383,10 +1447,18 @@ impl<'f> Linter<'f> {
                     self.scan(ctx, key);
                     if presence.hazard() {
                         let table = self.describe(key);
+                        let mut steps = vec![advice::add_column_without(table_sql, column_def, |o| {
+                            matches!(o, ColumnOption::ForeignKey(_))
+                        })];
+                        steps.extend(advice::not_valid_then_validate(
+                            table_sql,
+                            &advice::column_foreign_key(&column_def.name, fk),
+                            &format!("{relation}_{column}_fkey"),
+                        ));
                         ctx.findings.push(Finding::blocking(
                             ADDING_FOREIGN_KEY_CONSTRAINT,
                             format!("ADD COLUMN {column} ... REFERENCES {referenced} validates the new foreign key by scanning {table} under ACCESS EXCLUSIVE, and locks {referenced} in SHARE ROW EXCLUSIVE"),
-                            format!("add the column without REFERENCES, then ALTER TABLE {table_sql} ADD CONSTRAINT ... FOREIGN KEY ({}) REFERENCES {} ... NOT VALID; and VALIDATE CONSTRAINT in a separate transaction", column_def.name, fk.foreign_table),
+                            script(&steps, VALIDATE_NOTE),
                         ));
                     }
                 }
@@ -1394,10 +1466,18 @@ impl<'f> Linter<'f> {
                     self.scan(ctx, key);
                     if presence.hazard() {
                         let table = self.describe(key);
+                        let mut steps = vec![advice::add_column_without(table_sql, column_def, |o| {
+                            matches!(o, ColumnOption::Check(_))
+                        })];
+                        steps.extend(advice::not_valid_then_validate(
+                            table_sql,
+                            &advice::column_check(check),
+                            &format!("{relation}_{column}_check"),
+                        ));
                         ctx.findings.push(Finding::blocking(
                             CONSTRAINT_MISSING_NOT_VALID,
                             format!("ADD COLUMN {column} ... CHECK scans {table} under ACCESS EXCLUSIVE to validate the check, blocking reads and writes"),
-                            format!("add the column without the check, then ALTER TABLE {table_sql} ADD CONSTRAINT ... CHECK ({}) NOT VALID; and VALIDATE CONSTRAINT in a separate transaction", check.expr),
+                            script(&steps, VALIDATE_NOTE),
                         ));
                     }
                 }
@@ -1408,14 +1488,10 @@ impl<'f> Linter<'f> {
             self.rewrite(ctx, key);
             if presence.hazard() {
                 let table = self.describe(key);
-                let default_sql = default.map_or_else(|| "the default".to_owned(), |d| d.to_string());
                 ctx.findings.push(Finding::blocking(
                     ADDING_FIELD_WITH_DEFAULT,
                     format!("ADD COLUMN {column} rewrites {table} under ACCESS EXCLUSIVE, blocking reads and writes for the whole rewrite: {reason}"),
-                    format!(
-                        "ALTER TABLE {table_sql} ADD COLUMN {} {}; then ALTER TABLE {table_sql} ALTER COLUMN {} SET DEFAULT {default_sql}; then backfill existing rows in batches (and for NOT NULL, the CHECK ... NOT VALID / VALIDATE / SET NOT NULL steps)",
-                        column_def.name, column_def.data_type, column_def.name
-                    ),
+                    default_advice(table_sql, key, column_def, default),
                 ));
             }
         } else if not_null && default.is_none() && !fills_itself && presence.hazard() {
@@ -1453,8 +1529,10 @@ impl<'f> Linter<'f> {
         let state = match self.column(key, &column) {
             Ok(state) => state,
             Err(finding) => {
+                // The statement fails: hazards (and advice) about a
+                // column that is not there would mislead.
                 ctx.findings.push(finding);
-                None
+                return;
             }
         };
         match op {
@@ -1543,7 +1621,8 @@ impl<'f> Linter<'f> {
             self.scan(ctx, key);
             if presence.hazard() {
                 let table = self.describe(key);
-                let pending = match self.unvalidated_not_null_check(key, column) {
+                let pending_check = self.unvalidated_not_null_check(key, column);
+                let pending = match &pending_check {
                     Some(name) => format!("; CHECK {name} exists but is NOT VALID: VALIDATE it first"),
                     None => String::new(),
                 };
@@ -1551,14 +1630,24 @@ impl<'f> Linter<'f> {
                     "{}_{column}_not_null",
                     key.split_once('.').map_or(key, |(_, t)| t)
                 );
+                let mut steps = advice::not_null_steps(table_sql, column, &check, pending_check.as_deref());
+                let note = if what == "SET NOT NULL" {
+                    steps.push(format!(
+                        "ALTER TABLE {table_sql} ALTER COLUMN {} SET NOT NULL",
+                        ident(column)
+                    ));
+                    "each in its own transaction: the validated check spares SET NOT NULL its scan, and may be dropped after it".to_owned()
+                } else {
+                    format!(
+                        "each in its own transaction; then the {what}: the validated check spares it the scan"
+                    )
+                };
                 ctx.findings.push(Finding::blocking(
                     ADDING_NOT_NULLABLE_FIELD,
                     format!(
                         "{what} on {column} scans {table} under ACCESS EXCLUSIVE to prove there is no NULL, blocking reads and writes for the scan: no validated CHECK ({column} IS NOT NULL) exists{pending}"
                     ),
-                    format!(
-                        "ALTER TABLE {table_sql} ADD CONSTRAINT {check} CHECK ({column} IS NOT NULL) NOT VALID; then in a separate transaction ALTER TABLE {table_sql} VALIDATE CONSTRAINT {check}; then ALTER TABLE {table_sql} ALTER COLUMN {column} SET NOT NULL; (no scan) and optionally DROP CONSTRAINT {check}"
-                    ),
+                    script(&steps, &note),
                 ));
             }
         }
@@ -1615,8 +1704,9 @@ impl<'f> Linter<'f> {
                             format!(
                                 "ADD FOREIGN KEY without NOT VALID scans {table} to validate it while holding SHARE ROW EXCLUSIVE on {key} and {referenced}, blocking writes to both"
                             ),
-                            format!(
-                                "ALTER TABLE {table_sql} ADD {constraint} NOT VALID; then in a separate transaction ALTER TABLE {table_sql} VALIDATE CONSTRAINT {name}; (SHARE UPDATE EXCLUSIVE: reads and writes go on)"
+                            script(
+                                &advice::not_valid_then_validate(table_sql, constraint, &name),
+                                VALIDATE_NOTE,
                             ),
                         ));
                     }
@@ -1649,8 +1739,9 @@ impl<'f> Linter<'f> {
                             format!(
                                 "ADD CHECK without NOT VALID scans {table} to validate it under ACCESS EXCLUSIVE, blocking reads and writes for the scan"
                             ),
-                            format!(
-                                "ALTER TABLE {table_sql} ADD {constraint} NOT VALID; then in a separate transaction ALTER TABLE {table_sql} VALIDATE CONSTRAINT {name}; (SHARE UPDATE EXCLUSIVE: reads and writes go on)"
+                            script(
+                                &advice::not_valid_then_validate(table_sql, constraint, &name),
+                                VALIDATE_NOTE,
                             ),
                         ));
                     }
@@ -1680,13 +1771,21 @@ impl<'f> Linter<'f> {
                         .map(|c| c.to_string())
                         .collect::<Vec<_>>()
                         .join(", ");
+                    let index = ident(&name);
+                    let steps = [
+                        format!(
+                            "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {table_sql} ({column_list})"
+                        ),
+                        format!("ALTER TABLE {table_sql} ADD CONSTRAINT {index} UNIQUE USING INDEX {index}"),
+                    ];
                     ctx.findings.push(Finding::blocking(
                         DISALLOWED_UNIQUE_CONSTRAINT,
                         format!(
                             "ADD UNIQUE builds its index on {table} under ACCESS EXCLUSIVE, blocking reads and writes for the whole build"
                         ),
-                        format!(
-                            "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table_sql} ({column_list}); then ALTER TABLE {table_sql} ADD CONSTRAINT {name} UNIQUE USING INDEX {name};"
+                        script(
+                            &steps,
+                            "the index is built outside a transaction block, without blocking writes; the constraint then only takes it over",
                         ),
                     ));
                 }
@@ -1711,13 +1810,35 @@ impl<'f> Linter<'f> {
                         .map(|c| c.to_string())
                         .collect::<Vec<_>>()
                         .join(", ");
+                    let mut steps = Vec::new();
+                    for column in index_columns(&pk.columns) {
+                        let not_null = matches!(self.column(key, &column), Ok(Some(c)) if c.not_null);
+                        if !not_null && !self.validated_not_null_check(key, &column) {
+                            let pending = self.unvalidated_not_null_check(key, &column);
+                            let check = format!("{relation}_{column}_not_null");
+                            steps.extend(advice::not_null_steps(
+                                table_sql,
+                                &column,
+                                &check,
+                                pending.as_deref(),
+                            ));
+                        }
+                    }
+                    let index = ident(&name);
+                    steps.push(format!(
+                        "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {table_sql} ({column_list})"
+                    ));
+                    steps.push(format!(
+                        "ALTER TABLE {table_sql} ADD CONSTRAINT {index} PRIMARY KEY USING INDEX {index}"
+                    ));
                     ctx.findings.push(Finding::blocking(
                         ADDING_SERIAL_PRIMARY_KEY_FIELD,
                         format!(
                             "ADD PRIMARY KEY builds its index on {table} (and sets its columns NOT NULL) under ACCESS EXCLUSIVE, blocking reads and writes for the whole build"
                         ),
-                        format!(
-                            "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table_sql} ({column_list}); make the columns NOT NULL with the CHECK ... NOT VALID / VALIDATE / SET NOT NULL steps; then ALTER TABLE {table_sql} ADD CONSTRAINT {name} PRIMARY KEY USING INDEX {name};"
+                        script(
+                            &steps,
+                            "each in its own transaction, the index outside one: validated NOT NULL checks spare the primary key its scan",
                         ),
                     ));
                 }
@@ -1766,9 +1887,7 @@ impl<'f> Linter<'f> {
                                 format!(
                                     "index {index_key} is INVALID (a failed CREATE INDEX CONCURRENTLY); the statement fails"
                                 ),
-                                format!(
-                                    "DROP INDEX CONCURRENTLY {index_key}; and build it again with CREATE UNIQUE INDEX CONCURRENTLY"
-                                ),
+                                rebuild_advice(&index_key, table_sql, &found.columns),
                             ));
                         }
                         if !found.unique {
@@ -1875,6 +1994,98 @@ fn drop_or_rename_finding(
             safe_alternative.to_owned(),
         )
     }
+}
+
+/// Why each step of a NOT VALID + VALIDATE advice runs on its own.
+const VALIDATE_NOTE: &str = "each in its own transaction: VALIDATE CONSTRAINT scans under SHARE UPDATE EXCLUSIVE (ROW SHARE on a referenced table), so reads and writes go on";
+
+/// A column whose ADD would rewrite the table: added without what fills
+/// it, then a default for new rows only (no rewrite); existing rows are
+/// backfilled in batches.
+fn default_advice(table_sql: &str, key: &str, column_def: &ColumnDef, default: Option<&Expr>) -> String {
+    let note = "then backfill existing rows in batches by key range, one short transaction each (and for NOT NULL the CHECK ... NOT VALID / VALIDATE / SET NOT NULL steps)";
+    let name = &column_def.name;
+    let add = |data_type: &dyn std::fmt::Display| {
+        format!("ALTER TABLE {table_sql} ADD COLUMN IF NOT EXISTS {name} {data_type}")
+    };
+    let set_default =
+        |value: &str| format!("ALTER TABLE {table_sql} ALTER COLUMN {name} SET DEFAULT {value}");
+    let (schema, relation) = key.split_once('.').unwrap_or(("public", key));
+    if let Some(serial) = serial_type(&column_def.data_type) {
+        let sequence = format!(
+            "{}.{}",
+            ident(schema),
+            ident(&format!("{relation}_{}_seq", fold(name)))
+        );
+        // Owned by the column, as serial's own sequence is.
+        let steps = [
+            add(&serial_base(&serial)),
+            format!("CREATE SEQUENCE IF NOT EXISTS {sequence} OWNED BY {table_sql}.{name}"),
+            set_default(&format!("nextval('{}')", sequence.replace('\'', "''"))),
+        ];
+        return script(&steps, note);
+    }
+    let fills_itself = column_def.options.iter().any(|o| {
+        matches!(
+            o.option,
+            ColumnOption::Identity(_) | ColumnOption::Generated { .. }
+        )
+    });
+    match default {
+        Some(default) if !fills_itself => script(
+            &[add(&column_def.data_type), set_default(&default.to_string())],
+            note,
+        ),
+        _ => format!(
+            "PostgreSQL fills an identity or stored generated column by rewriting the table: add {name} as a plain {} column with a sequence default instead (no rewrite) and backfill existing rows in batches, or run the statement in a maintenance window",
+            column_def.data_type
+        ),
+    }
+}
+
+/// The integer type under a serial type.
+fn serial_base(serial: &str) -> &'static str {
+    match serial {
+        "bigserial" | "serial8" => "bigint",
+        "smallserial" | "serial2" => "smallint",
+        _ => "integer",
+    }
+}
+
+/// An INVALID unique index dropped and built again, concurrently (in
+/// words when it has expression columns, which the facts do not spell).
+fn rebuild_advice(index_key: &str, table_sql: &str, columns: &[String]) -> String {
+    let (schema, index) = index_key.split_once('.').unwrap_or(("public", index_key));
+    if columns.is_empty() || columns.iter().any(String::is_empty) {
+        return format!(
+            "DROP INDEX CONCURRENTLY {index_key}, build it again with CREATE UNIQUE INDEX CONCURRENTLY (outside a transaction block), then run the statement again"
+        );
+    }
+    let column_list = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+    let steps = [
+        format!(
+            "DROP INDEX CONCURRENTLY IF EXISTS {}.{}",
+            ident(schema),
+            ident(index)
+        ),
+        format!(
+            "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {} ON {table_sql} ({column_list})",
+            ident(index)
+        ),
+    ];
+    script(
+        &steps,
+        "outside a transaction block; then run the statement again",
+    )
+}
+
+/// `DROP INDEX CONCURRENTLY IF EXISTS <name>` per index: PostgreSQL drops
+/// one index per concurrent drop.
+fn drop_indexes_concurrently(names: &[ObjectName]) -> Vec<String> {
+    names
+        .iter()
+        .map(|name| format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+        .collect()
 }
 
 /// `a, b, c and 4 more`.

@@ -7,6 +7,7 @@
 
 use sqlparser::ast::Statement;
 use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 
@@ -19,6 +20,9 @@ pub(crate) struct ParsedStatement {
     pub statement: Statement,
     /// The text as written, from its first to its last token.
     pub text: String,
+    /// `DROP INDEX CONCURRENTLY`, which sqlparser does not parse: the
+    /// keyword is taken out before parsing (the text keeps it).
+    pub drop_index_concurrently: bool,
 }
 
 /// Parses `sql` into statements, within [`SQL_BYTES_MAX`] and [`STATEMENTS_MAX`].
@@ -39,6 +43,7 @@ pub(crate) fn parse_migration(sql: &str) -> Result<Vec<ParsedStatement>, LintErr
             message: e.to_string(),
         });
     }
+    let concurrently_at = take_drop_index_concurrently(&mut tokens);
     let offsets = LineOffsets::new(sql);
     let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
     let mut statements = Vec::new();
@@ -72,12 +77,52 @@ pub(crate) fn parse_migration(sql: &str) -> Result<Vec<ParsedStatement>, LintErr
         let text = sql[offsets.byte(sql, start)..offsets.byte(sql, end)]
             .trim()
             .to_owned();
-        statements.push(ParsedStatement { statement, text });
+        let within = |at: &Location| {
+            (start.line, start.column) <= (at.line, at.column)
+                && (at.line, at.column) <= (end.line, end.column)
+        };
+        statements.push(ParsedStatement {
+            statement,
+            text,
+            drop_index_concurrently: concurrently_at.iter().any(within),
+        });
     }
     if statements.is_empty() {
         return Err(LintError::Empty);
     }
     Ok(statements)
+}
+
+/// Takes `CONCURRENTLY` out of every `DROP INDEX CONCURRENTLY` (sqlparser
+/// parses the rest as DROP INDEX) and returns where each one was. The
+/// sequence only occurs at a statement's start: function bodies are
+/// single string tokens.
+fn take_drop_index_concurrently(tokens: &mut Vec<TokenWithSpan>) -> Vec<Location> {
+    let mut taken = Vec::new();
+    for at in 0..tokens.len() {
+        if !is_keyword(tokens.get(at), Keyword::DROP) {
+            continue;
+        }
+        let index = next_significant(tokens, at + 1);
+        if !is_keyword(index.and_then(|i| tokens.get(i)), Keyword::INDEX) {
+            continue;
+        }
+        if let Some(concurrently) = index.and_then(|i| next_significant(tokens, i + 1))
+            && is_keyword(tokens.get(concurrently), Keyword::CONCURRENTLY)
+        {
+            taken.push(tokens.remove(concurrently).span.start);
+        }
+    }
+    taken
+}
+
+fn is_keyword(token: Option<&TokenWithSpan>, keyword: Keyword) -> bool {
+    matches!(token, Some(TokenWithSpan { token: Token::Word(w), .. }) if w.keyword == keyword)
+}
+
+/// The first token from `from` on that is not whitespace or a comment.
+fn next_significant(tokens: &[TokenWithSpan], from: usize) -> Option<usize> {
+    (from..tokens.len()).find(|&i| !matches!(tokens[i].token, Token::Whitespace(_)))
 }
 
 /// Statements ended by a `;` among `tokens` (empty ones not counted).

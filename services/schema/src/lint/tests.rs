@@ -184,8 +184,9 @@ fn create_index_without_concurrently_blocks_writes_under_share() {
     assert_eq!(f.severity, Severity::Blocking);
     assert!(f.message.contains("~2,000,000 rows, 1.0 GiB"), "{}", f.message);
     assert!(
-        f.safe_alternative
-            .starts_with("CREATE INDEX CONCURRENTLY IF NOT EXISTS orders_created_idx ON orders"),
+        f.safe_alternative.starts_with(
+            "SET lock_timeout = '2s'; CREATE INDEX CONCURRENTLY IF NOT EXISTS orders_created_idx ON orders"
+        ),
         "{}",
         f.safe_alternative
     );
@@ -299,7 +300,7 @@ fn check_without_not_valid_scans_under_access_exclusive() {
     assert_eq!(rules(add), [CONSTRAINT_MISSING_NOT_VALID]);
     assert!(
         finding(add, CONSTRAINT_MISSING_NOT_VALID).safe_alternative.starts_with(
-            "ALTER TABLE orders ADD CONSTRAINT amount_positive CHECK (amount > 0) NOT VALID; then in a separate transaction ALTER TABLE orders VALIDATE CONSTRAINT amount_positive;"
+            "SET lock_timeout = '2s'; ALTER TABLE orders ADD CONSTRAINT amount_positive CHECK (amount > 0) NOT VALID; ALTER TABLE orders VALIDATE CONSTRAINT amount_positive; -- each in its own transaction"
         )
     );
 }
@@ -317,7 +318,7 @@ fn unique_constraint_builds_its_index_under_access_exclusive() {
     assert_eq!(rules(add), [DISALLOWED_UNIQUE_CONSTRAINT]);
     assert_eq!(
         finding(add, DISALLOWED_UNIQUE_CONSTRAINT).safe_alternative,
-        "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS customers_email_key ON customers (email); then ALTER TABLE customers ADD CONSTRAINT customers_email_key UNIQUE USING INDEX customers_email_key;"
+        "SET lock_timeout = '2s'; CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS customers_email_key ON customers (email); ALTER TABLE customers ADD CONSTRAINT customers_email_key UNIQUE USING INDEX customers_email_key; -- the index is built outside a transaction block, without blocking writes; the constraint then only takes it over"
     );
 }
 
@@ -1124,4 +1125,122 @@ fn type_change_classification_follows_postgres_15() {
         TypeChange::Rewrite(reason) if reason.contains("not in the catalog facts")
     ));
     assert_eq!(parse_type_name("not a type at all"), None);
+}
+
+// ---- advice ---------------------------------------------------------------
+
+/// Migrations that, together, make every rule fire (some in several
+/// forms), each linted on its own against the facts.
+const ADVICE_CASES: [&str; 39] = [
+    "CREATE INDEX orders_created_idx ON orders (created_at);",
+    "CREATE INDEX ON orders (note);",
+    "BEGIN; CREATE INDEX CONCURRENTLY orders_note_idx ON orders (note); COMMIT;",
+    "DROP INDEX orders_status_idx;",
+    "BEGIN; DROP INDEX CONCURRENTLY orders_status_idx; COMMIT;",
+    "ALTER TABLE orders ADD CONSTRAINT amount_positive CHECK (amount > 0);",
+    "ALTER TABLE orders ADD CHECK (amount > 0);",
+    "ALTER TABLE orders ADD COLUMN qty int CHECK (qty > 0);",
+    "BEGIN; ALTER TABLE orders ADD CONSTRAINT c1 CHECK (amount > 0) NOT VALID; ALTER TABLE orders VALIDATE CONSTRAINT c1; COMMIT;",
+    "ALTER TABLE orders ADD CONSTRAINT orders_customer_fk FOREIGN KEY (customer_id) REFERENCES customers (id);",
+    "ALTER TABLE orders ADD FOREIGN KEY (customer_id) REFERENCES customers (id) ON DELETE CASCADE;",
+    "ALTER TABLE orders ADD COLUMN buyer_id bigint REFERENCES customers (id);",
+    "ALTER TABLE orders ALTER COLUMN customer_id SET NOT NULL;",
+    "ALTER TABLE orders ALTER COLUMN amount SET NOT NULL;",
+    "ALTER TABLE \"orders\" ALTER COLUMN \"status\" SET NOT NULL;",
+    "ALTER TABLE orders ADD COLUMN region text NOT NULL;",
+    "ALTER TABLE orders ALTER COLUMN amount TYPE numeric(12,3);",
+    "ALTER TABLE orders ADD COLUMN token uuid DEFAULT gen_random_uuid();",
+    "ALTER TABLE orders ADD COLUMN seq bigserial;",
+    "ALTER TABLE orders ADD COLUMN n bigint GENERATED ALWAYS AS IDENTITY;",
+    "ALTER TABLE customers ADD CONSTRAINT customers_email_key UNIQUE (email);",
+    "ALTER TABLE customers ADD COLUMN handle text UNIQUE;",
+    "ALTER TABLE customers ADD CONSTRAINT email_unique UNIQUE USING INDEX customers_email_broken;",
+    "ALTER TABLE customers ADD CONSTRAINT nickname_unique UNIQUE USING INDEX customers_nickname_idx;",
+    "ALTER TABLE customers ADD PRIMARY KEY (id);",
+    "ALTER TABLE customers ADD CONSTRAINT customers_pk PRIMARY KEY (email);",
+    "ALTER TABLE customers ADD COLUMN key bigint PRIMARY KEY;",
+    "ALTER TABLE orders ADD CONSTRAINT no_overlap EXCLUDE USING gist (customer_id WITH =);",
+    "ALTER TABLE orders RENAME COLUMN note TO remark;",
+    "ALTER TABLE archive RENAME TO old_archive;",
+    "ALTER TABLE orders DROP COLUMN unused;",
+    "DROP TABLE archive;",
+    "CREATE INDEX CONCURRENTLY orders_note_idx ON orders (note); CREATE TABLE t2 (id int);",
+    "VACUUM FULL orders;",
+    "UPDATE orders SET note = 'x';",
+    "ALTER TABLE ghosts ADD COLUMN x int; CREATE TABLE orders (id int); ALTER TABLE orders ALTER COLUMN ghost SET NOT NULL;",
+    "DROP INDEX ghost_idx; ALTER TABLE orders VALIDATE CONSTRAINT ghost;",
+    "SET LOCAL lock_timeout = '2s';",
+    "DROP VIEW order_report;",
+];
+
+/// Rules whose safe way is a fixed statement sequence: their advice is SQL.
+const SQL_ADVICE_RULES: [&str; 11] = [
+    REQUIRE_CONCURRENT_INDEX_CREATION,
+    BAN_CONCURRENT_INDEX_CREATION_IN_TRANSACTION,
+    REQUIRE_CONCURRENT_INDEX_DELETION,
+    BAN_CONCURRENT_INDEX_DELETION_IN_TRANSACTION,
+    CONSTRAINT_MISSING_NOT_VALID,
+    ADDING_FOREIGN_KEY_CONSTRAINT,
+    ADDING_NOT_NULLABLE_FIELD,
+    ADDING_FIELD_WITH_DEFAULT,
+    DISALLOWED_UNIQUE_CONSTRAINT,
+    ADDING_SERIAL_PRIMARY_KEY_FIELD,
+    REQUIRE_TIMEOUT_SETTINGS,
+];
+
+#[test]
+fn advice_written_as_sql_lints_without_a_blocking_finding_for_every_rule() {
+    let mut fired = std::collections::BTreeSet::new();
+    let mut sql_advice = std::collections::BTreeSet::new();
+    for case in ADVICE_CASES {
+        for (_, f) in when_linted(case).findings() {
+            fired.insert(f.rule);
+            // SQL advice starts with the timeout its steps need; the rest is words.
+            if !f.safe_alternative.starts_with("SET lock_timeout = '2s';") {
+                continue;
+            }
+            sql_advice.insert(f.rule);
+            let advice = lint(&f.safe_alternative, &facts()).unwrap_or_else(|e| {
+                panic!(
+                    "advice of {} for `{case}` does not lint: {e}\n{}",
+                    f.rule, f.safe_alternative
+                )
+            });
+            let blocking: Vec<_> = advice
+                .findings()
+                .filter(|(_, g)| g.severity == Severity::Blocking)
+                .collect();
+            assert!(
+                blocking.is_empty(),
+                "advice of {} for `{case}`:\n{}\nis itself blocked: {blocking:#?}",
+                f.rule,
+                f.safe_alternative
+            );
+        }
+    }
+    let silent: Vec<_> = rules::ALL.iter().filter(|r| !fired.contains(*r)).collect();
+    assert!(silent.is_empty(), "rules no case makes fire: {silent:?}");
+    let in_words: Vec<_> = SQL_ADVICE_RULES
+        .iter()
+        .filter(|r| !sql_advice.contains(*r))
+        .collect();
+    assert!(in_words.is_empty(), "rules whose advice is not SQL: {in_words:?}");
+}
+
+#[test]
+fn drop_index_concurrently_parses_runs_outside_a_transaction_and_passes_clean() {
+    let report = when_linted(&format!(
+        "{TIMEOUT}DROP INDEX CONCURRENTLY IF EXISTS orders_status_idx;"
+    ));
+    let drop = &report.statements[1];
+    assert_eq!(drop.sql, "DROP INDEX CONCURRENTLY IF EXISTS orders_status_idx");
+    assert_eq!(
+        lock_on(drop, "public.orders"),
+        Some(LockLevel::ShareUpdateExclusive)
+    );
+    assert_clean(&report);
+
+    let split = split_script("DROP INDEX CONCURRENTLY orders_status_idx; DROP INDEX orders_pkey").unwrap();
+    assert!(split[0].outside_transaction && !split[1].outside_transaction);
+    assert_eq!(split[0].sql, "DROP INDEX CONCURRENTLY orders_status_idx");
 }

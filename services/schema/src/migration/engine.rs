@@ -639,12 +639,10 @@ impl Migrator {
         let comment = progress_comment(&plan.version_schema, &migration.name, done_after);
         let what = format!("operation {} (sql)", script.operation);
         let timeouts = &self.config.timeouts;
+        // The executor's error already names `what`: only scrubbed here.
         let exec = |error: ExecError| MigrationError::Exec {
             name: migration.name.clone(),
-            error: ExecError::Failed {
-                what: what.clone(),
-                error: target.url.scrub(&error.to_string()),
-            },
+            error: scrubbed(error, &target.url),
         };
         if statements.iter().any(|s| s.outside_transaction) {
             for statement in &statements {
@@ -842,7 +840,10 @@ impl Migrator {
                 timeouts.statement_timeout_ms,
             )
             .await
-            .map_err(exec)?;
+            .map_err(|error| MigrationError::Exec {
+                name: migration.name.clone(),
+                error: scrubbed(error, &target.url),
+            })?;
         }
         for step in &plan.rollback_indexes {
             run_step(&target.pool, timeouts, step).await.map_err(exec)?;
@@ -1096,6 +1097,18 @@ impl Migrator {
 
 /// The error's text without the migration's name (for a message that
 /// names it already).
+/// An executor error with the target's password scrubbed from the
+/// database's text, its prefix (`what`) kept once.
+fn scrubbed(error: ExecError, url: &ConnectionUrl) -> ExecError {
+    match error {
+        ExecError::Failed { what, error } => ExecError::Failed {
+            what,
+            error: url.scrub(&error),
+        },
+        other => other,
+    }
+}
+
 fn without_name(error: MigrationError) -> String {
     match error {
         MigrationError::Exec { error, .. } => error.to_string(),

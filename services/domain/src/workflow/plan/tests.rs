@@ -215,3 +215,142 @@ fn bad_yaml_is_refused_with_its_line() {
         .problems;
     assert!(unknown[0].contains("steps"), "{unknown:?}");
 }
+
+/// What a dry run answers: the plan in the input shape, as JSON.
+fn written(plan: &Plan) -> String {
+    serde_json::to_string(&plan.to_spec()).unwrap()
+}
+
+/// Given a validated plan, when it is written out and read back, then it
+/// is the same plan, and writing it again gives the same text.
+fn assert_round_trip(plan: &Plan, catalogue: &Catalogue) {
+    let text = written(plan);
+    let read_back = Plan::from_json(&text, catalogue).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(&read_back, plan, "{text}");
+    assert_eq!(written(&read_back), text);
+    // JSON is YAML too: the answer is a valid plan_yaml as well
+    assert_eq!(&Plan::from_yaml(&text, catalogue).unwrap(), plan, "{text}");
+}
+
+#[test]
+fn a_plan_written_out_is_in_the_input_shape_and_reads_back_as_the_same_plan() {
+    let plan = Plan::from_json(&migration_plan().to_string(), &catalogue()).unwrap();
+    assert_round_trip(&plan, &catalogue());
+    let shown: Value = serde_json::from_str(&written(&plan)).unwrap();
+    let tasks = &shown["tasks"];
+    assert_eq!(shown["name"], "Database Migration");
+    assert_eq!(
+        tasks[4]["dependencies"],
+        json!(["validate_data", "invalidate_cache"])
+    );
+    assert_eq!(tasks[0]["timeout"], "30m");
+    assert_eq!(tasks[2]["timeout"], "5m", "the default is written out");
+    assert_eq!(tasks[1]["retries"], 2);
+    assert_eq!(tasks[2]["retries"], 0);
+    assert_eq!(tasks[1]["compensation"], json!({"operation": "rollback"}));
+    for task in tasks.as_array().unwrap() {
+        assert!(task.get("timeout_ms").is_none(), "{task}");
+    }
+    assert!(
+        tasks[0].get("dependencies").is_none(),
+        "no dependencies, none written"
+    );
+}
+
+#[test]
+fn a_yaml_plan_and_one_written_out_of_order_read_back_the_same() {
+    let yaml = "
+name: nightly
+tasks:
+  - {id: last, agent: cache, operation: invalidate, dependencies: [first, middle], timeout: 1500ms}
+  - {id: middle, agent: integrity, operation: check, dependencies: [first], timeout: 90, retries: 3}
+  - {id: first, agent: backup, operation: create, params: {database: app, kind: logical},
+     timeout: 2h, compensation: {operation: delete}}
+";
+    let plan = Plan::from_yaml(yaml, &catalogue()).unwrap();
+    assert_round_trip(&plan, &catalogue());
+    let shown: Value = serde_json::from_str(&written(&plan)).unwrap();
+    let ids: Vec<&str> = shown["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["first", "middle", "last"], "in dependency order");
+    assert_eq!(shown["tasks"][1]["timeout"], "90s", "seconds as a duration");
+    assert_eq!(shown["tasks"][2]["timeout"], "1500ms");
+    assert_eq!(shown["tasks"][0]["timeout"], "2h");
+}
+
+#[test]
+fn inherited_compensation_parameters_are_written_out_and_read_back_the_same() {
+    let catalogue = crate::workflow::catalogue::declared();
+    let plan = Plan::from_json(
+        &json!({"name": "m", "tasks": [
+            {"id": "apply", "agent": "schema", "operation": "apply",
+             "params": {"database": "app", "migration": "m1", "complete": true},
+             "compensation": {"operation": "rollback", "params": {"database": "other"}}}]})
+        .to_string(),
+        &catalogue,
+    )
+    .unwrap();
+    assert_round_trip(&plan, &catalogue);
+    let shown: Value = serde_json::from_str(&written(&plan)).unwrap();
+    assert_eq!(
+        shown["tasks"][0]["compensation"],
+        json!({"operation": "rollback", "params": {"database": "other", "migration": "m1"}})
+    );
+}
+
+#[test]
+fn what_the_rule_based_planner_makes_reads_back_as_the_same_plan() {
+    let catalogue = crate::workflow::catalogue::declared();
+    for request in [
+        "Optimize slow queries in the users table and create an index on email",
+        "back up the database then run migration add_user_roles",
+        "check integrity of orders",
+        "rebuild the user_list projection",
+    ] {
+        let spec = crate::workflow::plan_request(request).unwrap();
+        let plan = Plan::validate(spec, &catalogue).unwrap();
+        assert_round_trip(&plan, &catalogue);
+    }
+}
+
+#[test]
+fn the_stored_shape_is_not_a_plan() {
+    // What dry runs answered before: indices and milliseconds
+    let stored =
+        serde_json::to_string(&Plan::from_json(&migration_plan().to_string(), &catalogue()).unwrap())
+            .unwrap();
+    assert!(problems(serde_json::from_str(&stored).unwrap()).contains("unknown field `timeout_ms`"));
+    // An answer edited badly is refused like any plan
+    let plan = Plan::from_json(&migration_plan().to_string(), &catalogue()).unwrap();
+    let mut shown: Value = serde_json::from_str(&written(&plan)).unwrap();
+    shown["tasks"][1]["dependencies"] = json!([0]);
+    assert!(problems(shown.clone()).contains("expected a string"), "{shown}");
+    shown["tasks"][1]["dependencies"] = json!(["rebuild_projections"]);
+    assert!(problems(shown.clone()).contains("cycle"), "{shown}");
+    shown["tasks"][1]["timeout"] = json!("half an hour");
+    assert!(problems(shown).contains("needs a unit"));
+}
+
+#[test]
+fn timeouts_are_written_in_the_largest_exact_unit_and_read_back_the_same() {
+    for (ms, text) in [
+        (100, "100ms"),
+        (1500, "1500ms"),
+        (1000, "1s"),
+        (90_000, "90s"),
+        (300_000, "5m"),
+        (5_400_000, "90m"),
+        (7_200_000, "2h"),
+        (TIMEOUT_MS_MAX, "24h"),
+    ] {
+        assert_eq!(format_timeout(ms), text);
+        assert_eq!(parse_timeout_ms(&json!(text)), Ok(ms));
+    }
+    for ms in (TIMEOUT_MS_MIN..TIMEOUT_MS_MAX).step_by(99_991) {
+        assert_eq!(parse_timeout_ms(&json!(format_timeout(ms))), Ok(ms));
+    }
+}

@@ -128,7 +128,7 @@ fn create_refuses_a_bad_id_name_or_cron_and_an_existing_schedule() {
     ));
     assert_eq!(
         refused(&[], with(ID, "  ", "@daily"), now).to_string(),
-        "the schedule name is empty; use 1 to 100 characters"
+        "the schedule name is required: use 1 to 100 characters"
     );
     assert_eq!(
         refused(&[], with(ID, &"x".repeat(101), "@daily"), now).to_string(),
