@@ -257,13 +257,20 @@ enum BatchFailure {
 impl From<sqlx::Error> for BatchFailure {
     fn from(e: sqlx::Error) -> Self {
         let code = e.as_database_error().and_then(|d| d.code());
-        match code.as_deref() {
-            // unique violation, deadlock, serialization failure, and
-            // dbswarm_check (the version before a batch's first is missing)
-            Some("23505" | "40P01" | "40001" | "DBS01") => BatchFailure::Race,
-            _ => BatchFailure::NotWritten(e.into()),
+        if is_race(code.as_deref()) {
+            BatchFailure::Race
+        } else {
+            BatchFailure::NotWritten(e.into())
         }
     }
+}
+
+/// Whether a failed statement's SQLSTATE means it lost a race with another
+/// writer (so the batch is worth retrying) rather than failed for good.
+fn is_race(sqlstate: Option<&str>) -> bool {
+    // unique violation, deadlock, serialization failure, and dbswarm_check
+    // (the version before a batch's first is missing)
+    matches!(sqlstate, Some("23505" | "40P01" | "40001" | "DBS01"))
 }
 
 async fn commit_batch(pool: &PgPool, cache: &VersionCache, batch: Vec<Pending>, config: &AppendConfig) {
@@ -359,30 +366,7 @@ async fn commit_optimistic(
     cache: &VersionCache,
     requests: &[&AppendRequest],
 ) -> Result<Vec<Option<AppendOutcome>>, BatchFailure> {
-    let mut states: HashMap<StreamId, StreamState> = HashMap::new();
-    // Streams the cache lacks are looked up, except those only created
-    // here (every append to them expects no stream): assuming they are new
-    // is checked by the write itself (version 1 must not exist yet).
-    let mut missing: BTreeSet<&str> = BTreeSet::new();
-    for append in requests.iter().flat_map(|r| r.streams()) {
-        let stream = &append.stream_id;
-        match cache.get(stream) {
-            Some(version) => {
-                states.insert(
-                    stream.clone(),
-                    StreamState {
-                        version: Some(version),
-                    },
-                );
-            }
-            None => {
-                states.entry(stream.clone()).or_default();
-                if append.expected != ExpectedVersion::NoStream {
-                    missing.insert(stream.as_str());
-                }
-            }
-        }
-    }
+    let (mut states, missing) = cached_states(cache, requests);
     if !missing.is_empty() {
         let missing: Vec<&str> = missing.into_iter().collect();
         let found: HashMap<String, i64> = sqlx::query_as(STREAM_VERSIONS)
@@ -421,6 +405,38 @@ async fn commit_optimistic(
         }
     }
     Ok(answers)
+}
+
+/// The batch's streams as the cache knows them (unknown ones as new), and
+/// the streams the cache lacks that must be looked up: all but those only
+/// created here (every append to them expects no stream), since assuming
+/// they are new is checked by the write itself (version 1 must not exist).
+fn cached_states<'r>(
+    cache: &VersionCache,
+    requests: &[&'r AppendRequest],
+) -> (HashMap<StreamId, StreamState>, BTreeSet<&'r str>) {
+    let mut states: HashMap<StreamId, StreamState> = HashMap::new();
+    let mut missing: BTreeSet<&str> = BTreeSet::new();
+    for append in requests.iter().flat_map(|r| r.streams()) {
+        let stream = &append.stream_id;
+        match cache.get(stream) {
+            Some(version) => {
+                states.insert(
+                    stream.clone(),
+                    StreamState {
+                        version: Some(version),
+                    },
+                );
+            }
+            None => {
+                states.entry(stream.clone()).or_default();
+                if append.expected != ExpectedVersion::NoStream {
+                    missing.insert(stream.as_str());
+                }
+            }
+        }
+    }
+    (states, missing)
 }
 
 /// The first version each written stream gets in this batch: the write
@@ -779,4 +795,365 @@ fn outcome_of(request: &AppendRequest, plan: Planned, positions: &HashMap<Uuid, 
             .collect(),
     };
     AppendOutcome { streams }
+}
+
+#[cfg(test)]
+mod tests {
+    use domain::{EventType, Limits, ProposedEvent, StreamAppend};
+
+    use super::*;
+
+    fn stream(id: &str) -> StreamId {
+        StreamId::parse(id, &Limits::default()).unwrap()
+    }
+
+    fn event(n: u128) -> ProposedEvent {
+        ProposedEvent {
+            event_id: Uuid::from_u128(n),
+            event_type: EventType::parse("Happened", &Limits::default()).unwrap(),
+            data: EventData::Json(format!("{{\"n\":{n}}}")),
+            metadata: String::new(),
+            schema_version: 1,
+            correlation_id: None,
+            causation_id: None,
+        }
+    }
+
+    /// One request; `streams` as (id, expected, event ids).
+    fn request(streams: &[(&str, ExpectedVersion, &[u128])]) -> AppendRequest {
+        let streams = streams
+            .iter()
+            .map(|(id, expected, events)| StreamAppend {
+                stream_id: stream(id),
+                expected: *expected,
+                events: events.iter().map(|n| event(*n)).collect(),
+            })
+            .collect();
+        AppendRequest::new(streams, &Limits::default()).unwrap()
+    }
+
+    fn states(known: &[(&str, Option<u64>)]) -> HashMap<StreamId, StreamState> {
+        known
+            .iter()
+            .map(|(id, version)| (stream(id), StreamState { version: *version }))
+            .collect()
+    }
+
+    fn versions(first: u64, last: u64) -> VersionedEvent {
+        VersionedEvent {
+            first_version: first,
+            last_version: last,
+        }
+    }
+
+    /// Given a at 2 and b new, when a request appends to both as expected,
+    /// then each stream gets its next versions and the states move on.
+    #[test]
+    fn a_request_accepted_on_every_stream_moves_them_all() {
+        let mut known = states(&[("a", Some(2)), ("b", None)]);
+        let both = request(&[
+            ("a", ExpectedVersion::Exact(2), &[1, 2]),
+            ("b", ExpectedVersion::NoStream, &[3]),
+        ]);
+        let decided = decide_request(&mut known, &both).unwrap();
+        assert_eq!(decided, vec![versions(3, 4), versions(1, 1)]);
+        assert_eq!(known, states(&[("a", Some(4)), ("b", Some(1))]));
+    }
+
+    /// Given a at 2 and b new, when a request's second stream is refused,
+    /// then the request is refused whole and no state moves (atomicity).
+    #[test]
+    fn a_request_refused_on_one_stream_moves_none() {
+        let mut known = states(&[("a", Some(2)), ("b", None)]);
+        let half = request(&[
+            ("a", ExpectedVersion::Exact(2), &[1]),
+            ("b", ExpectedVersion::StreamExists, &[2]),
+        ]);
+        let refused = decide_request(&mut known, &half).unwrap_err();
+        assert_eq!(
+            refused,
+            AppendError::WrongExpectedVersion {
+                stream_id: stream("b"),
+                expected: ExpectedVersion::StreamExists,
+                actual: None,
+            }
+        );
+        assert_eq!(known, states(&[("a", Some(2)), ("b", None)]));
+    }
+
+    /// Given one batch of three requests to one new stream, when decided in
+    /// order, then each sees what the earlier ones appended.
+    #[test]
+    fn requests_of_a_batch_see_the_earlier_ones() {
+        let mut known = states(&[("s", None)]);
+        let first = request(&[("s", ExpectedVersion::NoStream, &[1, 2])]);
+        let second = request(&[("s", ExpectedVersion::Exact(2), &[3])]);
+        let stale = request(&[("s", ExpectedVersion::NoStream, &[4])]);
+        assert_eq!(decide_request(&mut known, &first).unwrap(), vec![versions(1, 2)]);
+        assert_eq!(decide_request(&mut known, &second).unwrap(), vec![versions(3, 3)]);
+        let refused = decide_request(&mut known, &stale).unwrap_err();
+        assert!(matches!(
+            refused,
+            AppendError::WrongExpectedVersion { actual: Some(3), .. }
+        ));
+    }
+
+    /// Given a stream at the largest version, when one more event comes,
+    /// then it is refused and the state stays.
+    #[test]
+    fn a_stream_at_the_largest_version_takes_no_more() {
+        let max = i64::MAX as u64;
+        let mut known = states(&[("s", Some(max))]);
+        let one = request(&[("s", ExpectedVersion::Any, &[1])]);
+        assert!(matches!(
+            decide_request(&mut known, &one),
+            Err(AppendError::VersionOverflow { version, .. }) if version == max
+        ));
+        assert_eq!(known, states(&[("s", Some(max))]));
+    }
+
+    /// Given accepted and refused requests, when the batch's first versions
+    /// are planned, then each written stream has its lowest first version
+    /// and refused requests add nothing.
+    #[test]
+    fn planned_streams_take_each_streams_lowest_first_version() {
+        let r1 = request(&[("a", ExpectedVersion::Any, &[1, 2])]);
+        let r2 = request(&[("c", ExpectedVersion::Any, &[3])]);
+        let r3 = request(&[
+            ("a", ExpectedVersion::Any, &[4]),
+            ("b", ExpectedVersion::Any, &[5]),
+        ]);
+        let planned = vec![
+            Some(vec![versions(1, 2)]),
+            None,
+            Some(vec![versions(3, 3), versions(7, 7)]),
+        ];
+        let first = planned_streams(&[&r1, &r2, &r3], &planned);
+        let expected: HashMap<String, i64> = [("a".to_owned(), 1), ("b".to_owned(), 7)].into();
+        assert_eq!(first, expected);
+        assert!(planned_streams(&[], &[]).is_empty());
+    }
+
+    /// Given a cache that knows a, when a batch appends to a, to b (only
+    /// ever created) and to c, then only c is looked up, and b and c start
+    /// as new streams.
+    #[test]
+    fn the_optimistic_path_looks_up_only_what_it_must() {
+        let cache = VersionCache::new(10);
+        cache.remember(&stream("a"), 5);
+        let batch = request(&[
+            ("a", ExpectedVersion::Any, &[1]),
+            ("b", ExpectedVersion::NoStream, &[2]),
+            ("c", ExpectedVersion::Any, &[3]),
+        ]);
+        let (known, missing) = cached_states(&cache, &[&batch]);
+        assert_eq!(known, states(&[("a", Some(5)), ("b", None), ("c", None)]));
+        assert_eq!(missing.into_iter().collect::<Vec<_>>(), vec!["c"]);
+    }
+
+    /// Given a stream created by one request, when another request of the
+    /// batch expects it may exist, then it is looked up after all.
+    #[test]
+    fn a_stream_not_only_created_is_looked_up() {
+        let cache = VersionCache::new(10);
+        let create = request(&[("b", ExpectedVersion::NoStream, &[1])]);
+        let any = request(&[("b", ExpectedVersion::Any, &[2])]);
+        let (_, missing) = cached_states(&cache, &[&create, &any]);
+        assert_eq!(missing.into_iter().collect::<Vec<_>>(), vec!["b"]);
+        let (_, none) = cached_states(&cache, &[]);
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn the_version_cache_keeps_the_highest_version() {
+        let cache = VersionCache::new(10);
+        assert_eq!(cache.get(&stream("s")), None);
+        cache.remember(&stream("s"), 4);
+        cache.remember(&stream("s"), 2);
+        assert_eq!(cache.get(&stream("s")), Some(4), "versions only grow");
+        cache.forget([stream("s")]);
+        assert_eq!(cache.get(&stream("s")), None);
+    }
+
+    /// Given a full cache, when a new stream is remembered, then the cache
+    /// starts over; a stream it holds is updated without clearing.
+    #[test]
+    fn a_full_version_cache_starts_over() {
+        let cache = VersionCache::new(2);
+        cache.remember(&stream("a"), 1);
+        cache.remember(&stream("b"), 1);
+        cache.remember(&stream("b"), 2);
+        assert_eq!(cache.get(&stream("a")), Some(1));
+        cache.remember(&stream("c"), 1);
+        assert_eq!(
+            (
+                cache.get(&stream("a")),
+                cache.get(&stream("b")),
+                cache.get(&stream("c"))
+            ),
+            (None, None, Some(1))
+        );
+    }
+
+    #[test]
+    fn the_version_cache_learns_from_answers() {
+        let cache = VersionCache::new(10);
+        let append = request(&[
+            ("a", ExpectedVersion::Any, &[1]),
+            ("b", ExpectedVersion::Any, &[2]),
+        ]);
+        let written = AppendOutcome {
+            streams: vec![outcome_stream("a", 3), outcome_stream("b", 9)],
+        };
+        cache.learn(&append, &Ok(written));
+        assert_eq!(
+            (cache.get(&stream("a")), cache.get(&stream("b"))),
+            (Some(3), Some(9))
+        );
+        // A refusal tells the stream's actual version...
+        let wrong = AppendError::WrongExpectedVersion {
+            stream_id: stream("a"),
+            expected: ExpectedVersion::Exact(1),
+            actual: Some(8),
+        };
+        cache.learn(&append, &Err(wrong));
+        assert_eq!(cache.get(&stream("a")), Some(8));
+        // ...any other refusal makes the request's streams unknown.
+        let reused = AppendError::EventIdReused {
+            event_id: Uuid::from_u128(1),
+            where_written: "in a".into(),
+        };
+        cache.learn(&append, &Err(reused));
+        assert_eq!((cache.get(&stream("a")), cache.get(&stream("b"))), (None, None));
+    }
+
+    fn outcome_stream(id: &str, version: u64) -> StreamOutcome {
+        StreamOutcome {
+            stream_id: stream(id),
+            current_version: version,
+            positions: vec![],
+            idempotent_replay: false,
+        }
+    }
+
+    /// Given a request decided at versions 5..=6 of `order-<uuid>`, when
+    /// its rows are built, then each column holds what the store needs.
+    #[test]
+    fn rows_carry_every_column_of_the_new_events() {
+        let id = Uuid::from_u128(42);
+        let events = vec![
+            event(1),
+            ProposedEvent {
+                data: EventData::Binary(vec![7]),
+                metadata: r#"{"k":1}"#.into(),
+                correlation_id: Some(id),
+                ..event(2)
+            },
+        ];
+        let order = StreamAppend {
+            stream_id: stream(&format!("order-{id}")),
+            expected: ExpectedVersion::Any,
+            events,
+        };
+        let append = AppendRequest::new(vec![order], &Limits::default()).unwrap();
+        let mut rows = EventRows::default();
+        assert!(rows.is_empty());
+        rows.push_request(&append, &[versions(5, 6)]);
+        assert!(!rows.is_empty());
+        assert_eq!(rows.event_id, vec![Uuid::from_u128(1), Uuid::from_u128(2)]);
+        assert_eq!(rows.event_version, vec![5, 6]);
+        assert_eq!(rows.aggregate_type, vec!["order", "order"]);
+        assert_eq!(rows.aggregate_id, vec![Some(id), Some(id)]);
+        assert_eq!(rows.event_data, vec![Some("{\"n\":1}".into()), None]);
+        assert_eq!(rows.data_binary, vec![None, Some(vec![7])]);
+        assert_eq!(rows.metadata, vec!["{}", r#"{"k":1}"#], "none sent = {{}}");
+        assert_eq!(rows.correlation_id, vec![None, Some(id)]);
+        assert_eq!(rows.schema_version, vec![1, 1]);
+    }
+
+    #[test]
+    #[should_panic(expected = "not contiguous")]
+    fn rows_refuse_versions_that_do_not_fit_the_events() {
+        let append = request(&[("s", ExpectedVersion::Any, &[1, 2])]);
+        EventRows::default().push_request(&append, &[versions(1, 3)]);
+    }
+
+    /// Given new events written at positions, when answered, then each
+    /// event has its version and position, in request order.
+    #[test]
+    fn a_new_append_is_answered_with_its_positions() {
+        let append = request(&[
+            ("a", ExpectedVersion::Any, &[1, 2]),
+            ("b", ExpectedVersion::Any, &[3]),
+        ]);
+        let positions: HashMap<Uuid, u64> = [(1, 10), (2, 11), (3, 12)]
+            .map(|(id, p)| (Uuid::from_u128(id), p))
+            .into();
+        let outcome = outcome_of(
+            &append,
+            Planned::New(vec![versions(4, 5), versions(1, 1)]),
+            &positions,
+        );
+        let position = |id: u128, event_version, global_position| EventPosition {
+            event_id: Uuid::from_u128(id),
+            event_version,
+            global_position,
+        };
+        let a = StreamOutcome {
+            positions: vec![position(1, 4, 10), position(2, 5, 11)],
+            ..outcome_stream("a", 5)
+        };
+        let b = StreamOutcome {
+            positions: vec![position(3, 1, 12)],
+            ..outcome_stream("b", 1)
+        };
+        assert_eq!(outcome.streams, vec![a, b]);
+    }
+
+    /// Given a replayed request, when answered, then it gets the stored
+    /// versions and positions, flagged as a replay.
+    #[test]
+    fn a_replay_is_answered_with_what_was_stored() {
+        let append = request(&[("a", ExpectedVersion::Any, &[1])]);
+        let stored = ExistingEvent {
+            event_id: Uuid::from_u128(1),
+            stream_id: "a".into(),
+            event_version: 7,
+            global_position: 70,
+            same_content: true,
+        };
+        let outcome = outcome_of(&append, Planned::Replay(vec![vec![stored]]), &HashMap::new());
+        let a = &outcome.streams[0];
+        assert_eq!((a.current_version, a.idempotent_replay), (7, true));
+        assert_eq!(
+            a.positions,
+            vec![EventPosition {
+                event_id: Uuid::from_u128(1),
+                event_version: 7,
+                global_position: 70
+            }]
+        );
+        let empty = outcome_of(&append, Planned::Replay(vec![vec![]]), &HashMap::new());
+        assert_eq!(empty.streams[0].current_version, 0);
+    }
+
+    #[test]
+    fn only_lost_races_are_retried() {
+        for race in ["23505", "40P01", "40001", "DBS01"] {
+            assert!(is_race(Some(race)), "{race}");
+        }
+        for failure in [None, Some("23502"), Some("42P01"), Some("")] {
+            assert!(!is_race(failure), "{failure:?}");
+        }
+    }
+
+    #[test]
+    fn event_ids_list_every_stream_in_order() {
+        let append = request(&[
+            ("a", ExpectedVersion::Any, &[3, 1]),
+            ("b", ExpectedVersion::Any, &[2]),
+        ]);
+        let ids: Vec<Uuid> = event_ids(&append).collect();
+        assert_eq!(ids, [3, 1, 2].map(Uuid::from_u128));
+    }
 }

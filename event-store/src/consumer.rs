@@ -196,14 +196,13 @@ impl<H: EventHandler> EventConsumer<H> {
             return Ok(());
         };
         let last = self.applied.get(&event.stream_id).copied();
-        if last.is_some_and(|last| event.event_version <= last) {
-            // Already applied (a redelivery or a republish): skip it.
+        let arrival = arrival(last, event.event_version);
+        if arrival == Arrival::AlreadyApplied {
+            // A redelivery or a republish: skip it.
             message.ack().await.map_err(jetstream_error)?;
             return Ok(());
         }
-        if let Some(last) = last
-            && event.event_version > last + 1
-        {
+        if let Arrival::AfterGap { last } = arrival {
             metrics::counter!("dbswarm_consumer_gaps_filled_total").increment(1);
             if let Err(error) = self.fill_gap(&event.stream_id, last, event.event_version).await {
                 tracing::warn!(%error, stream = %event.stream_id, "filling a gap from the store failed; retrying");
@@ -238,8 +237,7 @@ impl<H: EventHandler> EventConsumer<H> {
     }
 
     fn backoff(&self, delivered: i64) -> Duration {
-        let index = (delivered.max(1) as usize - 1).min(self.config.backoff_ms.len().saturating_sub(1));
-        Duration::from_millis(self.config.backoff_ms.get(index).copied().unwrap_or(1000))
+        redelivery_delay(&self.config.backoff_ms, delivered)
     }
 
     fn remember(&mut self, event: &RecordedEvent) {
@@ -331,6 +329,32 @@ impl<H: EventHandler> EventConsumer<H> {
     }
 }
 
+/// How a delivered event relates to what was applied of its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    /// The next version, or the first seen of the stream: apply it.
+    Next,
+    /// At or before the last applied version: skip it.
+    AlreadyApplied,
+    /// Versions between `last` and it are missing: read them first.
+    AfterGap { last: u64 },
+}
+
+fn arrival(last_applied: Option<u64>, version: u64) -> Arrival {
+    match last_applied {
+        Some(last) if version <= last => Arrival::AlreadyApplied,
+        Some(last) if version > last + 1 => Arrival::AfterGap { last },
+        _ => Arrival::Next,
+    }
+}
+
+/// The delay before redelivering after the `delivered`-th delivery failed:
+/// the n-th entry of `backoff_ms`, the last one repeating; 1 s when empty.
+fn redelivery_delay(backoff_ms: &[u64], delivered: i64) -> Duration {
+    let index = (delivered.max(1) as usize - 1).min(backoff_ms.len().saturating_sub(1));
+    Duration::from_millis(backoff_ms.get(index).copied().unwrap_or(1000))
+}
+
 /// A stream id that was valid when stored: only its form is checked again,
 /// not today's length limit (which may have been lowered since).
 fn stored_stream_id(raw: &str) -> Option<domain::StreamId> {
@@ -409,4 +433,170 @@ pub async fn request_replay(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error>
         .fetch_optional(pool)
         .await?;
     Ok(updated.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::message_parts;
+    use crate::relay::tests::recorded;
+
+    fn delivered(event: &RecordedEvent) -> async_nats::Message {
+        let (headers, payload) = message_parts(event, &event.event_id.to_string());
+        received(Some(headers), payload)
+    }
+
+    fn received(headers: Option<async_nats::HeaderMap>, payload: bytes::Bytes) -> async_nats::Message {
+        async_nats::Message {
+            subject: "dbswarm.evt.order.Placed".into(),
+            reply: None,
+            length: payload.len(),
+            payload,
+            headers,
+            status: None,
+            description: None,
+        }
+    }
+
+    /// Given an event, when the relay's message for it is received, then
+    /// the consumer sees the same event (JSON and binary alike).
+    #[test]
+    fn a_relayed_event_arrives_unchanged() {
+        for data in [
+            EventData::Json(r#"{"ü":"🦀"}"#.into()),
+            EventData::Binary(vec![0, 0xff]),
+        ] {
+            let event = recorded(data);
+            assert_eq!(event_from_message(&delivered(&event)), Some(event));
+        }
+        let bare = RecordedEvent {
+            stream_id: "inventory".into(),
+            aggregate_type: "inventory".into(),
+            aggregate_id: None,
+            correlation_id: None,
+            causation_id: None,
+            ..recorded(EventData::Json("{}".into()))
+        };
+        assert_eq!(event_from_message(&delivered(&bare)), Some(bare));
+    }
+
+    /// Given a relayed message, when one required header is missing or
+    /// garbled, then it is not taken for an event.
+    #[test]
+    fn a_message_missing_what_an_event_needs_is_refused() {
+        let event = recorded(EventData::Json("{}".into()));
+        let parts = || message_parts(&event, &event.event_id.to_string());
+        let required = [
+            headers::STREAM_ID,
+            headers::GLOBAL_POSITION,
+            headers::TRANSACTION_ID,
+            headers::EVENT_ID,
+            headers::EVENT_VERSION,
+            headers::EVENT_TYPE,
+            headers::SCHEMA_VERSION,
+            headers::CREATED_AT,
+        ];
+        for name in required {
+            let (h, payload) = parts();
+            let missing = received(Some(without(h, name)), payload);
+            assert_eq!(event_from_message(&missing), None, "without {name}");
+        }
+        let parsed = [
+            headers::GLOBAL_POSITION,
+            headers::TRANSACTION_ID,
+            headers::EVENT_ID,
+            headers::EVENT_VERSION,
+            headers::SCHEMA_VERSION,
+            headers::CREATED_AT,
+        ];
+        for name in parsed {
+            for garbage in ["", "-1", "x✗", "18446744073709551616"] {
+                let (mut h, payload) = parts();
+                h.insert(name, garbage);
+                let garbled = received(Some(h), payload);
+                assert_eq!(event_from_message(&garbled), None, "{name} = {garbage:?}");
+            }
+        }
+        assert_eq!(
+            event_from_message(&received(None, "{}".into())),
+            None,
+            "no headers"
+        );
+    }
+
+    fn without(h: async_nats::HeaderMap, name: &str) -> async_nats::HeaderMap {
+        let mut kept = async_nats::HeaderMap::new();
+        for (key, values) in h.iter() {
+            if key.as_ref() as &str != name {
+                for value in values {
+                    kept.append(key.clone(), value.clone());
+                }
+            }
+        }
+        kept
+    }
+
+    #[test]
+    fn odd_but_possible_headers() {
+        let event = recorded(EventData::Json("{}".into()));
+        // No metadata header: the stored default.
+        let (h, payload) = message_parts(&event, &event.event_id.to_string());
+        let bare = event_from_message(&received(Some(without(h, headers::METADATA)), payload)).unwrap();
+        assert_eq!(bare.metadata, "{}");
+        // A stream id the writer could not append ($...) is not an event.
+        let (mut h, payload) = message_parts(&event, &event.event_id.to_string());
+        h.insert(headers::STREAM_ID, "$all");
+        assert_eq!(event_from_message(&received(Some(h), payload)), None);
+        // A JSON payload that is not UTF-8 is not an event.
+        let (h, _) = message_parts(&event, &event.event_id.to_string());
+        assert_eq!(event_from_message(&received(Some(h), vec![0xc3].into())), None);
+        // An unparsable correlation id is dropped, not fatal.
+        let (mut h, payload) = message_parts(&event, &event.event_id.to_string());
+        h.insert(headers::CORRELATION_ID, "nope");
+        let event = event_from_message(&received(Some(h), payload)).unwrap();
+        assert_eq!(event.correlation_id, None);
+    }
+
+    #[test]
+    fn stored_stream_ids_are_not_held_to_todays_length_limit() {
+        let long = "s".repeat(domain::Limits::default().stream_id_bytes_max * 4);
+        assert_eq!(stored_stream_id(&long).map(|s| s.to_string()), Some(long));
+        assert!(stored_stream_id("").is_none());
+        assert!(stored_stream_id("$all").is_none());
+    }
+
+    /// Given the last applied version of a stream, when a version arrives,
+    /// then it is applied, skipped, or applied after the gap is filled.
+    #[test]
+    fn arrivals_are_applied_skipped_or_preceded_by_the_gap() {
+        assert_eq!(arrival(None, 1), Arrival::Next);
+        assert_eq!(arrival(None, 9), Arrival::Next, "first seen: no memory, no gap");
+        assert_eq!(arrival(Some(5), 6), Arrival::Next);
+        assert_eq!(arrival(Some(5), 5), Arrival::AlreadyApplied);
+        assert_eq!(arrival(Some(5), 1), Arrival::AlreadyApplied);
+        assert_eq!(arrival(Some(5), 7), Arrival::AfterGap { last: 5 });
+        assert_eq!(arrival(Some(0), u64::MAX), Arrival::AfterGap { last: 0 });
+    }
+
+    #[test]
+    fn redelivery_waits_follow_the_backoff_list() {
+        let backoff = [100, 1000, 5000];
+        let waits: Vec<u128> = [0, 1, 2, 3, 4, 50]
+            .map(|d| redelivery_delay(&backoff, d).as_millis())
+            .into();
+        assert_eq!(waits, vec![100, 100, 1000, 5000, 5000, 5000]);
+        assert_eq!(redelivery_delay(&[], 3), Duration::from_secs(1), "empty list");
+        assert_eq!(redelivery_delay(&backoff, -7), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn consumer_defaults() {
+        let config = ConsumerConfig::new("c", "dbswarm.evt.>");
+        assert_eq!(
+            (config.name.as_str(), config.filter_subject.as_str()),
+            ("c", "dbswarm.evt.>")
+        );
+        assert_eq!(config.backoff_ms, vec![100, 1000, 5000]);
+        assert!(config.max_deliver > 0 && config.batch_max > 0);
+    }
 }

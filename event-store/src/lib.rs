@@ -6,6 +6,7 @@
 //! domain's `decide` and writes it with a statement that refuses any gap.
 
 mod append;
+pub mod clock;
 pub mod consumer;
 mod error;
 mod read;

@@ -168,6 +168,36 @@ fn next_in_all(row: EventRow, after: AllPosition) -> Result<RecordedEvent, Store
     Ok(event)
 }
 
+/// Where a read of a stream at version `current` starts: the first version
+/// to fetch, and the version the first event must follow (`None` when
+/// nothing is to be read).
+fn stream_start(direction: Direction, from_version: u64, current: u64) -> (u64, Option<u64>) {
+    let next = match direction {
+        Direction::Forwards => from_version.max(1),
+        Direction::Backwards if from_version == 0 || from_version > current => current,
+        Direction::Backwards => from_version,
+    };
+    // Read-side invariant: the first event is the one asked for and
+    // every later one follows it by exactly one version.
+    let previous = match direction {
+        Direction::Forwards if next <= current => Some(next - 1),
+        Direction::Forwards => None,
+        Direction::Backwards => Some(next + 1),
+    };
+    (next, previous)
+}
+
+/// How far a page of `$all` read after `last` lets its reader move on: a
+/// full page only to its last event (more may follow), a short one to the
+/// horizon too, since nothing of its filter below the horizon is left.
+fn scanned_to(full: bool, last: AllPosition, horizon_transaction: u64) -> AllPosition {
+    let horizon = AllPosition {
+        transaction_id: horizon_transaction,
+        global_position: 0,
+    };
+    if full { last } else { last.max(horizon) }
+}
+
 pub type EventReceiver = mpsc::Receiver<Result<RecordedEvent, StoreError>>;
 
 #[derive(Clone)]
@@ -215,18 +245,7 @@ impl Reader {
     ) -> Result<(), StoreError> {
         let forwards = query.direction == Direction::Forwards;
         let stream = query.stream_id.as_str();
-        let mut next = match query.direction {
-            Direction::Forwards => query.from_version.max(1),
-            Direction::Backwards if query.from_version == 0 || query.from_version > current => current,
-            Direction::Backwards => query.from_version,
-        };
-        // Read-side invariant: the first event is the one asked for and
-        // every later one follows it by exactly one version.
-        let mut previous = match query.direction {
-            Direction::Forwards if next <= current => Some(next - 1),
-            Direction::Forwards => None,
-            Direction::Backwards => Some(next + 1),
-        };
+        let (mut next, mut previous) = stream_start(query.direction, query.from_version, current);
         let mut remaining = query.limit.unwrap_or(u64::MAX);
         while remaining > 0 && next >= 1 {
             let page = remaining.min(self.config.page_events_max as u64);
@@ -347,11 +366,7 @@ impl Reader {
             last = event.all_position();
             events.push(event);
         }
-        let horizon = AllPosition {
-            transaction_id: horizon as u64,
-            global_position: 0,
-        };
-        let scanned_to = if full { last } else { last.max(horizon) };
+        let scanned_to = scanned_to(full, last, horizon as u64);
         Ok(AllPage { events, scanned_to })
     }
 
@@ -529,5 +544,124 @@ pub async fn watch_commits(pool: PgPool, commits: watch::Sender<u64>, mut stop: 
             }
             _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(transaction_id: i64, global_position: i64) -> EventRow {
+        EventRow {
+            global_position,
+            event_id: Uuid::from_u128(global_position as u128),
+            stream_id: "order-1".into(),
+            aggregate_type: "order".into(),
+            aggregate_id: None,
+            event_version: 1,
+            event_type: "Placed".into(),
+            schema_version: 1,
+            event_data: Some("{}".into()),
+            data_binary: None,
+            metadata: "{}".into(),
+            correlation_id: None,
+            causation_id: None,
+            transaction_id,
+            created_at: DateTime::<Utc>::UNIX_EPOCH,
+        }
+    }
+
+    fn at(transaction_id: u64, global_position: u64) -> AllPosition {
+        AllPosition {
+            transaction_id,
+            global_position,
+        }
+    }
+
+    #[test]
+    fn all_positions_order_by_transaction_then_position() {
+        assert!(at(1, 9) < at(2, 1), "a later transaction comes later");
+        assert!(at(2, 1) < at(2, 2));
+        assert_eq!(AllPosition::default(), at(0, 0));
+        assert_eq!(
+            RecordedEvent::try_from(row(5, 3)).unwrap().all_position(),
+            at(5, 3)
+        );
+    }
+
+    /// Given a cursor, when the next row is after it, then it is the next
+    /// event; when it is at or before it, then the store is corrupt.
+    #[test]
+    fn all_only_moves_forwards() {
+        assert_eq!(next_in_all(row(2, 1), at(1, 5)).unwrap().global_position, 1);
+        assert_eq!(next_in_all(row(1, 6), at(1, 5)).unwrap().global_position, 6);
+        assert!(
+            next_in_all(row(0, 1), AllPosition::default()).is_ok(),
+            "from the start"
+        );
+        for (t, p) in [(1, 5), (1, 4), (0, 9)] {
+            let error = next_in_all(row(t, p), at(1, 5)).unwrap_err();
+            assert!(
+                matches!(&error, StoreError::Corrupt(m) if m.contains("went backwards")),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_row_has_exactly_one_payload() {
+        let json = RecordedEvent::try_from(row(1, 1)).unwrap();
+        assert_eq!(json.data, EventData::Json("{}".into()));
+        let binary = EventRow {
+            event_data: None,
+            data_binary: Some(vec![1]),
+            ..row(1, 1)
+        };
+        assert_eq!(
+            RecordedEvent::try_from(binary).unwrap().data,
+            EventData::Binary(vec![1])
+        );
+        for (json, binary) in [(None, None), (Some("{}".to_owned()), Some(vec![1]))] {
+            let bad = EventRow {
+                event_data: json,
+                data_binary: binary,
+                ..row(1, 1)
+            };
+            assert!(matches!(
+                RecordedEvent::try_from(bad),
+                Err(StoreError::Corrupt(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn forward_reads_start_at_the_version_asked_for() {
+        assert_eq!(stream_start(Direction::Forwards, 0, 5), (1, Some(0)), "0 = 1");
+        assert_eq!(stream_start(Direction::Forwards, 3, 5), (3, Some(2)));
+        assert_eq!(stream_start(Direction::Forwards, 5, 5), (5, Some(4)));
+        assert_eq!(stream_start(Direction::Forwards, 6, 5), (6, None), "past the end");
+        assert_eq!(stream_start(Direction::Forwards, u64::MAX, 5), (u64::MAX, None));
+    }
+
+    #[test]
+    fn backward_reads_start_at_the_end_or_the_version_asked_for() {
+        assert_eq!(stream_start(Direction::Backwards, 0, 5), (5, Some(6)), "0 = last");
+        assert_eq!(
+            stream_start(Direction::Backwards, 9, 5),
+            (5, Some(6)),
+            "past = last"
+        );
+        assert_eq!(stream_start(Direction::Backwards, 2, 5), (2, Some(3)));
+        assert_eq!(stream_start(Direction::Backwards, 1, 5), (1, Some(2)));
+    }
+
+    /// Given a page of $all, when it is full, then its reader moves to its
+    /// last event only; when short, then to the horizon if that is further.
+    #[test]
+    fn short_pages_move_their_reader_to_the_horizon() {
+        assert_eq!(scanned_to(true, at(3, 30), 9), at(3, 30));
+        assert_eq!(scanned_to(false, at(3, 30), 9), at(9, 0));
+        assert_eq!(scanned_to(false, at(9, 30), 9), at(9, 30), "never backwards");
+        assert_eq!(scanned_to(false, AllPosition::default(), 0), at(0, 0));
     }
 }

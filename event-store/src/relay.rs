@@ -569,9 +569,19 @@ async fn fetch_page(pool: PgPool, after: AllPosition, page_max: usize) -> Result
 /// The message for an event: its data as the payload, everything else in
 /// headers.
 pub fn message(event: &RecordedEvent) -> PublishMessage {
-    let mut h = HeaderMap::new();
     let event_id = event.event_id.to_string();
-    h.insert(headers::EVENT_ID, event_id.as_str());
+    let (h, payload) = message_parts(event, &event_id);
+    PublishMessage::build()
+        .payload(payload)
+        .headers(h)
+        .message_id(event_id)
+}
+
+/// The headers and payload of an event's message, apart from the message
+/// id (a `PublishMessage` does not show its parts, these can be tested).
+pub(crate) fn message_parts(event: &RecordedEvent, event_id: &str) -> (HeaderMap, bytes::Bytes) {
+    let mut h = HeaderMap::new();
+    h.insert(headers::EVENT_ID, event_id);
     h.insert(headers::STREAM_ID, event.stream_id.as_str());
     h.insert(headers::EVENT_VERSION, event.event_version.to_string().as_str());
     h.insert(
@@ -599,10 +609,7 @@ pub fn message(event: &RecordedEvent) -> PublishMessage {
             bytes::Bytes::copy_from_slice(data)
         }
     };
-    PublishMessage::build()
-        .payload(payload)
-        .headers(h)
-        .message_id(event_id)
+    (h, payload)
 }
 
 /// Republishes what JetStream lost: of the last `window_events` events the
@@ -794,5 +801,178 @@ impl Backoff {
 
     fn reset(&mut self) {
         self.current = self.initial;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use chrono::{DateTime, TimeZone, Utc};
+    use uuid::Uuid;
+
+    use super::*;
+
+    /// An event with every optional field set, as the relay reads it.
+    pub(crate) fn recorded(data: EventData) -> RecordedEvent {
+        let order = Uuid::from_u128(7);
+        RecordedEvent {
+            global_position: 41,
+            transaction_id: 9_000_000_001,
+            event_id: Uuid::from_u128(1),
+            stream_id: format!("order-{order}"),
+            aggregate_type: "order".into(),
+            aggregate_id: Some(order),
+            event_version: 3,
+            event_type: "Order.Placed:v2".into(),
+            schema_version: 2,
+            data,
+            metadata: r#"{"user":"zoë"}"#.into(),
+            correlation_id: Some(Uuid::from_u128(2)),
+            causation_id: Some(Uuid::from_u128(3)),
+            created_at: Utc.timestamp_opt(1_700_000_000, 5_000).unwrap(),
+        }
+    }
+
+    fn header(h: &HeaderMap, name: &str) -> Option<String> {
+        h.get(name).map(|v| v.as_str().to_owned())
+    }
+
+    #[test]
+    fn subjects_are_prefixed_and_encoded() {
+        let config = RelayConfig::default();
+        assert_eq!(config.subject("order", "Placed"), "dbswarm.evt.order.Placed");
+        assert_eq!(
+            config.subject("a.b", "Order.Placed:v2"),
+            "dbswarm.evt.a~2Eb.Order~2EPlaced~3Av2"
+        );
+        assert_eq!(config.subject("", "*"), "dbswarm.evt.~.~2A");
+        assert_eq!(config.task_subject("schema", "plan"), "dbswarm.task.schema.plan");
+        assert_eq!(config.notify_subject("critical"), "dbswarm.notify.critical");
+        let custom = RelayConfig {
+            subject_prefix: "t1".into(),
+            ..RelayConfig::default()
+        };
+        assert_eq!(custom.task_subject("a>", "b c"), "t1.task.a~3E.b~20c");
+    }
+
+    /// Given any aggregate and event type, when published, then the subject
+    /// has exactly four tokens and no wildcard.
+    #[test]
+    fn hostile_names_never_change_the_subject_shape() {
+        let config = RelayConfig::default();
+        for (aggregate, event_type) in [("a.b.c", "x.y"), ("*", ">"), ("é ü", "🦀"), ("", "")] {
+            let subject = config.subject(aggregate, event_type);
+            assert_eq!(subject.split('.').count(), 4, "{subject}");
+            assert!(!subject.contains(['*', '>', ' ']), "{subject}");
+        }
+        let long = "x".repeat(10_000);
+        let subject = config.subject(&long, &long);
+        assert!(subject.len() <= "dbswarm.evt..".len() + 2 * domain::subject::TOKEN_BYTES_MAX);
+    }
+
+    #[test]
+    fn the_subject_cache_answers_what_the_config_would() {
+        let config = RelayConfig::default();
+        let mut cache = SubjectCache::default();
+        for _ in 0..2 {
+            let subject = cache.subject(&config, "order", "Placed");
+            assert_eq!(subject.as_str(), config.subject("order", "Placed"));
+        }
+        assert_eq!(cache.entries, 1, "a repeat is not a new entry");
+        let other = cache.subject(&config, "order", "Shipped");
+        assert_eq!(other.as_str(), "dbswarm.evt.order.Shipped");
+        assert_eq!(cache.entries, 2);
+    }
+
+    /// Given a full subject cache, when a new subject is asked for, then
+    /// the cache starts over instead of growing.
+    #[test]
+    fn a_full_subject_cache_starts_over() {
+        let config = RelayConfig::default();
+        let mut cache = SubjectCache::default();
+        for i in 0..SUBJECT_CACHE_ENTRIES_MAX {
+            cache.subject(&config, "a", &format!("T{i}"));
+        }
+        assert_eq!(cache.entries, SUBJECT_CACHE_ENTRIES_MAX);
+        let subject = cache.subject(&config, "b", "New");
+        assert_eq!(subject.as_str(), "dbswarm.evt.b.New");
+        assert_eq!(cache.entries, 1);
+    }
+
+    #[test]
+    fn a_json_event_travels_in_headers_and_payload() {
+        let event = recorded(EventData::Json(r#"{"total":12}"#.into()));
+        let (h, payload) = message_parts(&event, &event.event_id.to_string());
+        assert_eq!(payload.as_ref(), br#"{"total":12}"#);
+        let expected = [
+            (headers::EVENT_ID, event.event_id.to_string()),
+            (headers::STREAM_ID, event.stream_id.clone()),
+            (headers::EVENT_VERSION, "3".into()),
+            (headers::GLOBAL_POSITION, "41".into()),
+            (headers::TRANSACTION_ID, "9000000001".into()),
+            (headers::EVENT_TYPE, "Order.Placed:v2".into()),
+            (headers::SCHEMA_VERSION, "2".into()),
+            (headers::CONTENT_TYPE, "application/json".into()),
+            (headers::CORRELATION_ID, Uuid::from_u128(2).to_string()),
+            (headers::CAUSATION_ID, Uuid::from_u128(3).to_string()),
+            (headers::CREATED_AT, "2023-11-14T22:13:20.000005+00:00".into()),
+            (headers::METADATA, r#"{"user":"zoë"}"#.into()),
+        ];
+        for (name, value) in expected {
+            assert_eq!(header(&h, name).as_deref(), Some(value.as_str()), "{name}");
+        }
+    }
+
+    #[test]
+    fn absent_ids_are_absent_headers_and_binary_is_marked() {
+        let event = RecordedEvent {
+            correlation_id: None,
+            causation_id: None,
+            ..recorded(EventData::Binary(vec![0, 255]))
+        };
+        let (h, payload) = message_parts(&event, "id");
+        assert_eq!(payload.as_ref(), [0, 255]);
+        assert_eq!(
+            header(&h, headers::CONTENT_TYPE).as_deref(),
+            Some("application/octet-stream")
+        );
+        assert_eq!(header(&h, headers::CORRELATION_ID), None);
+        assert_eq!(header(&h, headers::CAUSATION_ID), None);
+        assert_eq!(header(&h, headers::EVENT_ID).as_deref(), Some("id"));
+    }
+
+    #[test]
+    fn stream_configs_capture_their_subjects() {
+        let config = RelayConfig {
+            subject_prefix: "p".into(),
+            stream_max_age_s: 60,
+            ..RelayConfig::default()
+        };
+        let events = config.stream_config();
+        assert_eq!(
+            (events.name.as_str(), events.subjects.as_slice()),
+            ("DBSWARM_EVENTS", &["p.evt.>".to_owned()][..])
+        );
+        assert_eq!(events.max_age, Duration::from_secs(60));
+        assert_eq!(events.duplicate_window, Duration::from_secs(120));
+        let tasks = config.tasks_stream_config();
+        assert_eq!(tasks.subjects, vec!["p.task.>".to_owned()]);
+        assert_eq!(tasks.retention, stream::RetentionPolicy::WorkQueue);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
+        let waits: Vec<u128> = (0..5).map(|_| backoff.next().as_millis()).collect();
+        assert_eq!(waits, vec![100, 200, 400, 500, 500]);
+        backoff.reset();
+        assert_eq!(backoff.next(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn created_at_survives_its_header_format() {
+        let event = recorded(EventData::Json("{}".into()));
+        let (h, _) = message_parts(&event, "id");
+        let back: DateTime<Utc> = header(&h, headers::CREATED_AT).unwrap().parse().unwrap();
+        assert_eq!(back, event.created_at);
     }
 }

@@ -27,11 +27,18 @@ pub fn admin_url() -> String {
     format!("{base}/postgres")
 }
 
-/// A database of its own for one test, dropped by `drop_database`.
+/// A database of its own for one test, dropped by `drop_database`, or,
+/// when the test panics (or never calls it), when the value is dropped.
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    /// Set by `drop_database`, so that `Drop` does not clean up twice.
+    dropped: bool,
 }
+
+/// How long `Drop` waits for the cleanup of a test that did not call
+/// `drop_database`: a cleanup that hangs must not hang the test run.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl TestDb {
     pub async fn create() -> TestDb {
@@ -48,19 +55,14 @@ impl TestDb {
         TestDb {
             url: format!("{base}/{name}"),
             name,
+            dropped: false,
         }
     }
 
     /// NATS names of servers on this database: each test database gets
     /// its own subject prefix and streams, named after it.
     pub fn relay_config(&self) -> event_store::relay::RelayConfig {
-        let suffix = self.name.trim_start_matches("dbswarm_test_");
-        event_store::relay::RelayConfig {
-            subject_prefix: format!("t{suffix}"),
-            stream_name: format!("T{suffix}_EVENTS"),
-            tasks_stream_name: format!("T{suffix}_TASKS"),
-            ..Default::default()
-        }
+        relay_config_of(&self.name)
     }
 
     /// The JetStream events stream of servers on this database.
@@ -68,27 +70,90 @@ impl TestDb {
         wait_for_stream(&nats_url(), &self.relay_config().stream_name).await
     }
 
-    /// Drops the database and the test's events stream.
-    pub async fn drop_database(self) {
-        let suffix = self.name.trim_start_matches("dbswarm_test_");
-        if let Ok(client) = async_nats::connect(nats_url()).await {
-            let _ = async_nats::jetstream::new(client)
-                .delete_stream(format!("T{suffix}_EVENTS"))
-                .await;
-        }
-        let mut conn = PgConnection::connect(&admin_url()).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            self.name
-        )))
-        .execute(&mut conn)
-        .await
-        .expect("drop test database");
+    /// Drops the database and the test's streams. Dropping what is already
+    /// gone succeeds, so this and `Drop` never conflict.
+    pub async fn drop_database(mut self) {
+        remove_test_resources(&self.name)
+            .await
+            .expect("drop test database");
+        self.dropped = true;
     }
 
     pub async fn pool(&self) -> PgPool {
         PgPool::connect(&self.url).await.unwrap()
     }
+}
+
+impl Drop for TestDb {
+    /// A panicking test unwinds past its `drop_database`: clean up here.
+    /// `Drop` cannot await, and the test's runtime may be the one that is
+    /// unwinding, so the cleanup runs on a thread with its own runtime,
+    /// waited for at most `CLEANUP_TIMEOUT`. Nothing here panics: a panic
+    /// during unwinding would abort the whole test binary.
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        let name = self.name.clone();
+        let (done, finished) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("test-db-cleanup".into())
+            .spawn(move || {
+                let _ = done.send(remove_blocking(&name));
+            });
+        let outcome = match spawned {
+            Ok(_) => finished
+                .recv_timeout(CLEANUP_TIMEOUT)
+                .unwrap_or_else(|_| Err(format!("not done within {CLEANUP_TIMEOUT:?}"))),
+            Err(e) => Err(format!("no cleanup thread: {e}")),
+        };
+        if let Err(error) = outcome {
+            eprintln!("test database {} was not dropped: {error}", self.name);
+        }
+    }
+}
+
+/// `remove_test_resources` on a runtime of its own (see `Drop for TestDb`).
+fn remove_blocking(name: &str) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        tokio::time::timeout(CLEANUP_TIMEOUT, remove_test_resources(name))
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())
+    })
+}
+
+fn relay_config_of(database: &str) -> event_store::relay::RelayConfig {
+    let suffix = database.trim_start_matches("dbswarm_test_");
+    event_store::relay::RelayConfig {
+        subject_prefix: format!("t{suffix}"),
+        stream_name: format!("T{suffix}_EVENTS"),
+        tasks_stream_name: format!("T{suffix}_TASKS"),
+        ..Default::default()
+    }
+}
+
+/// Drops the test database (its connections too) and deletes the test's
+/// JetStream streams. Idempotent: what is gone already is not an error;
+/// an unreachable NATS is not either (its streams are then no one's).
+async fn remove_test_resources(database: &str) -> Result<(), sqlx::Error> {
+    let names = relay_config_of(database);
+    if let Ok(client) = async_nats::connect(nats_url()).await {
+        let js = async_nats::jetstream::new(client);
+        let _ = js.delete_stream(&names.stream_name).await;
+        let _ = js.delete_stream(&names.tasks_stream_name).await;
+    }
+    let mut conn = PgConnection::connect(&admin_url()).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await?;
+    Ok(())
 }
 
 /// The test NATS server (`make test` starts it).

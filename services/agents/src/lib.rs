@@ -22,10 +22,11 @@ pub mod params;
 mod probe;
 mod progress;
 mod runtime;
+pub mod sql;
 mod targets;
 
 pub use directory::{AgentStatus, Directory};
 pub use probe::Probe;
 pub use progress::{NoProgress, ProgressSink};
 pub use runtime::{AgentSpec, AgentsConfig, AgentsRuntime, Dependencies, OpFuture, Operation, TaskContext};
-pub use targets::{TargetDatabase, Targets, TargetsConfig, TargetsError};
+pub use targets::{Target, TargetDatabase, Targets, TargetsConfig, TargetsError};

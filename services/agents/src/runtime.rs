@@ -16,9 +16,10 @@ use domain::{
     AppendRequest, EventData, EventType, ExpectedVersion, Limits, ProposedEvent, StreamAppend, StreamId,
 };
 use event_store::Appender;
+use event_store::clock::now_ms;
 use event_store::relay::{self, RelayConfig};
 use futures_util::StreamExt;
-use sagas::{Orchestrator, STOP_SUBJECT, now_ms};
+use sagas::{Orchestrator, STOP_SUBJECT};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::sync::{Notify, watch};

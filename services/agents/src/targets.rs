@@ -81,6 +81,15 @@ pub struct TargetDatabase {
     pub registered_at: DateTime<Utc>,
 }
 
+/// A target an agent works on: its name, the agent's pool to it, and its
+/// URL, kept for scrubbing the password out of error messages.
+#[derive(Clone)]
+pub struct Target {
+    pub name: String,
+    pub pool: PgPool,
+    pub url: ConnectionUrl,
+}
+
 type Row = (String, String, String, String, String, DateTime<Utc>);
 
 fn shown(row: Row) -> TargetDatabase {

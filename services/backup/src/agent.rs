@@ -8,11 +8,12 @@ use std::sync::Arc;
 use agents::params::{optional_text, text};
 use agents::{OpFuture, Operation, TaskContext};
 use chrono::{DateTime, Utc};
+use event_store::clock::now_ms;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::catalogue::{BackupKind, CatalogueCommand, Entry};
-use crate::engine::{BackupError, Backups, CreateRequest, Target, now_ms};
+use crate::engine::{BackupError, Backups, CreateRequest, Target};
 use crate::physical::{PitrRequest, restore_pitr};
 use crate::restore_test::test_restore;
 use crate::retention::{self, Policy};
@@ -288,7 +289,7 @@ impl Operation for Delete {
                     CatalogueCommand::Delete {
                         backup_id: entry.backup_id.clone(),
                         reason: "deleted on request".into(),
-                        at_ms: now_ms(),
+                        at_ms: now_ms() as i64,
                     },
                 )
                 .await

@@ -15,8 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use agents::sql::quote_ident;
 use chrono::{DateTime, Utc};
 use domain::target::ConnectionUrl;
+use event_store::clock::now_ms;
 use sagas::{Aggregate, AggregateStore, SagaError};
 use serde::Serialize;
 use serde_json::Value;
@@ -111,7 +113,7 @@ pub enum BackupError {
     Io(String),
 }
 
-pub use agents::{NoProgress, ProgressSink};
+pub use agents::{NoProgress, ProgressSink, Target};
 
 /// The catalogue as an aggregate of the sagas' store.
 pub struct CatalogueAggregate;
@@ -159,14 +161,6 @@ impl From<CatalogueError> for SagaError {
 
 pub type CatalogueStore = AggregateStore<CatalogueAggregate>;
 
-/// A registered target database.
-#[derive(Clone)]
-pub struct Target {
-    pub name: String,
-    pub pool: PgPool,
-    pub url: ConnectionUrl,
-}
-
 /// What to back up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreateRequest {
@@ -201,10 +195,6 @@ pub struct Backups {
     repository: Repository,
     config: Arc<BackupConfig>,
     catalogue: CatalogueStore,
-}
-
-pub fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
 }
 
 /// A new backup's id: its start time to the millisecond (ids sort by
@@ -274,10 +264,6 @@ pub(crate) async fn with_progress<T>(
         result = work => result,
         () = reporter => unreachable!("the reporter never ends"),
     }
-}
-
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 fn check_database_name(name: &str) -> Result<(), BackupError> {
@@ -414,7 +400,7 @@ impl Backups {
                 CatalogueCommand::Fail {
                     backup_id: backup_id.to_owned(),
                     reason: reason.to_owned(),
-                    at_ms: now_ms(),
+                    at_ms: now_ms() as i64,
                 },
             )
             .await?;
@@ -517,7 +503,7 @@ impl Backups {
                         CatalogueCommand::Fail {
                             backup_id: backup_id.clone(),
                             reason,
-                            at_ms: now_ms(),
+                            at_ms: now_ms() as i64,
                         },
                     )
                     .await;
@@ -668,7 +654,7 @@ impl Backups {
             CatalogueCommand::RecordVerification {
                 backup_id,
                 outcome: CheckOutcome {
-                    at_ms: now_ms(),
+                    at_ms: now_ms() as i64,
                     passed: verification.passed,
                     problems: verification.problems.clone(),
                 },
@@ -715,7 +701,7 @@ impl Backups {
                 backup_id: entry.backup_id.clone(),
                 into: into.clone(),
                 target_time: None,
-                at_ms: now_ms(),
+                at_ms: now_ms() as i64,
             },
         )
         .await?;

@@ -15,6 +15,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use event_store::clock::now_ms;
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use tokio::io::AsyncWriteExt;
@@ -23,7 +24,7 @@ use crate::archive_access::{self, Probe, ServerUser};
 use crate::catalogue::{BackupKind, CatalogueCommand};
 use crate::crypto::{self, BackupKey};
 use crate::engine::{
-    BackupError, Backups, ProgressSink, StreamInto, Target, ToolFeed, UndoOnDrop, now_ms, stream_tool_into,
+    BackupError, Backups, ProgressSink, StreamInto, Target, ToolFeed, UndoOnDrop, stream_tool_into,
 };
 use crate::manifest::{FORMAT_VERSION, Manifest, ManifestFile};
 use crate::repository::{Pending, Repository, set_private, tmp_path};
@@ -840,7 +841,7 @@ pub async fn restore_pitr(
                 backup_id: manifest.backup_id.clone(),
                 into: restored.data_directory.clone(),
                 target_time: restored.target_time.clone(),
-                at_ms: now_ms(),
+                at_ms: now_ms() as i64,
             },
         )
         .await?;

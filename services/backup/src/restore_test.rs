@@ -11,11 +11,12 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use event_store::clock::now_ms;
 use serde::Serialize;
 use sqlx::{Connection, PgConnection};
 
 use crate::catalogue::{BackupKind, CatalogueCommand, CheckOutcome};
-use crate::engine::{BackupError, Backups, ProgressSink, Target, UndoOnDrop, drop_database, now_ms};
+use crate::engine::{BackupError, Backups, ProgressSink, Target, UndoOnDrop, drop_database};
 use crate::facts;
 use crate::physical::{PitrRequest, remove_instance, restore_pitr};
 
@@ -69,7 +70,7 @@ pub async fn test_restore(
             CatalogueCommand::RecordRestoreTest {
                 backup_id: entry.backup_id.clone(),
                 outcome: CheckOutcome {
-                    at_ms: now_ms(),
+                    at_ms: now_ms() as i64,
                     passed: test.passed,
                     problems: test.problems.clone(),
                 },

@@ -14,10 +14,11 @@
 //! not needed by any restore; with no physical backup kept, no WAL is
 //! deleted.
 
+use event_store::clock::now_ms;
 use serde::Serialize;
 
 use crate::catalogue::{BackupKind, Catalogue, CatalogueCommand};
-use crate::engine::{BackupError, Backups, now_ms};
+use crate::engine::{BackupError, Backups};
 use crate::physical::segment_position;
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
@@ -119,7 +120,7 @@ pub struct RetentionApplied {
 pub async fn apply(backups: &Backups, target: &str, policy: Policy) -> Result<RetentionApplied, BackupError> {
     backups.reconcile(target).await?;
     let catalogue = backups.catalogue(target).await?;
-    let plan = plan(&catalogue, policy, now_ms());
+    let plan = plan(&catalogue, policy, now_ms() as i64);
     let mut deleted = Vec::new();
     for (backup_id, reason) in &plan.delete {
         backups.repository().delete_backup(target, backup_id).await?;
@@ -129,7 +130,7 @@ pub async fn apply(backups: &Backups, target: &str, policy: Policy) -> Result<Re
                 CatalogueCommand::Delete {
                     backup_id: backup_id.clone(),
                     reason: format!("retention: {reason}"),
-                    at_ms: now_ms(),
+                    at_ms: now_ms() as i64,
                 },
             )
             .await?;
@@ -155,7 +156,7 @@ pub async fn apply(backups: &Backups, target: &str, policy: Policy) -> Result<Re
                 CatalogueCommand::PruneWal {
                     before_segment: needed_from.clone(),
                     segments: wal_segments_deleted,
-                    at_ms: now_ms(),
+                    at_ms: now_ms() as i64,
                 },
             )
             .await?;

@@ -76,4 +76,47 @@ mod tests {
         assert_ne!(token(&a), token(&b));
         assert_eq!(token(&a), token(&a));
     }
+
+    #[test]
+    fn unicode_is_escaped_byte_by_byte() {
+        assert_eq!(token("é"), "~C3~A9");
+        assert_eq!(token("🦀"), "~F0~9F~A6~80");
+        assert_ne!(token("é"), token("e"));
+    }
+
+    /// Given names whose encoding is exactly the maximum, or one byte
+    /// more, then the first is kept whole and the second is hashed.
+    #[test]
+    fn the_length_limit_holds_at_its_edge() {
+        let at_max = "x".repeat(TOKEN_BYTES_MAX);
+        assert_eq!(token(&at_max), at_max);
+        let over = "x".repeat(TOKEN_BYTES_MAX + 1);
+        let hashed = token(&over);
+        assert_eq!(hashed.len(), TOKEN_BYTES_MAX);
+        assert!(hashed.starts_with(&"x".repeat(PREFIX_BYTES)), "{hashed}");
+        assert!(hashed[PREFIX_BYTES..].starts_with("~h"), "{hashed}");
+        // 21 escaped bytes = 63 encoded bytes, 22 = 66: hashed.
+        assert_eq!(token(&".".repeat(21)).len(), 63);
+        assert_eq!(token(&".".repeat(22)).len(), TOKEN_BYTES_MAX);
+    }
+
+    #[test]
+    fn long_unicode_names_stay_bounded_and_safe() {
+        for name in ["é".repeat(100), "🦀".repeat(100), ".*> ".repeat(100)] {
+            let t = token(&name);
+            assert!(t.len() <= TOKEN_BYTES_MAX, "{t}");
+            assert!(
+                t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-~".contains(&b)),
+                "{t}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_hash_is_fnv1a_64() {
+        // Published FNV-1a test vectors.
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
 }

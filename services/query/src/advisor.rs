@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use schema::migration::steps::quote;
+use agents::sql::quote_ident;
 use serde::Serialize;
 use sqlparser::ast::{FromTable, Statement as SqlStatement, TableFactor, TableObject};
 use sqlparser::dialect::PostgreSqlDialect;
@@ -118,14 +118,14 @@ pub struct Advice {
 /// `schema.table` quoted part by part.
 fn quote_table(table: &str) -> String {
     match table.split_once('.') {
-        Some((schema, name)) => format!("{}.{}", quote(schema), quote(name)),
-        None => quote(table),
+        Some((schema, name)) => format!("{}.{}", quote_ident(schema), quote_ident(name)),
+        None => quote_ident(table),
     }
 }
 
 /// `CREATE INDEX [CONCURRENTLY] ON table (columns)`.
 pub fn create_index_sql(candidate: &Candidate, concurrently: bool) -> String {
-    let columns: Vec<String> = candidate.columns.iter().map(|c| quote(c)).collect();
+    let columns: Vec<String> = candidate.columns.iter().map(|c| quote_ident(c)).collect();
     format!(
         "CREATE INDEX {}ON {} ({})",
         if concurrently { "CONCURRENTLY " } else { "" },

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use agents::params::{flag, optional_text, text as text_param};
 use agents::{OpFuture, Operation, TaskContext};
-use sagas::now_ms;
+use event_store::clock::now_ms;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sqlx::PgPool;

@@ -1554,13 +1554,10 @@ fn object_name_parts(name: &ObjectName) -> Option<Vec<String>> {
     name.0.iter().map(|part| part.as_ident().map(folded)).collect()
 }
 
-/// An identifier as PostgreSQL sees it: folded to lower case unless quoted.
-fn folded(ident: &Ident) -> String {
-    if ident.quote_style.is_some() {
-        ident.value.clone()
-    } else {
-        ident.value.to_ascii_lowercase()
-    }
+/// An identifier as PostgreSQL sees it (the agents' one rule, on a parsed
+/// `Ident`); the plan analysis folds with it too.
+pub(crate) fn folded(ident: &Ident) -> String {
+    agents::sql::fold_ident(&ident.value, ident.quote_style.is_some())
 }
 
 /// Appends `column` unless `list` holds it already.

@@ -5,9 +5,10 @@
 //! index the planner does not use, or that does not make its statements
 //! faster, is dropped again. Both outcomes are events with the numbers.
 
+use agents::sql::quote_ident;
 use schema::LockLevel;
 use schema::migration::executor::{ExecError, Timeouts, index_valid, run_outside_transaction, run_step};
-use schema::migration::steps::{Step, quote};
+use schema::migration::steps::Step;
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -34,17 +35,21 @@ impl IndexSpec {
     }
 
     fn qualified_name(&self) -> String {
-        format!("{}.{}", quote(self.schema_and_table().0), quote(&self.name))
+        format!(
+            "{}.{}",
+            quote_ident(self.schema_and_table().0),
+            quote_ident(&self.name)
+        )
     }
 
     pub fn create_sql(&self) -> String {
         let (schema, table) = self.schema_and_table();
-        let columns: Vec<String> = self.columns.iter().map(|c| quote(c)).collect();
+        let columns: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
         format!(
             "CREATE INDEX CONCURRENTLY {} ON {}.{} ({})",
-            quote(&self.name),
-            quote(schema),
-            quote(table),
+            quote_ident(&self.name),
+            quote_ident(schema),
+            quote_ident(table),
             columns.join(", ")
         )
     }

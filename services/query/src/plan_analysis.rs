@@ -20,10 +20,11 @@
 
 use std::collections::HashMap;
 
+use agents::sql::quote_ident;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sqlparser::ast::{
-    BinaryOperator, Expr, FromTable, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, InTarget,
+    BinaryOperator, Expr, FromTable, FunctionArg, FunctionArgExpr, FunctionArguments, InTarget,
     JoinConstraint, JoinOperator, ObjectName, Query, Select, SelectItem, SetExpr, Statement, TableFactor,
     TableWithJoins, UnaryOperator, UpdateTableFromKind,
 };
@@ -31,6 +32,8 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
 use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Token, Tokenizer};
+
+use crate::candidates::folded;
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -2035,14 +2038,6 @@ fn column_ref(expression: &Expr) -> Option<ColumnRef> {
     }
 }
 
-fn folded(ident: &Ident) -> String {
-    if ident.quote_style.is_some() {
-        ident.value.clone()
-    } else {
-        ident.value.to_lowercase()
-    }
-}
-
 fn object_name_text(name: &ObjectName) -> String {
     name.0
         .iter()
@@ -3225,11 +3220,7 @@ fn quote_identifier(name: &str) -> String {
             .chars()
             .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || ch == '$')
         && !RESERVED_WORDS.contains(&name);
-    if plain {
-        name.to_owned()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
-    }
+    if plain { name.to_owned() } else { quote_ident(name) }
 }
 
 /// `schema.table` (or `table`) as SQL text, each part quoted as needed.

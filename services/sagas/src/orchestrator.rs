@@ -22,12 +22,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_nats::jetstream;
 use domain::workflow::{
     Clock, Plan, Priority, StopRequest, TaskCommand, TaskKind, WorkflowCommand, WorkflowEvent, WorkflowState,
 };
+use event_store::clock::now_ms;
 use event_store::relay::{self, RelayConfig};
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -180,13 +181,6 @@ struct Inner {
 }
 
 type Waiters = HashMap<Uuid, Vec<oneshot::Sender<(WorkflowState, u64)>>>;
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// The clock decisions use: now, and a fresh jitter in [0, 1).
 pub fn clock() -> Clock {

@@ -8,6 +8,7 @@ mod bad_input;
 mod cache;
 mod concurrency;
 mod consumer;
+mod harness;
 mod horizon;
 mod llm_planner;
 mod metrics;

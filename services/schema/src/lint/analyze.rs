@@ -29,13 +29,10 @@ use super::{Finding, LockLevel, MigrationReport, MigrationSummary, Severity, Sta
 /// At most this many dependents are named in one message.
 const DEPENDENTS_LISTED_MAX: usize = 10;
 
-/// An identifier as PostgreSQL stores it: unquoted ones fold to lower case.
+/// An identifier as PostgreSQL stores it (the agents' one rule, on a
+/// parsed `Ident`).
 pub(crate) fn fold(ident: &Ident) -> String {
-    if ident.quote_style.is_some() {
-        ident.value.clone()
-    } else {
-        ident.value.to_lowercase()
-    }
+    agents::sql::fold_ident(&ident.value, ident.quote_style.is_some())
 }
 
 /// Lints parsed statements against `facts`.

@@ -17,7 +17,6 @@ use domain::target::ConnectionUrl;
 use sagas::{Aggregate, AggregateStore, SagaError};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::PgPool;
 use sqlx::pool::PoolConnection;
 
 use super::definition::{DefinitionError, Format, Migration, Operation, version_schema};
@@ -121,16 +120,7 @@ impl From<HistoryError> for SagaError {
 
 pub type HistoryStore = AggregateStore<SchemaHistory>;
 
-/// A registered target database.
-#[derive(Clone)]
-pub struct Target {
-    pub name: String,
-    pub pool: PgPool,
-    /// For scrubbing the password out of error messages.
-    pub url: ConnectionUrl,
-}
-
-pub use agents::{NoProgress, ProgressSink};
+pub use agents::{NoProgress, ProgressSink, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {

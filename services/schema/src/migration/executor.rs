@@ -4,11 +4,14 @@
 //! transaction instead of making every writer queue behind it), and the
 //! backfill in bounded keyset batches.
 
+use std::future::Future;
 use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
 
-use super::steps::{Backfill, Step, quote};
+use agents::sql::quote_ident as quote;
+
+use super::steps::{Backfill, Step};
 
 /// How DDL runs on a target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +113,37 @@ async fn begin(
     Ok(tx)
 }
 
+/// Runs `attempt` until it succeeds, fails for another reason than a lock
+/// not granted in time (or a deadlock or serialization failure), or has
+/// been tried `attempts_max` times, sleeping `backoff` between tries. Each
+/// try must start afresh (a new transaction or session settings), since
+/// the failed one was rolled back.
+async fn retrying<T, F, Fut>(timeouts: &Timeouts, what: &str, mut attempt: F) -> Result<T, ExecError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) if retryable(&error) && tries < timeouts.attempts_max => {
+                tracing::info!(what, attempt = tries, error = %describe(&error), "lock not granted; retrying");
+                tokio::time::sleep(backoff(timeouts, tries)).await;
+            }
+            Err(error) if retryable(&error) => {
+                return Err(ExecError::LockNotGranted {
+                    what: what.to_owned(),
+                    attempts: tries,
+                    lock_timeout_ms: timeouts.lock_timeout_ms,
+                });
+            }
+            Err(error) => return Err(ExecError::failed(what, &error)),
+        }
+    }
+}
+
 /// Runs `statements` in one transaction, again while a lock is not granted.
 pub async fn run_transaction(
     pool: &PgPool,
@@ -118,35 +152,16 @@ pub async fn run_transaction(
     statements: &[String],
     statement_timeout_ms: u64,
 ) -> Result<(), ExecError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let outcome = async {
-            let mut tx = begin(pool, timeouts.lock_timeout_ms, statement_timeout_ms).await?;
-            for statement in statements {
-                sqlx::raw_sql(AssertSqlSafe(statement.clone()))
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await
+    retrying(timeouts, what, || async move {
+        let mut tx = begin(pool, timeouts.lock_timeout_ms, statement_timeout_ms).await?;
+        for statement in statements {
+            sqlx::raw_sql(AssertSqlSafe(statement.clone()))
+                .execute(&mut *tx)
+                .await?;
         }
-        .await;
-        match outcome {
-            Ok(()) => return Ok(()),
-            Err(error) if retryable(&error) && attempt < timeouts.attempts_max => {
-                tracing::info!(what, attempt, error = %describe(&error), "lock not granted; retrying");
-                tokio::time::sleep(backoff(timeouts, attempt)).await;
-            }
-            Err(error) if retryable(&error) => {
-                return Err(ExecError::LockNotGranted {
-                    what: what.to_owned(),
-                    attempts: attempt,
-                    lock_timeout_ms: timeouts.lock_timeout_ms,
-                });
-            }
-            Err(error) => return Err(ExecError::failed(what, &error)),
-        }
-    }
+        tx.commit().await
+    })
+    .await
 }
 
 /// Runs one statement that PostgreSQL refuses inside a transaction block
@@ -159,41 +174,23 @@ pub async fn run_outside_transaction(
     statement: &str,
     statement_timeout_ms: u64,
 ) -> Result<(), ExecError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let outcome = async {
-            let mut conn = pool.acquire().await?;
-            sqlx::raw_sql(AssertSqlSafe(format!(
-                "SET lock_timeout = {}; SET statement_timeout = {statement_timeout_ms}",
-                timeouts.lock_timeout_ms
-            )))
+    retrying(timeouts, what, || async move {
+        let mut conn = pool.acquire().await?;
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "SET lock_timeout = {}; SET statement_timeout = {statement_timeout_ms}",
+            timeouts.lock_timeout_ms
+        )))
+        .execute(&mut *conn)
+        .await?;
+        let result = sqlx::raw_sql(AssertSqlSafe(statement.to_owned()))
+            .execute(&mut *conn)
+            .await;
+        sqlx::raw_sql("RESET lock_timeout; RESET statement_timeout")
             .execute(&mut *conn)
             .await?;
-            let result = sqlx::raw_sql(AssertSqlSafe(statement.to_owned()))
-                .execute(&mut *conn)
-                .await;
-            sqlx::raw_sql("RESET lock_timeout; RESET statement_timeout")
-                .execute(&mut *conn)
-                .await?;
-            result.map(|_| ())
-        }
-        .await;
-        match outcome {
-            Ok(()) => return Ok(()),
-            Err(error) if retryable(&error) && attempt < timeouts.attempts_max => {
-                tokio::time::sleep(backoff(timeouts, attempt)).await;
-            }
-            Err(error) if retryable(&error) => {
-                return Err(ExecError::LockNotGranted {
-                    what: what.to_owned(),
-                    attempts: attempt,
-                    lock_timeout_ms: timeouts.lock_timeout_ms,
-                });
-            }
-            Err(error) => return Err(ExecError::failed(what, &error)),
-        }
-    }
+        result.map(|_| ())
+    })
+    .await
 }
 
 const INDEX_VALID: &str = include_str!("../sql/index_valid.sql");
@@ -226,19 +223,7 @@ pub async fn run_step(pool: &PgPool, timeouts: &Timeouts, step: &Step) -> Result
         let valid = index_valid(pool, schema, index, &step.description).await?;
         if valid == Some(false) {
             tracing::warn!(%schema, %index, "dropping the invalid index an interrupted build left");
-            let drop = format!(
-                "DROP INDEX CONCURRENTLY IF EXISTS {}.{}",
-                quote(schema),
-                quote(index)
-            );
-            run_outside_transaction(
-                pool,
-                timeouts,
-                &step.description,
-                &drop,
-                timeouts.build_timeout_ms,
-            )
-            .await?;
+            drop_index(pool, timeouts, &step.description, schema, index).await?;
         }
         let built = run_outside_transaction(
             pool,
@@ -252,19 +237,7 @@ pub async fn run_step(pool: &PgPool, timeouts: &Timeouts, step: &Step) -> Result
             (Ok(()), Some(true)) => return Ok(()),
             (Err(error), _) => {
                 // Leave no invalid index behind a failed build.
-                let drop = format!(
-                    "DROP INDEX CONCURRENTLY IF EXISTS {}.{}",
-                    quote(schema),
-                    quote(index)
-                );
-                let _ = run_outside_transaction(
-                    pool,
-                    timeouts,
-                    &step.description,
-                    &drop,
-                    timeouts.build_timeout_ms,
-                )
-                .await;
+                let _ = drop_index(pool, timeouts, &step.description, schema, index).await;
                 return Err(error);
             }
             (Ok(()), _) => continue,
@@ -274,6 +247,22 @@ pub async fn run_step(pool: &PgPool, timeouts: &Timeouts, step: &Step) -> Result
         what: step.description.clone(),
         error: format!("index {schema}.{index} is still invalid after building it again"),
     })
+}
+
+/// Drops `schema.index` if it exists, without blocking writers.
+async fn drop_index(
+    pool: &PgPool,
+    timeouts: &Timeouts,
+    what: &str,
+    schema: &str,
+    index: &str,
+) -> Result<(), ExecError> {
+    let drop = format!(
+        "DROP INDEX CONCURRENTLY IF EXISTS {}.{}",
+        quote(schema),
+        quote(index)
+    );
+    run_outside_transaction(pool, timeouts, what, &drop, timeouts.build_timeout_ms).await
 }
 
 /// Whether the index exists and is valid (`None`: it does not exist).
@@ -351,47 +340,31 @@ impl<'a> Backfiller<'a> {
         } else {
             &self.first
         };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let outcome = async {
-                let mut tx = begin(
-                    self.pool,
-                    self.timeouts.lock_timeout_ms,
-                    self.timeouts.statement_timeout_ms,
-                )
+        // References only, so that each try's future copies them.
+        let (pool, timeouts, after, batch_rows) =
+            (self.pool, self.timeouts, self.after.as_deref(), self.batch_rows);
+        let bound = bound.as_str();
+        let row = retrying(timeouts, what, || async move {
+            let mut tx = begin(pool, timeouts.lock_timeout_ms, timeouts.statement_timeout_ms).await?;
+            let row: (Option<String>, i64) = sqlx::query_as(AssertSqlSafe(sql.clone()))
+                .bind(after)
+                .bind(bound)
+                .bind(i64::from(batch_rows))
+                .fetch_one(&mut *tx)
                 .await?;
-                let row: (Option<String>, i64) = sqlx::query_as(AssertSqlSafe(sql.clone()))
-                    .bind(self.after.as_deref())
-                    .bind(&bound)
-                    .bind(i64::from(self.batch_rows))
-                    .fetch_one(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok::<_, sqlx::Error>(row)
+            tx.commit().await?;
+            Ok(row)
+        })
+        .await?;
+        match row {
+            (Some(last), touched) => {
+                self.after = Some(last);
+                self.rows_done += touched.max(0) as u64;
+                Ok(true)
             }
-            .await;
-            match outcome {
-                Ok((Some(last), touched)) => {
-                    self.after = Some(last);
-                    self.rows_done += touched.max(0) as u64;
-                    return Ok(true);
-                }
-                Ok((None, _)) => {
-                    self.bound = None;
-                    return Ok(false);
-                }
-                Err(error) if retryable(&error) && attempt < self.timeouts.attempts_max => {
-                    tokio::time::sleep(backoff(self.timeouts, attempt)).await;
-                }
-                Err(error) if retryable(&error) => {
-                    return Err(ExecError::LockNotGranted {
-                        what: what.to_owned(),
-                        attempts: attempt,
-                        lock_timeout_ms: self.timeouts.lock_timeout_ms,
-                    });
-                }
-                Err(error) => return Err(ExecError::failed(what, &error)),
+            (None, _) => {
+                self.bound = None;
+                Ok(false)
             }
         }
     }

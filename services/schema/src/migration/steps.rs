@@ -14,6 +14,9 @@
 
 use std::collections::BTreeMap;
 
+// Identifiers are quoted the agents' one way; the short name keeps the
+// SQL built below readable.
+use agents::sql::quote_ident as quote;
 use serde::Serialize;
 
 use super::definition::{IDENTIFIER_BYTES_MAX, Migration, Operation, RESERVED_PREFIX};
@@ -128,11 +131,6 @@ pub struct PlanError {
     pub operation: usize,
     pub kind: &'static str,
     pub message: String,
-}
-
-/// Quotes an identifier for PostgreSQL.
-pub fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Quotes a string literal for PostgreSQL.
