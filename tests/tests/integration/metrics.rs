@@ -203,8 +203,22 @@ async fn a_fresh_server_shows_every_metric_known_at_start_on_its_first_scrape() 
             Series::Single | Series::FirstSample => {}
         }
     }
-    // And with their true values: Redis answers, nothing happened yet
-    assert_eq!(value(&metrics, "dbswarm_cache_degraded"), Some(0.0), "{metrics}");
+    // And with their true values: nothing happened yet, and Redis answers
+    // (on a loaded machine its first probe may miss the 50 ms deadline, so
+    // the cache may start degraded and recover at its next probe)
+    assert!(value(&metrics, "dbswarm_cache_degraded").is_some(), "{metrics}");
+    let mut degraded = value(&metrics, "dbswarm_cache_degraded");
+    for _ in 0..100 {
+        if degraded == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        degraded = value(
+            &http_get(server.http_addr(), "/metrics").await,
+            "dbswarm_cache_degraded",
+        );
+    }
+    assert_eq!(degraded, Some(0.0), "the cache recovers with Redis up");
     assert_eq!(value(&metrics, "dbswarm_snapshots_saved_total"), Some(0.0));
     assert!(value(&metrics, "dbswarm_db_pool_connections").is_some_and(|v| v >= 1.0));
     assert_eq!(value(&metrics, "dbswarm_append_batch_events_count"), Some(0.0));
