@@ -9,6 +9,124 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// `name` as SQL text for people to read: bare when PostgreSQL reads it
+/// back unchanged (lower case, digits, `_`, `$`, not a key word that must
+/// be quoted), double-quoted otherwise.
+pub fn quote_ident_if_needed(name: &str) -> String {
+    let plain = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')
+        && !KEYWORDS_TO_QUOTE.contains(&name);
+    if plain { name.to_owned() } else { quote_ident(name) }
+}
+
+/// PostgreSQL's reserved key words (and those only allowed as function or
+/// type names): an identifier spelled like one must be quoted.
+const KEYWORDS_TO_QUOTE: &[&str] = &[
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "authorization",
+    "binary",
+    "both",
+    "case",
+    "cast",
+    "check",
+    "collate",
+    "collation",
+    "column",
+    "concurrently",
+    "constraint",
+    "create",
+    "cross",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "false",
+    "fetch",
+    "for",
+    "foreign",
+    "freeze",
+    "from",
+    "full",
+    "grant",
+    "group",
+    "having",
+    "ilike",
+    "in",
+    "initially",
+    "inner",
+    "intersect",
+    "into",
+    "is",
+    "isnull",
+    "join",
+    "lateral",
+    "leading",
+    "left",
+    "like",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "natural",
+    "not",
+    "notnull",
+    "null",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "outer",
+    "overlaps",
+    "placing",
+    "primary",
+    "references",
+    "returning",
+    "right",
+    "select",
+    "session_user",
+    "similar",
+    "some",
+    "symmetric",
+    "system_user",
+    "table",
+    "tablesample",
+    "then",
+    "to",
+    "trailing",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "variadic",
+    "verbose",
+    "when",
+    "where",
+    "window",
+    "with",
+];
+
 /// The name PostgreSQL stores for an identifier written as `value`:
 /// quoted ones as they are, unquoted ones lower-cased.
 ///
@@ -46,6 +164,16 @@ mod tests {
         // ASCII letters fold; É (two bytes in UTF-8) stays as it is.
         assert_eq!(fold_ident("ÉTÉ_Table", false), "ÉtÉ_table");
         assert_eq!(fold_ident("İd", false), "İd");
+    }
+
+    #[test]
+    fn quote_ident_if_needed_quotes_only_what_must_be() {
+        assert_eq!(quote_ident_if_needed("orders_2"), "orders_2");
+        assert_eq!(quote_ident_if_needed("Orders"), "\"Orders\"");
+        assert_eq!(quote_ident_if_needed("user"), "\"user\"");
+        assert_eq!(quote_ident_if_needed("left"), "\"left\"");
+        assert_eq!(quote_ident_if_needed("2x"), "\"2x\"");
+        assert_eq!(quote_ident_if_needed(""), "\"\"");
     }
 
     #[test]

@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 
-use agents::sql::quote_ident;
+use agents::sql::quote_ident_if_needed;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sqlparser::ast::{
@@ -1112,7 +1112,7 @@ fn sort_key_index_column(key: &str) -> Option<String> {
         }
     }
     let column = plan_column(&parse_plan_expression(expression)?)?;
-    Some(format!("{}{suffix}", quote_identifier(&column.name)))
+    Some(format!("{}{suffix}", quote_ident_if_needed(&column.name)))
 }
 
 /// A Hash whose table did not fit in memory and was split into batches.
@@ -1537,7 +1537,7 @@ fn scan_misestimate_advice(node: &PlanNode, relation: &str) -> String {
         [IndexTarget::Column(column)] => format!(
             "ANALYZE {table}; if the estimate stays off, raise the statistics target of {column}: ALTER TABLE \
              {table} ALTER COLUMN {} SET STATISTICS 1000; ANALYZE {table};",
-            quote_identifier(column)
+            quote_ident_if_needed(column)
         ),
         // PostgreSQL keeps no statistics on an expression unless asked to
         // (and takes no statistics kinds for a single one).
@@ -1628,7 +1628,7 @@ impl IndexTarget {
     /// As written in CREATE INDEX and CREATE STATISTICS.
     fn sql(&self) -> String {
         match self {
-            Self::Column(name) => quote_identifier(name),
+            Self::Column(name) => quote_ident_if_needed(name),
             Self::Expression(expression) => format!("({expression})"),
         }
     }
@@ -2014,8 +2014,12 @@ impl ColumnRef {
     /// As SQL text: `o.created_at`, `"Name"`.
     fn written(&self) -> String {
         match &self.qualifier {
-            Some(qualifier) => format!("{}.{}", quote_relation(qualifier), quote_identifier(&self.name)),
-            None => quote_identifier(&self.name),
+            Some(qualifier) => format!(
+                "{}.{}",
+                quote_relation(qualifier),
+                quote_ident_if_needed(&self.name)
+            ),
+            None => quote_ident_if_needed(&self.name),
         }
     }
 }
@@ -2597,11 +2601,11 @@ impl HintFinder<'_> {
             .map(quote_relation)
             .unwrap_or_else(|| "<table>".to_owned());
         let indexed_expression = match column_ref(subject) {
-            Some(column) => quote_identifier(&column.name),
+            Some(column) => quote_ident_if_needed(&column.name),
             None => format!("({})", without_qualifiers(subject)),
         };
         let subject_text = match column_ref(subject) {
-            Some(column) => quote_identifier(&column.name),
+            Some(column) => quote_ident_if_needed(&column.name),
             None => without_qualifiers(subject).to_string(),
         };
         self.push(RewriteHint {
@@ -3106,128 +3110,11 @@ fn excerpt(expression: &Expr) -> String {
 // SQL identifiers and numbers in messages
 // ---------------------------------------------------------------------------
 
-/// PostgreSQL's reserved key words (and those only allowed as function or
-/// type names): an identifier spelled like one must be quoted.
-const RESERVED_WORDS: &[&str] = &[
-    "all",
-    "analyse",
-    "analyze",
-    "and",
-    "any",
-    "array",
-    "as",
-    "asc",
-    "asymmetric",
-    "authorization",
-    "binary",
-    "both",
-    "case",
-    "cast",
-    "check",
-    "collate",
-    "collation",
-    "column",
-    "concurrently",
-    "constraint",
-    "create",
-    "cross",
-    "current_catalog",
-    "current_date",
-    "current_role",
-    "current_schema",
-    "current_time",
-    "current_timestamp",
-    "current_user",
-    "default",
-    "deferrable",
-    "desc",
-    "distinct",
-    "do",
-    "else",
-    "end",
-    "except",
-    "false",
-    "fetch",
-    "for",
-    "foreign",
-    "freeze",
-    "from",
-    "full",
-    "grant",
-    "group",
-    "having",
-    "ilike",
-    "in",
-    "initially",
-    "inner",
-    "intersect",
-    "into",
-    "is",
-    "isnull",
-    "join",
-    "lateral",
-    "leading",
-    "left",
-    "like",
-    "limit",
-    "localtime",
-    "localtimestamp",
-    "natural",
-    "not",
-    "notnull",
-    "null",
-    "offset",
-    "on",
-    "only",
-    "or",
-    "order",
-    "outer",
-    "overlaps",
-    "placing",
-    "primary",
-    "references",
-    "returning",
-    "right",
-    "select",
-    "session_user",
-    "similar",
-    "some",
-    "symmetric",
-    "system_user",
-    "table",
-    "tablesample",
-    "then",
-    "to",
-    "trailing",
-    "true",
-    "union",
-    "unique",
-    "user",
-    "using",
-    "variadic",
-    "verbose",
-    "when",
-    "where",
-    "window",
-    "with",
-];
-
-/// An identifier as SQL text: bare when PostgreSQL reads it back unchanged,
-/// double-quoted otherwise.
-fn quote_identifier(name: &str) -> String {
-    let plain = name.starts_with(|ch: char| ch.is_ascii_lowercase() || ch == '_')
-        && name
-            .chars()
-            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || ch == '$')
-        && !RESERVED_WORDS.contains(&name);
-    if plain { name.to_owned() } else { quote_ident(name) }
-}
-
 /// `schema.table` (or `table`) as SQL text, each part quoted as needed.
 fn quote_relation(relation: &str) -> String {
     relation
         .split('.')
-        .map(quote_identifier)
+        .map(quote_ident_if_needed)
         .collect::<Vec<_>>()
         .join(".")
 }
@@ -5122,10 +5009,10 @@ mod tests {
 
     #[test]
     fn identifiers_are_quoted_only_when_postgresql_needs_it() {
-        assert_eq!(quote_identifier("created_at"), "created_at");
-        assert_eq!(quote_identifier("Name"), "\"Name\"");
-        assert_eq!(quote_identifier("order"), "\"order\"");
-        assert_eq!(quote_identifier("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_ident_if_needed("created_at"), "created_at");
+        assert_eq!(quote_ident_if_needed("Name"), "\"Name\"");
+        assert_eq!(quote_ident_if_needed("order"), "\"order\"");
+        assert_eq!(quote_ident_if_needed("a\"b"), "\"a\"\"b\"");
         assert_eq!(quote_relation("public.orders"), "public.orders");
     }
 }

@@ -14,88 +14,6 @@ use sqlparser::ast::{
 /// The first statement of every SQL advice.
 pub(crate) const LOCK_TIMEOUT: &str = "SET lock_timeout = '2s';";
 
-/// PostgreSQL's reserved key words (Appendix C): as identifiers they
-/// must be quoted.
-const RESERVED: [&str; 77] = [
-    "all",
-    "analyse",
-    "analyze",
-    "and",
-    "any",
-    "array",
-    "as",
-    "asc",
-    "asymmetric",
-    "both",
-    "case",
-    "cast",
-    "check",
-    "collate",
-    "column",
-    "constraint",
-    "create",
-    "current_catalog",
-    "current_date",
-    "current_role",
-    "current_time",
-    "current_timestamp",
-    "current_user",
-    "default",
-    "deferrable",
-    "desc",
-    "distinct",
-    "do",
-    "else",
-    "end",
-    "except",
-    "false",
-    "fetch",
-    "for",
-    "foreign",
-    "from",
-    "grant",
-    "group",
-    "having",
-    "in",
-    "initially",
-    "intersect",
-    "into",
-    "lateral",
-    "leading",
-    "limit",
-    "localtime",
-    "localtimestamp",
-    "not",
-    "null",
-    "offset",
-    "on",
-    "only",
-    "or",
-    "order",
-    "placing",
-    "primary",
-    "references",
-    "returning",
-    "select",
-    "session_user",
-    "some",
-    "symmetric",
-    "table",
-    "then",
-    "to",
-    "trailing",
-    "true",
-    "union",
-    "unique",
-    "user",
-    "using",
-    "variadic",
-    "when",
-    "where",
-    "window",
-    "with",
-];
-
 /// `SET lock_timeout = '2s'; <s1>; <s2>; ... -- <note>`.
 pub(crate) fn script(statements: &[String], note: &str) -> String {
     let mut out = LOCK_TIMEOUT.to_owned();
@@ -114,18 +32,7 @@ pub(crate) fn script(statements: &[String], note: &str) -> String {
 /// A name as PostgreSQL stores it, written so that it reads back the
 /// same: quoted unless it is a plain lower-case, unreserved name.
 pub(crate) fn ident(name: &str) -> String {
-    let plain = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
-    if plain && !RESERVED.contains(&name) {
-        name.to_owned()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
-    }
+    agents::sql::quote_ident_if_needed(name)
 }
 
 /// A stored name as an AST identifier (quoted when it must be).
