@@ -533,7 +533,7 @@ operations:
     /// The migration shown in the README, as written there.
     #[test]
     fn the_readme_migration_is_valid() {
-        let readme = include_str!("../../../../README.md");
+        let readme = include_str!("../../../../../README.md");
         let yaml = readme
             .split("```yaml\n")
             .find(|block| block.starts_with("name: 0002_accounts"))
