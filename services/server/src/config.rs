@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use agents::AgentsConfig;
+use agents::pg::Timeouts;
 use backup::crypto::BackupKey;
 use backup::engine::BackupConfig;
 use domain::Limits;
@@ -17,7 +18,7 @@ use projections::cache::CacheConfig;
 use query::agent::QueryAgentConfig;
 use sagas::OrchestratorConfig;
 use sagas::llm::{LlmConfig, LlmPlanner};
-use schema::migration::{MigrationConfig, Timeouts};
+use schema::migration::MigrationConfig;
 use serde::Deserialize;
 
 /// Largest request the server accepts, whatever the configuration says.

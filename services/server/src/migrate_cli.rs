@@ -171,7 +171,7 @@ fn human_plan(report: &PlanReport) -> String {
         "  new version: SET search_path TO {}, {}",
         report.plan.version_schema, m.schema
     );
-    let step = |out: &mut String, description: &str, sql: &str, lock: Option<schema::LockLevel>| {
+    let step = |out: &mut String, description: &str, sql: &str, lock: Option<agents::pg::LockLevel>| {
         match lock {
             Some(lock) => {
                 let _ = writeln!(out, "    - {description}  [{lock} on the table]");

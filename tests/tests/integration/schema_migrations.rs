@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use agents::pg::Timeouts;
 use domain::Limits;
 use domain::target::ConnectionUrl;
 use event_store::{AppendConfig, Appender, ReadConfig, Reader};
 use schema::migration::{
-    Format, HistoryStore, Migration, MigrationConfig, MigrationError, Migrator, NoProgress, Target, Timeouts,
+    Format, HistoryStore, Migration, MigrationConfig, MigrationError, Migrator, NoProgress, Target,
 };
 use sqlx::{Connection, PgPool};
 use tests::*;

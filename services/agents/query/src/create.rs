@@ -5,10 +5,8 @@
 //! index the planner does not use, or that does not make its statements
 //! faster, is dropped again. Both outcomes are events with the numbers.
 
+use agents::pg::{ExecError, LockLevel, Step, Timeouts, index_valid, run_outside_transaction, run_step};
 use agents::sql::quote_ident;
-use schema::LockLevel;
-use schema::migration::executor::{ExecError, Timeouts, index_valid, run_outside_transaction, run_step};
-use schema::migration::steps::Step;
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -73,7 +71,7 @@ pub fn default_name(table: &str, columns: &[String]) -> String {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreateConfig {
     /// lock_timeout, attempts and statement_timeout of the build and the
-    /// drop, as for a migration's index (the same executor runs them).
+    /// drop, as for a migration's index (the same runner, `agents::pg`, runs them).
     pub timeouts: Timeouts,
     /// Calls of a statement in the window at least, for its time to count.
     pub calls_min: i64,

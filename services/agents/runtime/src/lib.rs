@@ -16,9 +16,16 @@
 //! the orchestrator whether its attempt is still current (`begin`), which
 //! makes a duplicate delivery a no-op; the outcome goes back through the
 //! orchestrator, which matches it by attempt, so it is recorded once.
+//!
+//! What the agents share besides the runtime has one home each here:
+//! [`sql`], identifiers as PostgreSQL reads them; [`pg`], the PostgreSQL
+//! toolkit (statements under lock_timeout with retries, lock modes,
+//! catalog readers more than one agent needs); [`params`], the
+//! operations' parameters; [`Target`]/[`Targets`], the target databases.
 
 mod directory;
 pub mod params;
+pub mod pg;
 mod probe;
 mod progress;
 mod runtime;

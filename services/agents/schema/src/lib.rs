@@ -24,7 +24,7 @@ pub mod lint;
 pub mod migration;
 
 pub use lint::{
-    CatalogFacts, ColumnFacts, ConstraintFacts, ConstraintKind, Finding, IndexFacts, LintError, LockLevel,
+    CatalogFacts, ColumnFacts, ConstraintFacts, ConstraintKind, Finding, IndexFacts, LintError,
     MigrationReport, MigrationSummary, SQL_BYTES_MAX, STATEMENTS_MAX, ScriptStatement, Severity,
     StatementReport, TableFacts, TableLock, lint, rules, split_script,
 };

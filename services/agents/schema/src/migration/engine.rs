@@ -13,16 +13,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use agents::pg::{ExecError, Timeouts, describe, run_outside_transaction, run_step, run_transaction};
 use domain::target::ConnectionUrl;
 use sagas::{Aggregate, AggregateStore, SagaError};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::pool::PoolConnection;
 
+use super::backfill::Backfiller;
 use super::definition::{DefinitionError, Format, Migration, Operation, version_schema};
-use super::executor::{
-    Backfiller, ExecError, Timeouts, describe, run_outside_transaction, run_step, run_transaction,
-};
 use super::history::{self, Active, Applied, History, HistoryCommand, HistoryError, HistoryEvent, Phase};
 use super::steps::{
     ColumnShape, ExpandItem, MigrationPlan, PlanError, Progress, Script, TableShape, completed_comment, plan,
@@ -629,7 +628,7 @@ impl Migrator {
         let comment = progress_comment(&plan.version_schema, &migration.name, done_after);
         let what = format!("operation {} (sql)", script.operation);
         let timeouts = &self.config.timeouts;
-        // The executor's error already names `what`: only scrubbed here.
+        // The runner's error already names `what`: only scrubbed here.
         let exec = |error: ExecError| MigrationError::Exec {
             name: migration.name.clone(),
             error: scrubbed(error, &target.url),
@@ -1087,7 +1086,7 @@ impl Migrator {
 
 /// The error's text without the migration's name (for a message that
 /// names it already).
-/// An executor error with the target's password scrubbed from the
+/// A runner error with the target's password scrubbed from the
 /// database's text, its prefix (`what`) kept once.
 fn scrubbed(error: ExecError, url: &ConnectionUrl) -> ExecError {
     match error {

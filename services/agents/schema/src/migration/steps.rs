@@ -16,11 +16,11 @@ use std::collections::BTreeMap;
 
 // Identifiers are quoted the agents' one way; the short name keeps the
 // SQL built below readable.
+use agents::pg::{LockLevel, Step};
 use agents::sql::quote_ident as quote;
 use serde::Serialize;
 
 use super::definition::{IDENTIFIER_BYTES_MAX, Migration, Operation, RESERVED_PREFIX};
-use crate::lint::LockLevel;
 
 /// One column as the catalog has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,25 +53,6 @@ impl TableShape {
     fn column(&self, name: &str) -> Option<&ColumnShape> {
         self.columns.iter().find(|c| c.name == name)
     }
-}
-
-/// A statement (or script) of a phase and whether it may run inside a
-/// transaction.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Step {
-    pub description: String,
-    pub sql: String,
-    /// False for CREATE/DROP INDEX CONCURRENTLY.
-    pub transactional: bool,
-    /// The index a concurrent build creates, `(schema, name)`: a build
-    /// that fails leaves it invalid, and it is dropped and built again.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub builds_index: Option<(String, String)>,
-    /// The strongest lock it takes on the migrated table (held only for
-    /// the catalog change unless it is a build or validation, which take
-    /// a lock that lets writers go on).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lock: Option<LockLevel>,
 }
 
 /// Rows of one table to fill through the sync trigger, in key order.

@@ -1,17 +1,17 @@
-//! Runs a migration's SQL on a target: every statement under
-//! `lock_timeout` and `statement_timeout`, retried with backoff when a
-//! lock is not granted in time (so a migration waits behind a long
-//! transaction instead of making every writer queue behind it), and the
-//! backfill in bounded keyset batches.
+//! Runs SQL on a target: every statement under `lock_timeout` and
+//! `statement_timeout`, retried with backoff when a lock is not granted in
+//! time (so a migration or an index build waits behind a long transaction
+//! instead of making every writer queue behind it).
 
 use std::future::Future;
 use std::time::Duration;
 
+use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
 
-use agents::sql::quote_ident as quote;
-
-use super::steps::{Backfill, Step};
+use super::LockLevel;
+use super::catalog::index_valid;
+use crate::sql::quote_ident as quote;
 
 /// How DDL runs on a target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +57,8 @@ pub enum ExecError {
 }
 
 impl ExecError {
-    fn failed(what: &str, error: &sqlx::Error) -> ExecError {
+    /// `error` of the statement described as `what`.
+    pub fn failed(what: &str, error: &sqlx::Error) -> ExecError {
         ExecError::Failed {
             what: what.to_owned(),
             error: describe(error),
@@ -99,7 +100,9 @@ fn backoff(timeouts: &Timeouts, attempt: u32) -> Duration {
     Duration::from_millis(base / 2 + jitter)
 }
 
-async fn begin(
+/// A transaction whose statements wait at most `lock_timeout_ms` for a
+/// lock and run at most `statement_timeout_ms`.
+pub async fn begin(
     pool: &PgPool,
     lock_timeout_ms: u64,
     statement_timeout_ms: u64,
@@ -118,7 +121,7 @@ async fn begin(
 /// been tried `attempts_max` times, sleeping `backoff` between tries. Each
 /// try must start afresh (a new transaction or session settings), since
 /// the failed one was rolled back.
-async fn retrying<T, F, Fut>(timeouts: &Timeouts, what: &str, mut attempt: F) -> Result<T, ExecError>
+pub async fn retrying<T, F, Fut>(timeouts: &Timeouts, what: &str, mut attempt: F) -> Result<T, ExecError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, sqlx::Error>>,
@@ -193,7 +196,24 @@ pub async fn run_outside_transaction(
     .await
 }
 
-const INDEX_VALID: &str = include_str!("../sql/index_valid.sql");
+/// A statement (or script) of a phase and whether it may run inside a
+/// transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    pub description: String,
+    pub sql: String,
+    /// False for CREATE/DROP INDEX CONCURRENTLY.
+    pub transactional: bool,
+    /// The index a concurrent build creates, `(schema, name)`: a build
+    /// that fails leaves it invalid, and it is dropped and built again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub builds_index: Option<(String, String)>,
+    /// The strongest lock it takes on the migrated table (held only for
+    /// the catalog change unless it is a build or validation, which take
+    /// a lock that lets writers go on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<LockLevel>,
+}
 
 /// Runs a step: in a transaction, or alone; a concurrent index build
 /// whose index is left invalid (by this or an earlier failed attempt) is
@@ -263,109 +283,4 @@ async fn drop_index(
         quote(index)
     );
     run_outside_transaction(pool, timeouts, what, &drop, timeouts.build_timeout_ms).await
-}
-
-/// Whether the index exists and is valid (`None`: it does not exist).
-pub async fn index_valid(
-    pool: &PgPool,
-    schema: &str,
-    index: &str,
-    what: &str,
-) -> Result<Option<bool>, ExecError> {
-    sqlx::query_scalar(INDEX_VALID)
-        .bind(schema)
-        .bind(index)
-        .fetch_optional(pool)
-        .await
-        .map_err(|e| ExecError::failed(what, &e))
-}
-
-/// A backfill in progress: rows are touched (through the sync trigger) in
-/// key order, a bounded batch per transaction, up to the largest key that
-/// existed when it began, so rows inserted meanwhile (already written
-/// through the trigger) do not keep it going on a busy table.
-pub struct Backfiller<'a> {
-    pool: &'a PgPool,
-    timeouts: &'a Timeouts,
-    batch_rows: u32,
-    first: String,
-    next: String,
-    bound: Option<String>,
-    after: Option<String>,
-    pub rows_done: u64,
-}
-
-impl<'a> Backfiller<'a> {
-    pub async fn start(
-        pool: &'a PgPool,
-        timeouts: &'a Timeouts,
-        backfill: &Backfill,
-        batch_rows: u32,
-    ) -> Result<Backfiller<'a>, ExecError> {
-        let what = format!("backfill of {}", backfill.table);
-        let (rel, key, key_type) = (&backfill.relation, &backfill.key, &backfill.key_type);
-        let bound: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
-            // Qualified: an unqualified ORDER BY would sort the text output.
-            "SELECT t.{key}::text AS bound FROM {rel} AS t ORDER BY t.{key} DESC LIMIT 1"
-        )))
-        .fetch_optional(pool)
-        .await
-        .map_err(|e| ExecError::failed(&what, &e))?;
-        let batch = |lower: &str| {
-            format!(
-                "WITH batch AS (SELECT {key} AS k FROM {rel} WHERE {lower}{key} <= $2::text::{key_type} ORDER BY {key} LIMIT $3), \
-                 touched AS (UPDATE {rel} AS t SET {key} = t.{key} FROM batch WHERE t.{key} = batch.k RETURNING 1) \
-                 SELECT (SELECT b.k::text AS last FROM batch AS b ORDER BY b.k DESC LIMIT 1), (SELECT count(*) FROM touched)"
-            )
-        };
-        Ok(Backfiller {
-            pool,
-            timeouts,
-            batch_rows,
-            first: batch("$1::text IS NULL AND "),
-            next: batch(&format!("{key} > $1::text::{key_type} AND ")),
-            bound,
-            after: None,
-            rows_done: 0,
-        })
-    }
-
-    /// Touches the next batch; `false` when there was none left.
-    pub async fn next_batch(&mut self, what: &str) -> Result<bool, ExecError> {
-        let Some(bound) = self.bound.clone() else {
-            return Ok(false);
-        };
-        let sql = if self.after.is_some() {
-            &self.next
-        } else {
-            &self.first
-        };
-        // References only, so that each try's future copies them.
-        let (pool, timeouts, after, batch_rows) =
-            (self.pool, self.timeouts, self.after.as_deref(), self.batch_rows);
-        let bound = bound.as_str();
-        let row = retrying(timeouts, what, || async move {
-            let mut tx = begin(pool, timeouts.lock_timeout_ms, timeouts.statement_timeout_ms).await?;
-            let row: (Option<String>, i64) = sqlx::query_as(AssertSqlSafe(sql.clone()))
-                .bind(after)
-                .bind(bound)
-                .bind(i64::from(batch_rows))
-                .fetch_one(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(row)
-        })
-        .await?;
-        match row {
-            (Some(last), touched) => {
-                self.after = Some(last);
-                self.rows_done += touched.max(0) as u64;
-                Ok(true)
-            }
-            (None, _) => {
-                self.bound = None;
-                Ok(false)
-            }
-        }
-    }
 }
