@@ -240,196 +240,33 @@ pub fn plan(
     older_version_schemas: &[String],
 ) -> Result<MigrationPlan, PlanError> {
     let version_schema = migration.version_schema();
-    let mut expand = Vec::new();
-    let mut changes: BTreeMap<&str, TableChange> = BTreeMap::new();
-    let mut rollback_indexes = Vec::new();
-    let mut rollback_scripts = Vec::new();
+    let mut operations = PlannedOperations::default();
     for (index, op) in migration.operations.iter().enumerate() {
-        let number = index + 1;
-        let error = |message: String| PlanError {
-            operation: number,
-            kind: op.kind(),
-            message,
-        };
-        if let Operation::Sql { up, down, .. } = op {
-            let script = Script {
-                operation: number,
-                up: up.clone(),
-                down: down.clone(),
-            };
-            rollback_scripts.push(script.clone());
-            expand.push(ExpandItem::Script(script));
-            continue;
-        }
-        let table_name = op.table().unwrap_or_default();
-        let table = tables.get(table_name).ok_or_else(|| {
-            error(format!(
-                "there is no table {}.{table_name} (a table created by this migration's SQL cannot be changed by a structured operation of the same migration)",
-                migration.schema
-            ))
-        })?;
-        if let Some(column) = op.existing_column()
-            && table.column(column).is_none()
-        {
-            return Err(error(format!(
-                "table {}.{} has no column {column}",
-                table.schema, table.name
-            )));
-        }
-        let change = changes.entry(table_name).or_default();
-        match op {
-            Operation::Sql { .. } => {}
-            Operation::RenameColumn { from, to, .. } => {
-                if table.column(to).is_some() {
-                    return Err(error(format!("table {table_name} already has a column {to}")));
-                }
-                refuse_dependents(
-                    table,
-                    from,
-                    &["view", "materialized view", "function", "procedure", "policy"],
-                )
-                .map_err(error)?;
-                change.renamed.insert(from, to);
-            }
-            Operation::AlterColumn {
-                column,
-                type_name,
-                not_null,
-                up,
-                down,
-                ..
-            } => {
-                let old = table.column(column).expect("checked above");
-                refuse_dependents(table, column, &[]).map_err(error)?;
-                let new_type = type_name.clone().unwrap_or_else(|| old.type_name.clone());
-                let cast = |name: &str, to: &str| format!("CAST({} AS {to})", quote(name));
-                let (default_up, default_down) = match type_name {
-                    Some(new_type) => (cast(column, new_type), cast(column, &old.type_name)),
-                    None => (quote(column), quote(column)),
-                };
-                change.altered.insert(
-                    column,
-                    Altered {
-                        type_name: new_type,
-                        not_null: *not_null || old.not_null,
-                        up: up.clone().unwrap_or(default_up),
-                        down: down.clone().unwrap_or(default_down),
-                    },
-                );
-            }
-            Operation::AddColumn {
-                column,
-                type_name,
-                default,
-                not_null,
-                up,
-                ..
-            } => {
-                if table.column(column).is_some() {
-                    return Err(error(format!("table {table_name} already has a column {column}")));
-                }
-                if *not_null && up.is_none() && default.is_none() {
-                    return Err(error(format!(
-                        "a NOT NULL column needs 'up' or 'default' to fill the {} existing rows",
-                        table.estimated_rows
-                    )));
-                }
-                change.added.push(Added {
-                    column,
-                    type_name,
-                    default: default.as_deref(),
-                    not_null: *not_null,
-                    up: up.as_deref(),
-                });
-            }
-            Operation::DropColumn { column, down, .. } => {
-                let old = table.column(column).expect("checked above");
-                refuse_dependents(
-                    table,
-                    column,
-                    &[
-                        "view",
-                        "materialized view",
-                        "function",
-                        "procedure",
-                        "policy",
-                        "foreign key",
-                    ],
-                )
-                .map_err(error)?;
-                if old.not_null && old.default.is_none() && down.is_none() {
-                    return Err(error(format!(
-                        "column {column} is NOT NULL without a default: new-version inserts need 'down' to fill it"
-                    )));
-                }
-                if table.primary_key.iter().any(|k| k == column) {
-                    return Err(error(format!("column {column} is part of the primary key")));
-                }
-                change.dropped.insert(column, down.as_deref());
-            }
-            Operation::CreateIndex {
-                name,
-                columns,
-                unique,
-                ..
-            } => {
-                for column in columns {
-                    if table.column(column).is_none() {
-                        return Err(error(format!("table {table_name} has no column {column}")));
-                    }
-                }
-                let index = relation(&migration.schema, name);
-                let keys: Vec<String> = columns.iter().map(|c| quote(c)).collect();
-                expand.push(ExpandItem::Step(Step {
-                    description: format!("build index {name} without blocking writes"),
-                    sql: format!(
-                        "CREATE {}INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({})",
-                        if *unique { "UNIQUE " } else { "" },
-                        quote(name),
-                        relation(&migration.schema, table_name),
-                        keys.join(", ")
-                    ),
-                    transactional: false,
-                    builds_index: Some((migration.schema.clone(), name.clone())),
-                    lock: Some(LockLevel::ShareUpdateExclusive),
-                }));
-                rollback_indexes.push(Step {
-                    description: format!("drop index {name}"),
-                    sql: format!("DROP INDEX CONCURRENTLY IF EXISTS {index}"),
-                    transactional: false,
-                    builds_index: None,
-                    lock: Some(LockLevel::ShareUpdateExclusive),
-                });
-            }
-        }
+        plan_operation(migration, tables, index + 1, op, &mut operations)?;
     }
+    let PlannedOperations {
+        mut expand,
+        changes,
+        rollback_indexes,
+        mut rollback_scripts,
+    } = operations;
     let mut backfills = Vec::new();
     let mut validate = Vec::new();
     let mut complete: Vec<Step> = older_version_schemas
         .iter()
-        .map(|schema| Step {
-            description: format!("drop the views of older version {schema}"),
-            sql: format!("DROP SCHEMA IF EXISTS {} CASCADE", quote(schema)),
-            transactional: true,
-            builds_index: None,
-            lock: None,
-        })
+        .map(|s| drop_older_views(s))
         .collect();
     let mut rollback = Vec::new();
     for (table_name, change) in &changes {
         if !change.changes_shape() {
             continue;
         }
-        let table = &tables[*table_name];
-        let planned = plan_table(table, change, &version_schema).map_err(|message| PlanError {
-            operation: migration
-                .operations
-                .iter()
-                .position(|op| op.table() == Some(table_name))
-                .map_or(0, |i| i + 1),
-            kind: "table",
-            message,
-        })?;
+        let planned =
+            plan_table(&tables[*table_name], change, &version_schema).map_err(|message| PlanError {
+                operation: first_operation_on(migration, table_name),
+                kind: "table",
+                message,
+            })?;
         expand.extend(planned.expand.into_iter().map(ExpandItem::Step));
         backfills.extend(planned.backfill);
         validate.extend(planned.validate);
@@ -438,20 +275,16 @@ pub fn plan(
     }
     rollback_scripts.reverse();
     Ok(MigrationPlan {
-        create_version_schema: Step {
-            description: format!("create version schema {version_schema}"),
-            sql: format!("CREATE SCHEMA IF NOT EXISTS {}", quote(&version_schema)),
-            transactional: true,
-            builds_index: None,
-            lock: None,
-        },
-        drop_version_schema: Step {
-            description: format!("drop version schema {version_schema}"),
-            sql: format!("DROP SCHEMA IF EXISTS {} CASCADE", quote(&version_schema)),
-            transactional: true,
-            builds_index: None,
-            lock: None,
-        },
+        create_version_schema: transactional_step(
+            format!("create version schema {version_schema}"),
+            format!("CREATE SCHEMA IF NOT EXISTS {}", quote(&version_schema)),
+            None,
+        ),
+        drop_version_schema: transactional_step(
+            format!("drop version schema {version_schema}"),
+            format!("DROP SCHEMA IF EXISTS {} CASCADE", quote(&version_schema)),
+            None,
+        ),
         version_schema,
         expand,
         backfills,
@@ -461,6 +294,251 @@ pub fn plan(
         rollback_indexes,
         rollback_scripts,
     })
+}
+
+/// What the operations give, read in order, before each table's change
+/// is planned as a whole.
+#[derive(Default)]
+struct PlannedOperations<'a> {
+    /// Scripts and index builds, in the migration's order.
+    expand: Vec<ExpandItem>,
+    /// Per table, what its column operations do together.
+    changes: BTreeMap<&'a str, TableChange<'a>>,
+    rollback_indexes: Vec<Step>,
+    /// In the migration's order (rollback runs them reversed).
+    rollback_scripts: Vec<Script>,
+}
+
+/// Checks operation `number` against the tables and adds it to `planned`.
+fn plan_operation<'a>(
+    migration: &Migration,
+    tables: &BTreeMap<String, TableShape>,
+    number: usize,
+    op: &'a Operation,
+    planned: &mut PlannedOperations<'a>,
+) -> Result<(), PlanError> {
+    let error = |message: String| PlanError {
+        operation: number,
+        kind: op.kind(),
+        message,
+    };
+    if let Operation::Sql { up, down, .. } = op {
+        let script = Script {
+            operation: number,
+            up: up.clone(),
+            down: down.clone(),
+        };
+        planned.rollback_scripts.push(script.clone());
+        planned.expand.push(ExpandItem::Script(script));
+        return Ok(());
+    }
+    let table_name = op.table().unwrap_or_default();
+    let table = tables.get(table_name).ok_or_else(|| {
+        error(format!(
+            "there is no table {}.{table_name} (a table created by this migration's SQL cannot be changed by a structured operation of the same migration)",
+            migration.schema
+        ))
+    })?;
+    if let Some(column) = op.existing_column()
+        && table.column(column).is_none()
+    {
+        return Err(error(format!(
+            "table {}.{} has no column {column}",
+            table.schema, table.name
+        )));
+    }
+    let change = planned.changes.entry(table_name).or_default();
+    match op {
+        Operation::Sql { .. } => Ok(()),
+        Operation::RenameColumn { from, to, .. } => rename_column(table, change, from, to),
+        Operation::AlterColumn {
+            column,
+            type_name,
+            not_null,
+            up,
+            down,
+            ..
+        } => alter_column(table, change, column, type_name.as_deref(), *not_null, up, down),
+        Operation::AddColumn {
+            column,
+            type_name,
+            default,
+            not_null,
+            up,
+            ..
+        } => add_column(
+            table,
+            change,
+            Added {
+                column,
+                type_name,
+                default: default.as_deref(),
+                not_null: *not_null,
+                up: up.as_deref(),
+            },
+        ),
+        Operation::DropColumn { column, down, .. } => drop_column(table, change, column, down.as_deref()),
+        Operation::CreateIndex {
+            name,
+            columns,
+            unique,
+            ..
+        } => create_index(&migration.schema, table, name, columns, *unique).map(|(build, drop)| {
+            planned.expand.push(ExpandItem::Step(build));
+            planned.rollback_indexes.push(drop);
+        }),
+    }
+    .map_err(error)
+}
+
+fn rename_column<'a>(
+    table: &TableShape,
+    change: &mut TableChange<'a>,
+    from: &'a str,
+    to: &'a str,
+) -> Result<(), String> {
+    if table.column(to).is_some() {
+        return Err(format!("table {} already has a column {to}", table.name));
+    }
+    refuse_dependents(
+        table,
+        from,
+        &["view", "materialized view", "function", "procedure", "policy"],
+    )?;
+    change.renamed.insert(from, to);
+    Ok(())
+}
+
+/// The column gets a twin of the new type and nullability, filled by
+/// `up` (by default a cast) and written back by `down`.
+fn alter_column<'a>(
+    table: &TableShape,
+    change: &mut TableChange<'a>,
+    column: &'a str,
+    type_name: Option<&str>,
+    not_null: bool,
+    up: &Option<String>,
+    down: &Option<String>,
+) -> Result<(), String> {
+    let old = table.column(column).expect("checked by the caller");
+    refuse_dependents(table, column, &[])?;
+    let new_type = type_name.map_or_else(|| old.type_name.clone(), str::to_owned);
+    let cast = |name: &str, to: &str| format!("CAST({} AS {to})", quote(name));
+    let (default_up, default_down) = match type_name {
+        Some(new_type) => (cast(column, new_type), cast(column, &old.type_name)),
+        None => (quote(column), quote(column)),
+    };
+    change.altered.insert(
+        column,
+        Altered {
+            type_name: new_type,
+            not_null: not_null || old.not_null,
+            up: up.clone().unwrap_or(default_up),
+            down: down.clone().unwrap_or(default_down),
+        },
+    );
+    Ok(())
+}
+
+fn add_column<'a>(table: &TableShape, change: &mut TableChange<'a>, added: Added<'a>) -> Result<(), String> {
+    let column = added.column;
+    if table.column(column).is_some() {
+        return Err(format!("table {} already has a column {column}", table.name));
+    }
+    if added.not_null && added.up.is_none() && added.default.is_none() {
+        return Err(format!(
+            "a NOT NULL column needs 'up' or 'default' to fill the {} existing rows",
+            table.estimated_rows
+        ));
+    }
+    change.added.push(added);
+    Ok(())
+}
+
+fn drop_column<'a>(
+    table: &TableShape,
+    change: &mut TableChange<'a>,
+    column: &'a str,
+    down: Option<&'a str>,
+) -> Result<(), String> {
+    let old = table.column(column).expect("checked by the caller");
+    refuse_dependents(
+        table,
+        column,
+        &[
+            "view",
+            "materialized view",
+            "function",
+            "procedure",
+            "policy",
+            "foreign key",
+        ],
+    )?;
+    if old.not_null && old.default.is_none() && down.is_none() {
+        return Err(format!(
+            "column {column} is NOT NULL without a default: new-version inserts need 'down' to fill it"
+        ));
+    }
+    if table.primary_key.iter().any(|k| k == column) {
+        return Err(format!("column {column} is part of the primary key"));
+    }
+    change.dropped.insert(column, down);
+    Ok(())
+}
+
+/// The concurrent build of the index and the drop that rolls it back.
+fn create_index(
+    schema: &str,
+    table: &TableShape,
+    name: &str,
+    columns: &[String],
+    unique: bool,
+) -> Result<(Step, Step), String> {
+    for column in columns {
+        if table.column(column).is_none() {
+            return Err(format!("table {} has no column {column}", table.name));
+        }
+    }
+    let keys: Vec<String> = columns.iter().map(|c| quote(c)).collect();
+    let build = Step {
+        description: format!("build index {name} without blocking writes"),
+        sql: format!(
+            "CREATE {}INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({})",
+            if unique { "UNIQUE " } else { "" },
+            quote(name),
+            relation(schema, &table.name),
+            keys.join(", ")
+        ),
+        transactional: false,
+        builds_index: Some((schema.to_owned(), name.to_owned())),
+        lock: Some(LockLevel::ShareUpdateExclusive),
+    };
+    let drop = Step {
+        description: format!("drop index {name}"),
+        sql: format!("DROP INDEX CONCURRENTLY IF EXISTS {}", relation(schema, name)),
+        transactional: false,
+        builds_index: None,
+        lock: Some(LockLevel::ShareUpdateExclusive),
+    };
+    Ok((build, drop))
+}
+
+/// Complete drops an older version's views: they use columns it removes.
+fn drop_older_views(schema: &str) -> Step {
+    transactional_step(
+        format!("drop the views of older version {schema}"),
+        format!("DROP SCHEMA IF EXISTS {} CASCADE", quote(schema)),
+        None,
+    )
+}
+
+/// 1-based position of the migration's first operation on `table` (0: none).
+fn first_operation_on(migration: &Migration, table: &str) -> usize {
+    migration
+        .operations
+        .iter()
+        .position(|op| op.table() == Some(table))
+        .map_or(0, |i| i + 1)
 }
 
 /// Refuses a change of `column` while objects of `kinds` use it (all
@@ -494,216 +572,279 @@ struct TablePlan {
 
 fn plan_table(table: &TableShape, change: &TableChange, version_schema: &str) -> Result<TablePlan, String> {
     let rel = relation(&table.schema, &table.name);
-    let step = |description: String, sql: String, lock: Option<LockLevel>| Step {
+    let twins = twins(change);
+    let mut plan = TablePlan {
+        expand: Vec::new(),
+        backfill: None,
+        validate: Vec::new(),
+        complete: Vec::new(),
+        rollback: drop_sync(table),
+    };
+    plan.complete.extend(plan.rollback.iter().cloned());
+    for twin in &twins {
+        expand_twin(&rel, twin, &mut plan)?;
+    }
+    plan.expand.extend(twin_defaults(table, change, &rel));
+    if change.needs_trigger() {
+        plan.expand.extend(create_sync(table, change, version_schema));
+    }
+    let view = relation(version_schema, &table.name);
+    plan.expand.push(transactional_step(
+        format!("view {version_schema}.{} of the new version", table.name),
+        format!(
+            "CREATE OR REPLACE VIEW {view} AS SELECT {} FROM {rel}",
+            new_version_columns(table, change).join(", ")
+        ),
+        Some(LockLevel::AccessShare),
+    ));
+    plan.rollback.insert(
+        0,
+        transactional_step(
+            format!("drop view {version_schema}.{}", table.name),
+            format!("DROP VIEW IF EXISTS {view}"),
+            None,
+        ),
+    );
+    if change.needs_backfill() {
+        plan.backfill = Some(backfill(table, &rel)?);
+    }
+    plan.complete.extend(contract(change, &rel, &twins));
+    Ok(plan)
+}
+
+/// A column of the new shape written to a twin until complete: an altered
+/// column's new type or an added column.
+struct Twin<'a> {
+    column: &'a str,
+    type_name: &'a str,
+    not_null: bool,
+}
+
+/// One twin per altered or added column, altered ones first.
+fn twins<'a>(change: &'a TableChange) -> Vec<Twin<'a>> {
+    change
+        .altered
+        .iter()
+        .map(|(c, a)| Twin {
+            column: c,
+            type_name: a.type_name.as_str(),
+            not_null: a.not_null,
+        })
+        .chain(change.added.iter().map(|a| Twin {
+            column: a.column,
+            type_name: a.type_name,
+            not_null: a.not_null,
+        }))
+        .collect()
+}
+
+/// A step run in a transaction (every step but concurrent index builds).
+fn transactional_step(description: String, sql: String, lock: Option<LockLevel>) -> Step {
+    Step {
         description,
         sql,
         transactional: true,
         builds_index: None,
         lock,
-    };
-    let mut expand = Vec::new();
-    let mut validate = Vec::new();
-    let mut complete = Vec::new();
-    let mut rollback = Vec::new();
+    }
+}
+
+/// Drops the sync trigger and its function: the start of rollback and of
+/// complete alike.
+fn drop_sync(table: &TableShape) -> Vec<Step> {
+    let rel = relation(&table.schema, &table.name);
     let sync = sync_name(table);
-    let function = relation(&table.schema, &sync);
-    rollback.push(step(
-        format!("drop the sync trigger of {}", table.name),
-        format!("DROP TRIGGER IF EXISTS {} ON {rel}", quote(&sync)),
+    vec![
+        transactional_step(
+            format!("drop the sync trigger of {}", table.name),
+            format!("DROP TRIGGER IF EXISTS {} ON {rel}", quote(&sync)),
+            Some(LockLevel::AccessExclusive),
+        ),
+        transactional_step(
+            format!("drop the sync function of {}", table.name),
+            format!("DROP FUNCTION IF EXISTS {}()", relation(&table.schema, &sync)),
+            None,
+        ),
+    ]
+}
+
+/// Adds the twin column (and, for a NOT NULL one, a check that is
+/// validated later without a write lock), and its drop on rollback.
+fn expand_twin(rel: &str, twin_column: &Twin, plan: &mut TablePlan) -> Result<(), String> {
+    let Twin {
+        column,
+        type_name,
+        not_null,
+    } = *twin_column;
+    let twin = twin(column);
+    if twin.len() < RESERVED_PREFIX.len() + 5 + column.len() {
+        return Err(format!(
+            "column name {column} is too long for its twin column; rename it first"
+        ));
+    }
+    plan.expand.push(transactional_step(
+        format!("add {twin} ({type_name}), {column} of the new version"),
+        format!(
+            "ALTER TABLE {rel} ADD COLUMN IF NOT EXISTS {} {type_name}",
+            quote(&twin)
+        ),
         Some(LockLevel::AccessExclusive),
     ));
-    rollback.push(step(
-        format!("drop the sync function of {}", table.name),
-        format!("DROP FUNCTION IF EXISTS {function}()"),
-        None,
+    plan.rollback.push(transactional_step(
+        format!("drop {twin}"),
+        format!("ALTER TABLE {rel} DROP COLUMN IF EXISTS {}", quote(&twin)),
+        Some(LockLevel::AccessExclusive),
     ));
-    complete.extend(rollback.iter().cloned());
-    // Twins: one per altered or added column.
-    let twins: Vec<(&str, &str, bool)> = change
-        .altered
-        .iter()
-        .map(|(c, a)| (*c, a.type_name.as_str(), a.not_null))
-        .chain(change.added.iter().map(|a| (a.column, a.type_name, a.not_null)))
-        .collect();
-    for (column, type_name, not_null) in &twins {
-        let twin = twin(column);
-        if twin.len() < RESERVED_PREFIX.len() + 5 + column.len() {
-            return Err(format!(
-                "column name {column} is too long for its twin column; rename it first"
-            ));
-        }
-        expand.push(step(
-            format!("add {twin} ({type_name}), {column} of the new version"),
+    if not_null {
+        let check = not_null_check(column);
+        plan.expand.push(transactional_step(
+            format!("require {twin} to be set, for new rows now and for old ones once validated"),
             format!(
-                "ALTER TABLE {rel} ADD COLUMN IF NOT EXISTS {} {type_name}",
+                "DO $dbswarm$ BEGIN ALTER TABLE {rel} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID; \
+                 EXCEPTION WHEN duplicate_object THEN NULL; END $dbswarm$",
+                quote(&check),
                 quote(&twin)
             ),
             Some(LockLevel::AccessExclusive),
         ));
-        rollback.push(step(
-            format!("drop {twin}"),
-            format!("ALTER TABLE {rel} DROP COLUMN IF EXISTS {}", quote(&twin)),
-            Some(LockLevel::AccessExclusive),
+        plan.validate.push(transactional_step(
+            format!("validate that every row has {twin} (no write lock)"),
+            format!("ALTER TABLE {rel} VALIDATE CONSTRAINT {}", quote(&check)),
+            Some(LockLevel::ShareUpdateExclusive),
         ));
-        if *not_null {
-            let check = not_null_check(column);
-            expand.push(step(
-                format!("require {twin} to be set, for new rows now and for old ones once validated"),
-                format!(
-                    "DO $dbswarm$ BEGIN ALTER TABLE {rel} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID; \
-                     EXCEPTION WHEN duplicate_object THEN NULL; END $dbswarm$",
-                    quote(&check),
-                    quote(&twin)
-                ),
-        Some(LockLevel::AccessExclusive),
-    ));
-            validate.push(step(
-                format!("validate that every row has {twin} (no write lock)"),
-                format!("ALTER TABLE {rel} VALIDATE CONSTRAINT {}", quote(&check)),
-                Some(LockLevel::ShareUpdateExclusive),
-            ));
-        }
     }
-    // Defaults: the old column's on an altered twin, the given one on an added column.
-    for column in change.altered.keys() {
-        if let Some(default) = table.column(column).and_then(|c| c.default.as_ref()) {
-            expand.push(step(
-                format!("give {} the default of {column}", twin(column)),
-                format!(
-                    "ALTER TABLE {rel} ALTER COLUMN {} SET DEFAULT {default}",
-                    quote(&twin(column))
-                ),
-                Some(LockLevel::AccessExclusive),
-            ));
-        }
-    }
-    for added in &change.added {
-        if let Some(default) = added.default {
-            expand.push(step(
-                format!("default of {}", added.column),
-                format!(
-                    "ALTER TABLE {rel} ALTER COLUMN {} SET DEFAULT {default}",
-                    quote(&twin(added.column))
-                ),
-                Some(LockLevel::AccessExclusive),
-            ));
-        }
-    }
-    if change.needs_trigger() {
-        expand.push(step(
+    Ok(())
+}
+
+/// Defaults: the old column's on an altered twin, the given one on an added column.
+fn twin_defaults(table: &TableShape, change: &TableChange, rel: &str) -> Vec<Step> {
+    let set_default = |description: String, column: &str, default: &str| {
+        transactional_step(
+            description,
+            format!(
+                "ALTER TABLE {rel} ALTER COLUMN {} SET DEFAULT {default}",
+                quote(&twin(column))
+            ),
+            Some(LockLevel::AccessExclusive),
+        )
+    };
+    let altered = change.altered.keys().filter_map(|column| {
+        let default = table.column(column).and_then(|c| c.default.as_ref())?;
+        Some(set_default(
+            format!("give {} the default of {column}", twin(column)),
+            column,
+            default,
+        ))
+    });
+    let added = change.added.iter().filter_map(|added| {
+        let default = added.default?;
+        Some(set_default(
+            format!("default of {}", added.column),
+            added.column,
+            default,
+        ))
+    });
+    altered.chain(added).collect()
+}
+
+/// The sync function and its trigger: old and new version writers both
+/// keep both shapes.
+fn create_sync(table: &TableShape, change: &TableChange, version_schema: &str) -> [Step; 2] {
+    let rel = relation(&table.schema, &table.name);
+    let sync = sync_name(table);
+    let function = relation(&table.schema, &sync);
+    [
+        transactional_step(
             format!(
                 "sync function of {}: old and new version writers both keep both shapes",
                 table.name
             ),
             sync_function(table, change, version_schema, &function),
             None,
-        ));
-        expand.push(step(
+        ),
+        transactional_step(
             format!("sync trigger on {}", table.name),
             format!(
                 "CREATE OR REPLACE TRIGGER {} BEFORE INSERT OR UPDATE ON {rel} FOR EACH ROW EXECUTE FUNCTION {function}()",
                 quote(&sync)
             ),
-        Some(LockLevel::ShareRowExclusive),
-    ));
-    }
-    expand.push(step(
-        format!("view {version_schema}.{} of the new version", table.name),
-        format!(
-            "CREATE OR REPLACE VIEW {} AS SELECT {} FROM {rel}",
-            relation(version_schema, &table.name),
-            new_version_columns(table, change).join(", ")
+            Some(LockLevel::ShareRowExclusive),
         ),
-        Some(LockLevel::AccessShare),
-    ));
-    rollback.insert(
-        0,
-        step(
-            format!("drop view {version_schema}.{}", table.name),
-            format!("DROP VIEW IF EXISTS {}", relation(version_schema, &table.name)),
-            None,
-        ),
-    );
-    let backfill = if change.needs_backfill() {
-        let [key] = table.primary_key.as_slice() else {
-            return Err(format!(
-                "table {}.{} needs a single-column primary key for the batched backfill (it has {})",
-                table.schema,
-                table.name,
-                if table.primary_key.is_empty() {
-                    "none".to_owned()
-                } else {
-                    table.primary_key.join(", ")
-                }
-            ));
-        };
-        let key_type = table.column(key).map(|c| c.type_name.clone()).unwrap_or_default();
-        Some(Backfill {
-            table: format!("{}.{}", table.schema, table.name),
-            relation: rel.clone(),
-            key: quote(key),
-            key_type,
-            estimated_rows: table.estimated_rows,
-        })
-    } else {
-        None
+    ]
+}
+
+/// The batched backfill of the twins, in the order of the table's
+/// single-column primary key.
+fn backfill(table: &TableShape, rel: &str) -> Result<Backfill, String> {
+    let [key] = table.primary_key.as_slice() else {
+        return Err(format!(
+            "table {}.{} needs a single-column primary key for the batched backfill (it has {})",
+            table.schema,
+            table.name,
+            if table.primary_key.is_empty() {
+                "none".to_owned()
+            } else {
+                table.primary_key.join(", ")
+            }
+        ));
     };
-    // Contract.
-    for (from, to) in &change.renamed {
-        complete.push(step(
-            format!("rename {from} to {to}"),
-            format!("ALTER TABLE {rel} RENAME COLUMN {} TO {}", quote(from), quote(to)),
+    let key_type = table.column(key).map(|c| c.type_name.clone()).unwrap_or_default();
+    Ok(Backfill {
+        table: format!("{}.{}", table.schema, table.name),
+        relation: rel.to_owned(),
+        key: quote(key),
+        key_type,
+        estimated_rows: table.estimated_rows,
+    })
+}
+
+/// Contract: renames, drops, and each twin taking its column's place
+/// (with NOT NULL proven by the validated check).
+fn contract(change: &TableChange, rel: &str, twins: &[Twin]) -> Vec<Step> {
+    let alter = |description: String, action: String| {
+        transactional_step(
+            description,
+            format!("ALTER TABLE {rel} {action}"),
             Some(LockLevel::AccessExclusive),
+        )
+    };
+    let mut complete = Vec::new();
+    for (from, to) in &change.renamed {
+        complete.push(alter(
+            format!("rename {from} to {to}"),
+            format!("RENAME COLUMN {} TO {}", quote(from), quote(to)),
         ));
     }
     for column in change.dropped.keys() {
-        complete.push(step(
+        complete.push(alter(
             format!("drop {column}"),
-            format!("ALTER TABLE {rel} DROP COLUMN {}", quote(column)),
-            Some(LockLevel::AccessExclusive),
+            format!("DROP COLUMN {}", quote(column)),
         ));
     }
-    for (column, _, not_null) in &twins {
+    for &Twin { column, not_null, .. } in twins {
         let twin = twin(column);
         if change.altered.contains_key(column) {
-            complete.push(step(
+            complete.push(alter(
                 format!("drop the old {column}"),
-                format!("ALTER TABLE {rel} DROP COLUMN {}", quote(column)),
-                Some(LockLevel::AccessExclusive),
+                format!("DROP COLUMN {}", quote(column)),
             ));
         }
-        complete.push(step(
+        complete.push(alter(
             format!("{twin} becomes {column}"),
-            format!(
-                "ALTER TABLE {rel} RENAME COLUMN {} TO {}",
-                quote(&twin),
-                quote(column)
-            ),
-            Some(LockLevel::AccessExclusive),
+            format!("RENAME COLUMN {} TO {}", quote(&twin), quote(column)),
         ));
-        if *not_null {
-            complete.push(step(
+        if not_null {
+            complete.push(alter(
                 format!("{column} NOT NULL (proven by the validated check: no scan)"),
-                format!("ALTER TABLE {rel} ALTER COLUMN {} SET NOT NULL", quote(column)),
-                Some(LockLevel::AccessExclusive),
+                format!("ALTER COLUMN {} SET NOT NULL", quote(column)),
             ));
-            complete.push(step(
+            complete.push(alter(
                 format!("drop the check that proved {column} NOT NULL"),
-                format!(
-                    "ALTER TABLE {rel} DROP CONSTRAINT {}",
-                    quote(&not_null_check(column))
-                ),
-                Some(LockLevel::AccessExclusive),
+                format!("DROP CONSTRAINT {}", quote(&not_null_check(column))),
             ));
         }
     }
-    Ok(TablePlan {
-        expand,
-        backfill,
-        validate,
-        complete,
-        rollback,
-    })
+    complete
 }
 
 /// The new version's select list: old columns in order (renamed, twins
