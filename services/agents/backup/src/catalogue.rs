@@ -299,33 +299,12 @@ pub fn decide(state: &Catalogue, command: CatalogueCommand) -> Result<Vec<Catalo
         C::Complete {
             backup_id,
             completion,
-        } => match state.backups.get(&backup_id).map(|e| &e.status) {
-            None => return Err(CatalogueError::Unknown(backup_id)),
-            Some(Status::Running) => vec![E::BackupCompleted {
-                backup_id,
-                completion,
-            }],
-            Some(Status::Completed(done)) if *done == completion => vec![],
-            Some(other) => {
-                return Err(CatalogueError::NotCompleted {
-                    status: status_word(other),
-                    backup_id,
-                });
-            }
-        },
+        } => decide_complete(state, backup_id, completion)?,
         C::Fail {
             backup_id,
             reason,
             at_ms,
-        } => match state.backups.get(&backup_id).map(|e| &e.status) {
-            None => return Err(CatalogueError::Unknown(backup_id)),
-            Some(Status::Running) => vec![E::BackupFailed {
-                backup_id,
-                reason,
-                at_ms,
-            }],
-            Some(_) => vec![],
-        },
+        } => decide_fail(state, backup_id, reason, at_ms)?,
         C::RecordVerification { backup_id, outcome } => {
             completed(state, &backup_id)?;
             vec![E::BackupVerified { backup_id, outcome }]
@@ -352,15 +331,7 @@ pub fn decide(state: &Catalogue, command: CatalogueCommand) -> Result<Vec<Catalo
             backup_id,
             reason,
             at_ms,
-        } => match state.backups.get(&backup_id).map(|e| &e.status) {
-            None => vec![],
-            Some(Status::Running) => return Err(CatalogueError::Running(backup_id)),
-            Some(_) => vec![E::BackupDeleted {
-                backup_id,
-                reason,
-                at_ms,
-            }],
-        },
+        } => decide_delete(state, backup_id, reason, at_ms)?,
         C::PruneWal {
             before_segment,
             segments,
@@ -378,6 +349,64 @@ pub fn decide(state: &Catalogue, command: CatalogueCommand) -> Result<Vec<Catalo
         }
     };
     Ok(events)
+}
+
+/// A running backup completes; completing it again with the same
+/// outcome is a no-op (a retried task), with another one an error.
+fn decide_complete(
+    state: &Catalogue,
+    backup_id: String,
+    completion: Completion,
+) -> Result<Vec<CatalogueEvent>, CatalogueError> {
+    match state.backups.get(&backup_id).map(|e| &e.status) {
+        None => Err(CatalogueError::Unknown(backup_id)),
+        Some(Status::Running) => Ok(vec![CatalogueEvent::BackupCompleted {
+            backup_id,
+            completion,
+        }]),
+        Some(Status::Completed(done)) if *done == completion => Ok(vec![]),
+        Some(other) => Err(CatalogueError::NotCompleted {
+            status: status_word(other),
+            backup_id,
+        }),
+    }
+}
+
+/// A running backup fails; one that already ended stays as it ended.
+fn decide_fail(
+    state: &Catalogue,
+    backup_id: String,
+    reason: String,
+    at_ms: i64,
+) -> Result<Vec<CatalogueEvent>, CatalogueError> {
+    match state.backups.get(&backup_id).map(|e| &e.status) {
+        None => Err(CatalogueError::Unknown(backup_id)),
+        Some(Status::Running) => Ok(vec![CatalogueEvent::BackupFailed {
+            backup_id,
+            reason,
+            at_ms,
+        }]),
+        Some(_) => Ok(vec![]),
+    }
+}
+
+/// A backup that ended is deleted; one already gone is a no-op, a
+/// running one is refused.
+fn decide_delete(
+    state: &Catalogue,
+    backup_id: String,
+    reason: String,
+    at_ms: i64,
+) -> Result<Vec<CatalogueEvent>, CatalogueError> {
+    match state.backups.get(&backup_id).map(|e| &e.status) {
+        None => Ok(vec![]),
+        Some(Status::Running) => Err(CatalogueError::Running(backup_id)),
+        Some(_) => Ok(vec![CatalogueEvent::BackupDeleted {
+            backup_id,
+            reason,
+            at_ms,
+        }]),
+    }
 }
 
 pub fn evolve(mut state: Catalogue, event: &CatalogueEvent) -> Catalogue {

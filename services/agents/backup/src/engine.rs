@@ -416,26 +416,7 @@ impl Backups {
         progress: &dyn ProgressSink,
     ) -> Result<Manifest, BackupError> {
         let key = self.key()?.clone();
-        if request.kind == BackupKind::Physical && !request.tables.is_empty() {
-            return Err(BackupError::Refused(
-                "a physical backup covers the whole server; 'tables' is for logical backups".into(),
-            ));
-        }
-        let mut tables = Vec::with_capacity(request.tables.len());
-        if !request.tables.is_empty() || !request.checksum_tables.is_empty() {
-            // Named tables are checked before anything is recorded: a typo
-            // is bad input, not a failed backup.
-            let mut conn = target.pool.acquire().await?;
-            tables = facts::resolve_tables(&mut conn, &request.tables)
-                .await
-                .map_err(BackupError::Refused)?
-                .into_iter()
-                .map(|t| t.name)
-                .collect();
-            facts::resolve_tables(&mut conn, &request.checksum_tables)
-                .await
-                .map_err(BackupError::Refused)?;
-        }
+        let tables = requested_tables(target, request).await?;
         // So is a target that does not archive its WAL (and cannot be
         // made to): refused before anything is recorded.
         let wal_segment_bytes = match request.kind {
@@ -483,6 +464,17 @@ impl Backups {
                 Err(error)
             }
         };
+        self.record_outcome(target, backup_id, published).await
+    }
+
+    /// Records a backup as completed, or as failed (with the error, the
+    /// target's password scrubbed from it).
+    async fn record_outcome(
+        &self,
+        target: &Target,
+        backup_id: String,
+        published: Result<Manifest, BackupError>,
+    ) -> Result<Manifest, BackupError> {
         match published {
             Ok(manifest) => {
                 self.record(
@@ -990,6 +982,31 @@ pub async fn check_file<R: tokio::io::AsyncRead + Unpin>(
         ));
     }
     Ok(digest.stored_bytes)
+}
+
+/// The tables a backup names, resolved as the target spells them, and its
+/// checksum tables checked too: before anything is recorded, since a typo
+/// is bad input, not a failed backup. A physical backup names none.
+async fn requested_tables(target: &Target, request: &CreateRequest) -> Result<Vec<String>, BackupError> {
+    if request.kind == BackupKind::Physical && !request.tables.is_empty() {
+        return Err(BackupError::Refused(
+            "a physical backup covers the whole server; 'tables' is for logical backups".into(),
+        ));
+    }
+    let mut tables = Vec::with_capacity(request.tables.len());
+    if !request.tables.is_empty() || !request.checksum_tables.is_empty() {
+        let mut conn = target.pool.acquire().await?;
+        tables = facts::resolve_tables(&mut conn, &request.tables)
+            .await
+            .map_err(BackupError::Refused)?
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        facts::resolve_tables(&mut conn, &request.checksum_tables)
+            .await
+            .map_err(BackupError::Refused)?;
+    }
+    Ok(tables)
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use tokio::io::AsyncWriteExt;
 
 use crate::archive_access::{self, Probe, ServerUser};
-use crate::catalogue::{BackupKind, CatalogueCommand};
+use crate::catalogue::{self, BackupKind, CatalogueCommand};
 use crate::crypto::{self, BackupKey};
 use crate::engine::{
     BackupError, Backups, ProgressSink, StreamInto, Target, ToolFeed, UndoOnDrop, stream_tool_into,
@@ -708,36 +708,7 @@ pub async fn restore_pitr(
             "a point-in-time restore runs `dbswarm backup wal-fetch` in PostgreSQL, which reads the key from a file: set backup_key_file".into(),
         )
     })?;
-    let entry = match &request.backup_id {
-        Some(id) => {
-            backups
-                .completed_backup(&target.name, Some(id), Some(BackupKind::Physical))
-                .await?
-        }
-        None => {
-            let catalogue = backups.catalogue(&target.name).await?;
-            let fits = |stopped_ms: i64| {
-                request
-                    .target_time
-                    .is_none_or(|t| stopped_ms <= t.timestamp_millis())
-            };
-            catalogue
-                .completed()
-                .rev()
-                .find(|(e, c)| e.kind == BackupKind::Physical && fits(c.stopped_at_ms))
-                .map(|(e, _)| e.clone())
-                .ok_or_else(|| {
-                    BackupError::Refused(match request.target_time {
-                        Some(t) => format!(
-                            "database '{}' has no completed physical backup that finished before {}",
-                            target.name,
-                            t.to_rfc3339()
-                        ),
-                        None => format!("database '{}' has no completed physical backup", target.name),
-                    })
-                })?
-        }
-    };
+    let entry = pitr_backup(backups, target, request).await?;
     let manifest = backups.usable_manifest(&target.name, &entry.backup_id).await?;
     if let Some(time) = request.target_time
         && time < manifest.stopped_at
@@ -749,6 +720,89 @@ pub async fn restore_pitr(
             time.to_rfc3339()
         )));
     }
+    let data_directory = pitr_data_directory(backups, target, request).await?;
+    let port = match request.port {
+        Some(port) => port,
+        None => free_port()?,
+    };
+    let started = Instant::now();
+    let instance = PitrInstance {
+        backups,
+        target,
+        manifest: &manifest,
+        key_file: &key_file,
+        data_directory: &data_directory,
+        port,
+        target_time: request.target_time,
+    };
+    let bytes = instance.restore(progress).await?;
+    let url = format!("postgres://postgres@127.0.0.1:{port}/{}", manifest.dbname);
+    let restored = PitrRestored {
+        backup_id: manifest.backup_id.clone(),
+        data_directory: data_directory.display().to_string(),
+        port,
+        url,
+        target_time: request.target_time.map(|t| t.to_rfc3339()),
+        bytes,
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    backups
+        .record(
+            &target.name,
+            CatalogueCommand::RecordRestore {
+                backup_id: manifest.backup_id.clone(),
+                into: restored.data_directory.clone(),
+                target_time: restored.target_time.clone(),
+                at_ms: now_ms() as i64,
+            },
+        )
+        .await?;
+    Ok(restored)
+}
+
+/// The physical backup to restore: the one asked for, else the latest
+/// completed one that finished before the target time.
+async fn pitr_backup(
+    backups: &Backups,
+    target: &Target,
+    request: &PitrRequest,
+) -> Result<catalogue::Entry, BackupError> {
+    if let Some(id) = &request.backup_id {
+        return backups
+            .completed_backup(&target.name, Some(id), Some(BackupKind::Physical))
+            .await;
+    }
+    let catalogue = backups.catalogue(&target.name).await?;
+    let fits = |stopped_ms: i64| {
+        request
+            .target_time
+            .is_none_or(|t| stopped_ms <= t.timestamp_millis())
+    };
+    catalogue
+        .completed()
+        .rev()
+        .find(|(e, c)| e.kind == BackupKind::Physical && fits(c.stopped_at_ms))
+        .map(|(e, _)| e.clone())
+        .ok_or_else(|| {
+            BackupError::Refused(match request.target_time {
+                Some(t) => format!(
+                    "database '{}' has no completed physical backup that finished before {}",
+                    target.name,
+                    t.to_rfc3339()
+                ),
+                None => format!("database '{}' has no completed physical backup", target.name),
+            })
+        })
+}
+
+/// The new instance's data directory: the one asked for (absolute,
+/// without `..`), else a new one in the scratch directory; it must be
+/// new or empty.
+async fn pitr_data_directory(
+    backups: &Backups,
+    target: &Target,
+    request: &PitrRequest,
+) -> Result<PathBuf, BackupError> {
     let data_directory = match &request.data_directory {
         Some(dir)
             if !dir.is_absolute()
@@ -776,76 +830,80 @@ pub async fn restore_pitr(
             data_directory.display()
         )));
     }
-    let port = match request.port {
-        Some(port) => port,
-        None => free_port()?,
-    };
-    let started = Instant::now();
-    // Stopped and removed unless the restore succeeds, also when the task
-    // is cancelled mid-restore.
-    let undo = UndoOnDrop::new(remove_instance(
-        backups.config().tools.clone(),
-        data_directory.clone(),
-    ));
-    let result = async {
-        let bytes = extract_base(backups, &target.name, &manifest, &data_directory, progress).await?;
-        let instance_key = instance_key(backups, &key_file, &data_directory).await?;
+    Ok(data_directory)
+}
+
+/// The instance a point-in-time restore starts from a physical backup.
+struct PitrInstance<'a> {
+    backups: &'a Backups,
+    target: &'a Target,
+    manifest: &'a Manifest,
+    key_file: &'a Path,
+    data_directory: &'a Path,
+    port: u16,
+    target_time: Option<DateTime<Utc>>,
+}
+
+impl PitrInstance<'_> {
+    /// Extracts the base backup, starts the instance and waits until it
+    /// has replayed the WAL and is promoted; the bytes extracted. On a
+    /// failure the instance is stopped and its directory removed, and the
+    /// error carries the end of its log.
+    async fn restore(&self, progress: &dyn ProgressSink) -> Result<u64, BackupError> {
+        let (backups, data_directory) = (self.backups, self.data_directory);
+        // Stopped and removed unless the restore succeeds, also when the task
+        // is cancelled mid-restore.
+        let undo = UndoOnDrop::new(remove_instance(
+            backups.config().tools.clone(),
+            data_directory.to_path_buf(),
+        ));
+        let result = self.replay(progress).await;
+        undo.disarm();
+        let error = match result {
+            Ok(bytes) => return Ok(bytes),
+            Err(error) => error,
+        };
+        let _ = stop_with(&backups.config().tools, data_directory).await;
+        let log = read_log_tail(data_directory).await;
+        let _ = tokio::fs::remove_dir_all(data_directory).await;
+        Err(match log {
+            Some(log) if !log.is_empty() => {
+                BackupError::Io(format!("{error}; the restored server's log ends with: {log}"))
+            }
+            _ => error,
+        })
+    }
+
+    /// The restore proper, which [`Self::restore`] cleans up after.
+    async fn replay(&self, progress: &dyn ProgressSink) -> Result<u64, BackupError> {
+        let (backups, data_directory) = (self.backups, self.data_directory);
+        let bytes = extract_base(
+            backups,
+            &self.target.name,
+            self.manifest,
+            data_directory,
+            progress,
+        )
+        .await?;
+        let instance_key = instance_key(backups, self.key_file, data_directory).await?;
         write_recovery_settings(
             backups,
             &instance_key,
-            &target.name,
-            request.target_time,
-            &data_directory,
-            port,
+            &self.target.name,
+            self.target_time,
+            data_directory,
+            self.port,
         )
         .await?;
-        give_to_postgres(&data_directory).await?;
+        give_to_postgres(data_directory).await?;
         progress.report(99.0, "replaying WAL".into()).await;
-        start_instance(backups, &data_directory, port).await?;
-        wait_for_promotion(&data_directory, port, &manifest.dbname).await?;
+        start_instance(backups, data_directory, self.port).await?;
+        wait_for_promotion(data_directory, self.port, &self.manifest.dbname).await?;
         // Promoted, it fetches no more WAL: no copy of the key stays in it
         // (neither the restore's own nor one the source's backup held).
-        archive_access::remove_key_copy(&data_directory).await;
-        Ok::<u64, BackupError>(bytes)
+        archive_access::remove_key_copy(data_directory).await;
+        Ok(bytes)
     }
-    .await;
-    undo.disarm();
-    let bytes = match result {
-        Ok(bytes) => bytes,
-        Err(error) => {
-            let _ = stop_with(&backups.config().tools, &data_directory).await;
-            let log = read_log_tail(&data_directory).await;
-            let _ = tokio::fs::remove_dir_all(&data_directory).await;
-            return Err(match log {
-                Some(log) if !log.is_empty() => {
-                    BackupError::Io(format!("{error}; the restored server's log ends with: {log}"))
-                }
-                _ => error,
-            });
-        }
-    };
-    let url = format!("postgres://postgres@127.0.0.1:{port}/{}", manifest.dbname);
-    let restored = PitrRestored {
-        backup_id: manifest.backup_id.clone(),
-        data_directory: data_directory.display().to_string(),
-        port,
-        url,
-        target_time: request.target_time.map(|t| t.to_rfc3339()),
-        bytes,
-        duration_ms: started.elapsed().as_millis() as u64,
-    };
-    backups
-        .record(
-            &target.name,
-            CatalogueCommand::RecordRestore {
-                backup_id: manifest.backup_id.clone(),
-                into: restored.data_directory.clone(),
-                target_time: restored.target_time.clone(),
-                at_ms: now_ms() as i64,
-            },
-        )
-        .await?;
-    Ok(restored)
 }
 
 /// The key file the restored instance's restore_command reads. The
