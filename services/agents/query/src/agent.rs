@@ -645,22 +645,26 @@ impl CreateIndex {
     }
 }
 
+/// Parameter `measure_ms`: how long the index's statements are measured
+/// after the build (`default_ms` when not given).
+fn measure_window_ms(params: &Map<String, Value>, default_ms: u64) -> Result<u64, String> {
+    match params.get("measure_ms") {
+        None => Ok(default_ms),
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|ms| ms <= MEASURE_MS_MAX) => {
+            Ok(n.as_u64().unwrap_or(0))
+        }
+        Some(other) => Err(format!(
+            "parameter 'measure_ms' must be 0 to {MEASURE_MS_MAX}, not {other}"
+        )),
+    }
+}
+
 impl Operation for CreateIndex {
     fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
         Box::pin(async move {
             let shared = &self.0;
             let params = &task.command.params;
-            let window_ms = match params.get("measure_ms") {
-                None => shared.config.measure_window_ms,
-                Some(Value::Number(n)) if n.as_u64().is_some_and(|ms| ms <= MEASURE_MS_MAX) => {
-                    n.as_u64().unwrap_or(0)
-                }
-                Some(other) => {
-                    return Err(format!(
-                        "parameter 'measure_ms' must be 0 to {MEASURE_MS_MAX}, not {other}"
-                    ));
-                }
-            };
+            let window_ms = measure_window_ms(params, shared.config.measure_window_ms)?;
             let (database, pool, url) = task.target(AGENT).await?;
             let scrub = |e: String| url.scrub(&e);
             let catalog = catalog(&pool).await.map_err(scrub)?;

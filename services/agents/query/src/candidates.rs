@@ -1600,6 +1600,17 @@ fn for_each_node<'e>(root: &'e Expr, mut visit: impl FnMut(&'e Expr)) {
 /// Pushes the expressions directly under `expr`, in order. Variants that
 /// only other dialects produce are left out: their subqueries go unread.
 fn push_children<'e>(expr: &'e Expr, children: &mut Vec<&'e Expr>) {
+    if let Some(inner) = only_child(expr) {
+        children.push(inner);
+    } else if let Some((left, right)) = two_children(expr) {
+        children.extend([left, right]);
+    } else {
+        push_other_children(expr, children);
+    }
+}
+
+/// The one expression under a node that wraps a single one.
+fn only_child(expr: &Expr) -> Option<&Expr> {
     match expr {
         Expr::CompoundFieldAccess { root: inner, .. }
         | Expr::JsonAccess { value: inner, .. }
@@ -1623,7 +1634,14 @@ fn push_children<'e>(expr: &'e Expr, children: &mut Vec<&'e Expr>) {
         | Expr::Prefixed { value: inner, .. }
         | Expr::Named { expr: inner, .. }
         | Expr::OuterJoin(inner)
-        | Expr::Prior(inner) => children.push(inner),
+        | Expr::Prior(inner) => Some(inner),
+        _ => None,
+    }
+}
+
+/// The two expressions under a node that joins two, left first.
+fn two_children(expr: &Expr) -> Option<(&Expr, &Expr)> {
+    match expr {
         Expr::IsDistinctFrom(left, right)
         | Expr::IsNotDistinctFrom(left, right)
         | Expr::BinaryOp { left, right, .. }
@@ -1646,7 +1664,15 @@ fn push_children<'e>(expr: &'e Expr, children: &mut Vec<&'e Expr>) {
             expr: left,
             pattern: right,
             ..
-        } => children.extend([&**left, &**right]),
+        } => Some((left, right)),
+        _ => None,
+    }
+}
+
+/// Pushes the expressions under the nodes of other shapes (optional,
+/// listed or nested parts), in order.
+fn push_other_children<'e>(expr: &'e Expr, children: &mut Vec<&'e Expr>) {
+    match expr {
         Expr::Like {
             expr,
             pattern,

@@ -628,47 +628,8 @@ async fn process(shared: &Shared, agent: &Agent, queued: Queued) {
     }
     wait_for_rate_limit(shared, agent).await;
     let redelivered = message.info().map(|info| info.delivered > 1).unwrap_or(false);
-    let operation = agent.operations.get(&command.operation).cloned();
-    let (stop_tx, stopped) = watch::channel(false);
-    let running = RunningTask {
-        attempt: command.attempt,
-        kind: command.kind,
-        stop: stop_tx,
-    };
     let started = Instant::now();
-    // A read-only operation starts while its start is being recorded (it
-    // changes nothing, so a stale command only wastes its work); any other
-    // starts only once recorded, so a stale command never runs.
-    let speculative = operation.as_ref().is_some_and(|op| op.read_only());
-    let (began, outcome) = if speculative {
-        shared
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), running);
-        tokio::join!(
-            shared.orchestrator.begin(&command, redelivered),
-            run_attempt(shared, agent, operation.as_deref(), &command, stopped),
-        )
-    } else {
-        let began = shared.orchestrator.begin(&command, redelivered).await;
-        if matches!(began, Ok(true)) {
-            shared
-                .running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key.clone(), running);
-            let outcome = run_attempt(shared, agent, operation.as_deref(), &command, stopped).await;
-            (began, outcome)
-        } else {
-            (began, None)
-        }
-    };
-    shared
-        .running
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&key);
+    let (began, outcome) = begin_and_run(shared, agent, &command, &key, redelivered).await;
     match began {
         Ok(true) => {}
         Ok(false) => {
@@ -716,6 +677,59 @@ async fn process(shared: &Shared, agent: &Agent, queued: Queued) {
             let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
         }
     }
+}
+
+/// Asks the orchestrator whether the attempt is still current and runs
+/// it, marked running on this server meanwhile; `None` as the outcome: it
+/// did not run to an end (not begun, or cancelled).
+async fn begin_and_run(
+    shared: &Shared,
+    agent: &Agent,
+    command: &TaskCommand,
+    key: &(String, String),
+    redelivered: bool,
+) -> (Result<bool, sagas::SagaError>, Option<Result<Value, String>>) {
+    let operation = agent.operations.get(&command.operation).cloned();
+    let (stop_tx, stopped) = watch::channel(false);
+    let running = RunningTask {
+        attempt: command.attempt,
+        kind: command.kind,
+        stop: stop_tx,
+    };
+    // A read-only operation starts while its start is being recorded (it
+    // changes nothing, so a stale command only wastes its work); any other
+    // starts only once recorded, so a stale command never runs.
+    let speculative = operation.as_ref().is_some_and(|op| op.read_only());
+    let (began, outcome) = if speculative {
+        shared
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), running);
+        tokio::join!(
+            shared.orchestrator.begin(command, redelivered),
+            run_attempt(shared, agent, operation.as_deref(), command, stopped),
+        )
+    } else {
+        let began = shared.orchestrator.begin(command, redelivered).await;
+        if matches!(began, Ok(true)) {
+            shared
+                .running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.clone(), running);
+            let outcome = run_attempt(shared, agent, operation.as_deref(), command, stopped).await;
+            (began, outcome)
+        } else {
+            (began, None)
+        }
+    };
+    shared
+        .running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(key);
+    (began, outcome)
 }
 
 /// Runs one attempt of `command` under its deadline (its message is kept
