@@ -229,15 +229,17 @@ pub async fn run_step(pool: &PgPool, timeouts: &Timeouts, step: &Step) -> Result
         )
         .await;
     }
-    let Some((schema, index)) = &step.builds_index else {
-        return run_outside_transaction(
+    let build = || {
+        run_outside_transaction(
             pool,
             timeouts,
             &step.description,
             &step.sql,
             timeouts.build_timeout_ms,
         )
-        .await;
+    };
+    let Some((schema, index)) = &step.builds_index else {
+        return build().await;
     };
     for _ in 0..2 {
         let valid = index_valid(pool, schema, index, &step.description).await?;
@@ -245,14 +247,7 @@ pub async fn run_step(pool: &PgPool, timeouts: &Timeouts, step: &Step) -> Result
             tracing::warn!(%schema, %index, "dropping the invalid index an interrupted build left");
             drop_index(pool, timeouts, &step.description, schema, index).await?;
         }
-        let built = run_outside_transaction(
-            pool,
-            timeouts,
-            &step.description,
-            &step.sql,
-            timeouts.build_timeout_ms,
-        )
-        .await;
+        let built = build().await;
         match (built, index_valid(pool, schema, index, &step.description).await?) {
             (Ok(()), Some(true)) => return Ok(()),
             (Err(error), _) => {
