@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 
 use sqlparser::ast::{
     AlterColumnOperation, AlterTable, AlterTableOperation, ColumnDef, ColumnOption, ContextModifier,
-    CreateIndex, CreateTable, DataType, DetachPartitionMode, Expr, FromTable, FunctionArg, FunctionArgExpr,
-    FunctionArguments, Ident, IndexColumn, LockTableMode, ObjectName, ObjectType, RenameTableNameKind, Reset,
-    SelectItem, Set, SetExpr, Statement, TableConstraint, TableFactor, TableObject, Value,
+    CreateIndex, CreateTable, DataType, Expr, FromTable, FunctionArg, FunctionArgExpr, FunctionArguments,
+    Ident, IndexColumn, LockTableMode, ObjectName, ObjectType, RenameTableNameKind, Reset, SelectItem, Set,
+    SetExpr, Statement, TableConstraint, TableFactor, TableObject, Value,
 };
 
 use super::advice::{self, ident, script};
@@ -25,6 +25,8 @@ use super::rules::*;
 use super::types::{TypeChange, classify, parse_type_name};
 use super::volatility::volatile_part;
 use super::{Finding, LockLevel, MigrationReport, MigrationSummary, Severity, StatementReport, TableLock};
+
+mod postgres;
 
 /// At most this many dependents are named in one message.
 const DEPENDENTS_LISTED_MAX: usize = 10;
@@ -256,20 +258,7 @@ struct Linter<'f> {
 
 impl<'f> Linter<'f> {
     fn new(facts: &'f CatalogFacts, statements: &[ParsedStatement]) -> Linter<'f> {
-        let non_atomic = statements.iter().any(|s| match &s.statement {
-            Statement::CreateIndex(ci) => ci.concurrently,
-            Statement::Drop { .. } => s.drop_index_concurrently,
-            Statement::AlterTable(at) => at.operations.iter().any(|op| {
-                matches!(
-                    op,
-                    AlterTableOperation::DetachPartitionOf {
-                        mode: Some(DetachPartitionMode::Concurrently),
-                        ..
-                    }
-                )
-            }),
-            _ => false,
-        });
+        let non_atomic = statements.iter().any(ParsedStatement::concurrently);
         Linter {
             facts,
             default_schema: facts
@@ -487,9 +476,38 @@ impl<'f> Linter<'f> {
     fn statement(&mut self, index: usize, parsed: &ParsedStatement) -> StatementReport {
         let mut ctx = Ctx::default();
         match &parsed.statement {
-            Statement::CreateIndex(ci) => self.create_index(&mut ctx, ci),
-            Statement::AlterTable(at) => self.alter_table(&mut ctx, index, at),
-            Statement::CreateTable(ct) => self.create_table(&mut ctx, ct),
+            Some(statement) => self.sqlparser_statement(&mut ctx, index, parsed, statement),
+            None => self.postgres_statement(&mut ctx, parsed),
+        }
+        self.check_lock_timeout(&mut ctx);
+        for (table, pre_existing) in &ctx.rewritten {
+            if *pre_existing && !self.rewritten_tables.contains(table) {
+                self.rewritten_tables.push(table.clone());
+            }
+        }
+        if ctx
+            .locks
+            .iter()
+            .any(|l| l.pre_existing && l.lock > LockLevel::RowExclusive)
+            && self.first_strong_lock.is_none()
+        {
+            self.first_strong_lock = Some(index);
+        }
+        ctx.into_report(index, parsed.text.clone())
+    }
+
+    /// A statement on sqlparser's tree.
+    fn sqlparser_statement(
+        &mut self,
+        ctx: &mut Ctx,
+        index: usize,
+        parsed: &ParsedStatement,
+        statement: &Statement,
+    ) {
+        match statement {
+            Statement::CreateIndex(ci) => self.create_index(ctx, ci),
+            Statement::AlterTable(at) => self.alter_table(ctx, index, at),
+            Statement::CreateTable(ct) => self.create_table(ctx, ct),
             Statement::Drop {
                 object_type,
                 if_exists,
@@ -503,130 +521,24 @@ impl<'f> Linter<'f> {
                     cascade: *cascade,
                     concurrently: parsed.drop_index_concurrently,
                 };
-                self.drop(&mut ctx, drop, names)
+                self.drop(ctx, drop, names)
             }
-            Statement::Set(set) => self.set(&mut ctx, set),
-            Statement::Reset(reset) => {
-                let name = match &reset.reset {
-                    Reset::ALL => Some("lock_timeout".to_owned()),
-                    Reset::ConfigurationParameter(name) => name.0.last().and_then(|p| p.as_ident()).map(fold),
-                    Reset::SessionAuthorization => None,
-                };
-                if name.as_deref() == Some("lock_timeout") {
-                    self.lock_timeout_session = false;
-                    self.lock_timeout_local = None;
-                }
-            }
-            Statement::StartTransaction { .. } => {
-                if self.transaction.is_none() {
-                    self.transactions_started += 1;
-                    self.transaction = Some(self.transactions_started);
-                }
-            }
-            Statement::Commit { .. } | Statement::Rollback { savepoint: None, .. } => {
-                self.transaction = None;
-                self.lock_timeout_local = None;
-            }
-            Statement::Query(query) => {
-                if let SetExpr::Select(select) = query.body.as_ref() {
-                    for item in &select.projection {
-                        if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
-                            self.set_config(&mut ctx, e);
-                        }
-                    }
-                }
-            }
-            Statement::Insert(insert) => {
-                if let TableObject::TableName(name) = &insert.table {
-                    self.dml(&mut ctx, name, false, "INSERT");
-                }
-            }
-            Statement::Update(update) => {
-                if let TableFactor::Table { name, .. } = &update.table.relation {
-                    self.dml(&mut ctx, name, update.selection.is_none(), "UPDATE");
-                }
-            }
-            Statement::Delete(delete) => {
-                let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &delete.from;
-                for table in from {
-                    if let TableFactor::Table { name, .. } = &table.relation {
-                        self.dml(&mut ctx, name, delete.selection.is_none(), "DELETE");
-                    }
-                }
-            }
-            Statement::Truncate(truncate) => {
-                for target in &truncate.table_names {
-                    let key = self.table_key(&target.name);
-                    if self.presence(&key) == Presence::Missing && !truncate.if_exists {
-                        ctx.findings.push(Self::table_not_found(&key));
-                    }
-                    self.lock(&mut ctx, &key, LockLevel::AccessExclusive);
-                }
-            }
-            Statement::Lock(lock) => {
-                let level = match lock.lock_mode {
-                    Some(LockTableMode::AccessShare) => LockLevel::AccessShare,
-                    Some(LockTableMode::RowShare) => LockLevel::RowShare,
-                    Some(LockTableMode::RowExclusive) => LockLevel::RowExclusive,
-                    Some(LockTableMode::ShareUpdateExclusive) => LockLevel::ShareUpdateExclusive,
-                    Some(LockTableMode::Share) => LockLevel::Share,
-                    Some(LockTableMode::ShareRowExclusive) => LockLevel::ShareRowExclusive,
-                    Some(LockTableMode::Exclusive) => LockLevel::Exclusive,
-                    Some(LockTableMode::AccessExclusive) | None => LockLevel::AccessExclusive,
-                };
-                for target in &lock.tables {
-                    let key = self.table_key(&target.name);
-                    if self.presence(&key) == Presence::Missing {
-                        ctx.findings.push(Self::table_not_found(&key));
-                    }
-                    self.lock(&mut ctx, &key, level);
-                }
-            }
-            Statement::Vacuum(vacuum) => {
-                if let Some(name) = &vacuum.table_name {
-                    let key = self.table_key(name);
-                    if vacuum.full {
-                        self.lock(&mut ctx, &key, LockLevel::AccessExclusive);
-                        self.rewrite(&mut ctx, &key);
-                        if self.presence(&key).hazard() {
-                            let table = self.describe(&key);
-                            ctx.findings.push(Finding::blocking(
-                                TABLE_REWRITE,
-                                format!("VACUUM FULL rewrites {table} under ACCESS EXCLUSIVE, blocking reads and writes for the whole rewrite"),
-                                "use plain VACUUM, or pg_repack / pg_squeeze to compact the table online".to_owned(),
-                            ));
-                        }
-                    } else {
-                        self.lock(&mut ctx, &key, LockLevel::ShareUpdateExclusive);
-                        self.scan(&mut ctx, &key);
-                    }
-                }
-            }
-            Statement::Analyze(analyze) => {
-                if let Some(name) = &analyze.table_name {
-                    let key = self.table_key(name);
-                    self.lock(&mut ctx, &key, LockLevel::ShareUpdateExclusive);
-                }
-            }
-            Statement::CreateTrigger(trigger) => {
-                let key = self.table_key(&trigger.table_name);
-                self.lock(&mut ctx, &key, LockLevel::ShareRowExclusive);
-            }
-            Statement::DropTrigger(trigger) => {
-                if let Some(name) = &trigger.table_name {
-                    let key = self.table_key(name);
-                    self.lock(&mut ctx, &key, LockLevel::AccessExclusive);
-                }
-            }
-            Statement::RefreshMaterializedView(refresh) => {
-                let key = self.table_key(&refresh.name);
-                let level = if refresh.concurrently {
-                    LockLevel::Exclusive
-                } else {
-                    LockLevel::AccessExclusive
-                };
-                ctx.lock(&key, level, true);
-            }
+            Statement::Set(_)
+            | Statement::Reset(_)
+            | Statement::StartTransaction { .. }
+            | Statement::Commit { .. }
+            | Statement::Rollback { savepoint: None, .. }
+            | Statement::Query(_) => self.session_statement(ctx, statement),
+            Statement::Insert(_)
+            | Statement::Update(_)
+            | Statement::Delete(_)
+            | Statement::Truncate(_)
+            | Statement::Lock(_) => self.table_statement(ctx, statement),
+            Statement::Vacuum(_)
+            | Statement::Analyze(_)
+            | Statement::CreateTrigger(_)
+            | Statement::DropTrigger(_)
+            | Statement::RefreshMaterializedView(_) => self.maintenance_statement(ctx, statement),
             // Statements that take no lock on a table's rows (or only on
             // objects the facts do not describe).
             Statement::Rollback { .. }
@@ -666,21 +578,147 @@ impl<'f> Linter<'f> {
                 "review its locking by hand (PostgreSQL docs, Explicit Locking)".to_owned(),
             )),
         }
-        self.check_lock_timeout(&mut ctx);
-        for (table, pre_existing) in &ctx.rewritten {
-            if *pre_existing && !self.rewritten_tables.contains(table) {
-                self.rewritten_tables.push(table.clone());
+    }
+
+    /// Transaction control, settings and `SELECT set_config(...)`.
+    fn session_statement(&mut self, ctx: &mut Ctx, statement: &Statement) {
+        match statement {
+            Statement::Set(set) => self.set(ctx, set),
+            Statement::Reset(reset) => {
+                let name = match &reset.reset {
+                    Reset::ALL => Some("lock_timeout".to_owned()),
+                    Reset::ConfigurationParameter(name) => name.0.last().and_then(|p| p.as_ident()).map(fold),
+                    Reset::SessionAuthorization => None,
+                };
+                if name.as_deref() == Some("lock_timeout") {
+                    self.lock_timeout_session = false;
+                    self.lock_timeout_local = None;
+                }
             }
+            Statement::StartTransaction { .. } if self.transaction.is_none() => {
+                self.transactions_started += 1;
+                self.transaction = Some(self.transactions_started);
+            }
+            Statement::Commit { .. } | Statement::Rollback { savepoint: None, .. } => {
+                self.transaction = None;
+                self.lock_timeout_local = None;
+            }
+            Statement::Query(query) => {
+                if let SetExpr::Select(select) = query.body.as_ref() {
+                    for item in &select.projection {
+                        if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
+                            self.set_config(ctx, e);
+                        }
+                    }
+                }
+            }
+            _ => {}
         }
-        if ctx
-            .locks
-            .iter()
-            .any(|l| l.pre_existing && l.lock > LockLevel::RowExclusive)
-            && self.first_strong_lock.is_none()
-        {
-            self.first_strong_lock = Some(index);
+    }
+
+    /// DML, TRUNCATE and LOCK.
+    fn table_statement(&mut self, ctx: &mut Ctx, statement: &Statement) {
+        match statement {
+            Statement::Insert(insert) => {
+                if let TableObject::TableName(name) = &insert.table {
+                    self.dml(ctx, name, false, "INSERT");
+                }
+            }
+            Statement::Update(update) => {
+                if let TableFactor::Table { name, .. } = &update.table.relation {
+                    self.dml(ctx, name, update.selection.is_none(), "UPDATE");
+                }
+            }
+            Statement::Delete(delete) => {
+                let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &delete.from;
+                for table in from {
+                    if let TableFactor::Table { name, .. } = &table.relation {
+                        self.dml(ctx, name, delete.selection.is_none(), "DELETE");
+                    }
+                }
+            }
+            Statement::Truncate(truncate) => {
+                for target in &truncate.table_names {
+                    let key = self.table_key(&target.name);
+                    if self.presence(&key) == Presence::Missing && !truncate.if_exists {
+                        ctx.findings.push(Self::table_not_found(&key));
+                    }
+                    self.lock(ctx, &key, LockLevel::AccessExclusive);
+                }
+            }
+            Statement::Lock(lock) => {
+                let level = match lock.lock_mode {
+                    Some(LockTableMode::AccessShare) => LockLevel::AccessShare,
+                    Some(LockTableMode::RowShare) => LockLevel::RowShare,
+                    Some(LockTableMode::RowExclusive) => LockLevel::RowExclusive,
+                    Some(LockTableMode::ShareUpdateExclusive) => LockLevel::ShareUpdateExclusive,
+                    Some(LockTableMode::Share) => LockLevel::Share,
+                    Some(LockTableMode::ShareRowExclusive) => LockLevel::ShareRowExclusive,
+                    Some(LockTableMode::Exclusive) => LockLevel::Exclusive,
+                    Some(LockTableMode::AccessExclusive) | None => LockLevel::AccessExclusive,
+                };
+                for target in &lock.tables {
+                    let key = self.table_key(&target.name);
+                    if self.presence(&key) == Presence::Missing {
+                        ctx.findings.push(Self::table_not_found(&key));
+                    }
+                    self.lock(ctx, &key, level);
+                }
+            }
+            _ => {}
         }
-        ctx.into_report(index, parsed.text.clone())
+    }
+
+    /// VACUUM, ANALYZE, triggers and REFRESH MATERIALIZED VIEW.
+    fn maintenance_statement(&mut self, ctx: &mut Ctx, statement: &Statement) {
+        match statement {
+            Statement::Vacuum(vacuum) => {
+                if let Some(name) = &vacuum.table_name {
+                    let key = self.table_key(name);
+                    if vacuum.full {
+                        self.lock(ctx, &key, LockLevel::AccessExclusive);
+                        self.rewrite(ctx, &key);
+                        if self.presence(&key).hazard() {
+                            let table = self.describe(&key);
+                            ctx.findings.push(Finding::blocking(
+                                TABLE_REWRITE,
+                                format!("VACUUM FULL rewrites {table} under ACCESS EXCLUSIVE, blocking reads and writes for the whole rewrite"),
+                                "use plain VACUUM, or pg_repack / pg_squeeze to compact the table online".to_owned(),
+                            ));
+                        }
+                    } else {
+                        self.lock(ctx, &key, LockLevel::ShareUpdateExclusive);
+                        self.scan(ctx, &key);
+                    }
+                }
+            }
+            Statement::Analyze(analyze) => {
+                if let Some(name) = &analyze.table_name {
+                    let key = self.table_key(name);
+                    self.lock(ctx, &key, LockLevel::ShareUpdateExclusive);
+                }
+            }
+            Statement::CreateTrigger(trigger) => {
+                let key = self.table_key(&trigger.table_name);
+                self.lock(ctx, &key, LockLevel::ShareRowExclusive);
+            }
+            Statement::DropTrigger(trigger) => {
+                if let Some(name) = &trigger.table_name {
+                    let key = self.table_key(name);
+                    self.lock(ctx, &key, LockLevel::AccessExclusive);
+                }
+            }
+            Statement::RefreshMaterializedView(refresh) => {
+                let key = self.table_key(&refresh.name);
+                let level = if refresh.concurrently {
+                    LockLevel::Exclusive
+                } else {
+                    LockLevel::AccessExclusive
+                };
+                ctx.lock(&key, level, true);
+            }
+            _ => {}
+        }
     }
 
     fn check_lock_timeout(&mut self, ctx: &mut Ctx) {
