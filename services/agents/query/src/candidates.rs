@@ -1647,6 +1647,14 @@ fn push_children<'e>(expr: &'e Expr, children: &mut Vec<&'e Expr>) {
             pattern: right,
             ..
         } => children.extend([&**left, &**right]),
+        _ => push_compound_children(expr, children),
+    }
+}
+
+/// [`push_children`] of the expressions with more than two operands or
+/// with optional ones (LIKE ... ESCAPE, IN, BETWEEN, functions, CASE, ...).
+fn push_compound_children<'e>(expr: &'e Expr, children: &mut Vec<&'e Expr>) {
+    match expr {
         Expr::Like {
             expr,
             pattern,
