@@ -821,6 +821,12 @@ impl<'f> Linter<'f> {
 
     fn dml(&mut self, ctx: &mut Ctx, name: &ObjectName, every_row: bool, verb: &str) {
         let key = self.table_key(name);
+        self.dml_on(ctx, key, every_row, verb);
+    }
+
+    /// INSERT, UPDATE or DELETE on the table `key`: ROW EXCLUSIVE, and of
+    /// every row an unbatched backfill.
+    fn dml_on(&mut self, ctx: &mut Ctx, key: String, every_row: bool, verb: &str) {
         let presence = self.presence(&key);
         if presence == Presence::Missing {
             ctx.findings.push(Self::table_not_found(&key));

@@ -1348,3 +1348,18 @@ fn invalid_sql_is_refused_by_postgres_own_parser_with_the_place() {
     assert_eq!(*statement, 2);
     assert!(message.contains("Line: 2, Column: 8"), "{message}");
 }
+
+#[test]
+fn a_predicate_too_long_for_sqlparser_is_linted_on_postgres_tree() {
+    // Over the operators given to sqlparser (80,000 ORs overflowed its
+    // stack); PostgreSQL flattens them.
+    let sql = format!(
+        "UPDATE orders SET note = 'x' WHERE {}true;\nDELETE FROM orders;",
+        "id = 1 OR ".repeat(20_000)
+    );
+    let report = lint(&sql, &facts()).unwrap();
+    let update = &report.statements[0];
+    assert_eq!(lock_on(update, "public.orders"), Some(LockLevel::RowExclusive));
+    assert!(update.findings.is_empty(), "{update:#?}");
+    assert_eq!(rules(&report.statements[1]), [UNBATCHED_UPDATE]);
+}

@@ -1,5 +1,6 @@
 //! Statements analyzed on PostgreSQL's parse tree: those that PostgreSQL
-//! accepts and sqlparser cannot parse (`REINDEX`, `CLUSTER`, `DO`, ...).
+//! accepts and sqlparser cannot parse (`REINDEX`, `CLUSTER`, `DO`, ...),
+//! and DML too long to give to sqlparser.
 //!
 //! REINDEX takes SHARE on the table (ACCESS EXCLUSIVE on each index it
 //! rebuilds), or SHARE UPDATE EXCLUSIVE with CONCURRENTLY; CLUSTER rewrites
@@ -23,6 +24,25 @@ impl Linter<'_> {
         match &parsed.node {
             NodeEnum::ReindexStmt(reindex) => self.reindex(ctx, reindex, parsed.concurrently()),
             NodeEnum::ClusterStmt(cluster) => self.cluster(ctx, cluster),
+            // DML too long for sqlparser (see parse.rs).
+            NodeEnum::InsertStmt(insert) => {
+                if let Some(relation) = &insert.relation {
+                    let key = self.range_var_key(relation);
+                    self.dml_on(ctx, key, false, "INSERT");
+                }
+            }
+            NodeEnum::UpdateStmt(update) => {
+                if let Some(relation) = &update.relation {
+                    let key = self.range_var_key(relation);
+                    self.dml_on(ctx, key, update.where_clause.is_none(), "UPDATE");
+                }
+            }
+            NodeEnum::DeleteStmt(delete) => {
+                if let Some(relation) = &delete.relation {
+                    let key = self.range_var_key(relation);
+                    self.dml_on(ctx, key, delete.where_clause.is_none(), "DELETE");
+                }
+            }
             NodeEnum::DoStmt(_) => ctx.findings.push(Finding::warning(
                 UNANALYZED_STATEMENT,
                 "the linter does not see what the code of a DO block does: the locks and effects of the statements it runs are not modelled".to_owned(),
