@@ -452,6 +452,15 @@ impl<'f> Linter<'f> {
         self.lock_timeout_local.unwrap_or(self.lock_timeout_session)
     }
 
+    fn table_already_exists(key: &str) -> Finding {
+        Finding::blocking(
+            TABLE_ALREADY_EXISTS,
+            format!("table {key} already exists; the statement fails"),
+            "use another name, or CREATE TABLE IF NOT EXISTS when the existing table is the intended one"
+                .to_owned(),
+        )
+    }
+
     fn table_not_found(key: &str) -> Finding {
         Finding::blocking(
             TABLE_NOT_FOUND,
@@ -917,12 +926,7 @@ impl<'f> Linter<'f> {
         ctx.touch(&key);
         if self.presence(&key) != Presence::Missing {
             if !ct.if_not_exists {
-                ctx.findings.push(Finding::blocking(
-                    TABLE_ALREADY_EXISTS,
-                    format!("table {key} already exists; the statement fails"),
-                    "use another name, or CREATE TABLE IF NOT EXISTS when the existing table is the intended one"
-                        .to_owned(),
-                ));
+                ctx.findings.push(Self::table_already_exists(&key));
             }
             return;
         }
@@ -2382,19 +2386,22 @@ fn timeout_is_set(value: &Expr) -> bool {
     match value {
         Expr::Value(v) => match &v.value {
             Value::Number(n, _) => n.parse::<f64>() != Ok(0.0),
-            Value::SingleQuotedString(s) => {
-                let digits: String = s
-                    .trim()
-                    .chars()
-                    .take_while(|c| c.is_ascii_digit() || *c == '.')
-                    .collect();
-                digits.parse::<f64>() != Ok(0.0)
-            }
+            Value::SingleQuotedString(s) => timeout_text_is_set(s),
             _ => true,
         },
         Expr::Identifier(ident) => !ident.value.eq_ignore_ascii_case("default"),
         _ => true,
     }
+}
+
+/// Whether a lock_timeout written as text (`'2s'`, `'0'`) is other than 0.
+fn timeout_text_is_set(text: &str) -> bool {
+    let digits: String = text
+        .trim()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    digits.parse::<f64>() != Ok(0.0)
 }
 
 /// The first words of a statement, for messages.

@@ -1363,3 +1363,67 @@ fn a_predicate_too_long_for_sqlparser_is_linted_on_postgres_tree() {
     assert!(update.findings.is_empty(), "{update:#?}");
     assert_eq!(rules(&report.statements[1]), [UNBATCHED_UPDATE]);
 }
+
+#[test]
+fn alter_table_forms_sqlparser_cannot_read_get_postgres_lock_levels() {
+    let report = when_linted(&format!(
+        "{TIMEOUT}ALTER TABLE orders ALTER COLUMN note SET STATISTICS 500;\n\
+         ALTER TABLE orders CLUSTER ON orders_pkey;\n\
+         ALTER TABLE orders ALTER COLUMN note SET STORAGE EXTERNAL, ALTER COLUMN note SET COMPRESSION lz4;\n\
+         ALTER TABLE orders SET ACCESS METHOD heap;"
+    ));
+    let locks: Vec<Option<LockLevel>> = report.statements[1..]
+        .iter()
+        .map(|s| lock_on(s, "public.orders"))
+        .collect();
+    assert_eq!(
+        locks,
+        [
+            Some(LockLevel::ShareUpdateExclusive),
+            Some(LockLevel::ShareUpdateExclusive),
+            Some(LockLevel::AccessExclusive),
+            Some(LockLevel::AccessExclusive),
+        ]
+    );
+    for statement in &report.statements[1..4] {
+        assert!(statement.findings.is_empty(), "{statement:#?}");
+    }
+    assert!(report.statements[4].rewrites_table);
+    assert_eq!(rules(&report.statements[4]), [TABLE_REWRITE]);
+}
+
+#[test]
+fn create_table_like_is_a_new_table_for_the_statements_after_it() {
+    let report = when_linted(
+        "CREATE TABLE orders_copy (LIKE orders INCLUDING ALL);\n\
+         ALTER TABLE orders_copy ADD COLUMN region text NOT NULL;",
+    );
+    assert_eq!(
+        lock_on(&report.statements[0], "public.orders"),
+        Some(LockLevel::AccessShare)
+    );
+    assert_clean(&report);
+    let again = when_linted("CREATE TABLE orders (LIKE customers);");
+    assert_eq!(rules(&again.statements[0]), [TABLE_ALREADY_EXISTS]);
+}
+
+#[test]
+fn transaction_blocks_sqlparser_cannot_read_are_tracked() {
+    let report = when_linted(&format!(
+        "{TIMEOUT}START TRANSACTION DEFERRABLE;\n\
+         CREATE INDEX CONCURRENTLY IF NOT EXISTS orders_amount_idx ON orders (amount);\n\
+         COMMIT;\n\
+         BEGIN TRANSACTION NOT DEFERRABLE;\n\
+         SET LOCAL lock_timeout = '1s';\n\
+         COMMIT;"
+    ));
+    assert_eq!(
+        rules(&report.statements[2]),
+        [BAN_CONCURRENT_INDEX_CREATION_IN_TRANSACTION]
+    );
+    assert!(
+        report.statements[5].findings.is_empty(),
+        "{:#?}",
+        report.statements[5]
+    );
+}
