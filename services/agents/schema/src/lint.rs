@@ -25,7 +25,7 @@
 mod advice;
 mod analyze;
 mod catalog;
-mod parse;
+pub(crate) mod parse;
 mod types;
 mod volatility;
 

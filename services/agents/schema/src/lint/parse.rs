@@ -13,8 +13,8 @@
 //! statements sqlparser cannot read (see [`ParsedStatement::statement`])
 //! are analyzed on PostgreSQL's tree alone.
 
-use pg_query::NodeEnum;
 use pg_query::protobuf::{ScanToken, Token};
+use pg_query::{NodeEnum, ParserOptions};
 use sqlparser::ast::Statement;
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -219,11 +219,8 @@ fn is_comment(token: &ScanToken) -> bool {
 /// reports only the message, so the place is found again by parsing
 /// prefixes of the text).
 fn invalid_sql(sql: &str, error: &pg_query::Error) -> LintError {
-    let message = match error {
-        pg_query::Error::Parse(message) | pg_query::Error::Scan(message) => message.clone(),
-        other => other.to_string(),
-    };
-    let at = error_position(sql, &message);
+    let message = parser_message(error);
+    let at = error_position(sql, &message, ParserOptions::DEFAULT);
     let (line, column) = line_column(sql, at);
     let message = if message.starts_with("memory exhausted") {
         format!("the statement nests deeper than the parser's recursion limit allows ({message})")
@@ -236,8 +233,16 @@ fn invalid_sql(sql: &str, error: &pg_query::Error) -> LintError {
     }
 }
 
-/// Byte offset of the token the parser stopped at.
-fn error_position(sql: &str, message: &str) -> usize {
+/// The parser's own message, without the crate's prefix.
+pub(crate) fn parser_message(error: &pg_query::Error) -> String {
+    match error {
+        pg_query::Error::Parse(message) | pg_query::Error::Scan(message) => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Byte offset of the token the parser (in the mode `options`) stopped at.
+pub(crate) fn error_position(sql: &str, message: &str, options: ParserOptions) -> usize {
     if message.contains("at end of input") {
         return sql.trim_end().len();
     }
@@ -247,7 +252,7 @@ fn error_position(sql: &str, message: &str) -> usize {
         // or are only incomplete).
         Ok(scanned) => {
             let tokens = scanned.tokens;
-            let fails_at = |t: &ScanToken| match pg_query::parse(&sql[..offset(t.end)], 0) {
+            let fails_at = |t: &ScanToken| match pg_query::parse(&sql[..offset(t.end)], options) {
                 Ok(_) => false,
                 Err(e) => !e.to_string().contains("at end of input"),
             };
@@ -304,7 +309,7 @@ fn statement_number(sql: &str, at: usize) -> usize {
 }
 
 /// 1-based line and column (in characters) of byte `at`.
-fn line_column(sql: &str, at: usize) -> (usize, usize) {
+pub(crate) fn line_column(sql: &str, at: usize) -> (usize, usize) {
     let before = &sql[..at.min(sql.len())];
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
