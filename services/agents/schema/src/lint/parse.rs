@@ -220,7 +220,11 @@ fn is_comment(token: &ScanToken) -> bool {
 /// prefixes of the text).
 fn invalid_sql(sql: &str, error: &pg_query::Error) -> LintError {
     let message = parser_message(error);
-    let at = error_position(sql, &message, ParserOptions::DEFAULT);
+    let at = match error {
+        // The text cannot be handed to the C parser at all.
+        pg_query::Error::Conversion(_) => sql.find('\0').unwrap_or(0),
+        _ => error_position(sql, &message, ParserOptions::DEFAULT),
+    };
     let (line, column) = line_column(sql, at);
     let message = if message.starts_with("memory exhausted") {
         format!("the statement nests deeper than the parser's recursion limit allows ({message})")
@@ -282,11 +286,20 @@ fn near_text(message: &str) -> Option<&str> {
 /// the statements that end (with `;`) before it.
 fn statement_number(sql: &str, at: usize) -> usize {
     let before = &sql[..at.min(sql.len())];
-    let Ok(scanned) = pg_query::scan(before) else {
-        return 1;
+    let tokens = match pg_query::scan(before) {
+        Ok(scanned) => scanned.tokens,
+        // `at` is inside a token (a NUL byte in a string): the tokens of
+        // the whole text, NULs blanked, that end before it.
+        Err(_) => match pg_query::scan(&sql.replace('\0', " ")) {
+            Ok(scanned) => scanned
+                .tokens
+                .into_iter()
+                .filter(|t| offset(t.end) <= at)
+                .collect(),
+            Err(_) => return 1,
+        },
     };
-    let Some(last_end) = scanned
-        .tokens
+    let Some(last_end) = tokens
         .iter()
         .rev()
         .find(|t| t.token == Token::Ascii59 as i32)
@@ -297,14 +310,7 @@ fn statement_number(sql: &str, at: usize) -> usize {
     match pg_query::parse(&sql[..last_end], 0) {
         Ok(done) => done.protobuf.stmts.len() + 1,
         // A `;` inside a statement (BEGIN ATOMIC): count the separators.
-        Err(_) => {
-            scanned
-                .tokens
-                .iter()
-                .filter(|t| t.token == Token::Ascii59 as i32)
-                .count()
-                + 1
-        }
+        Err(_) => tokens.iter().filter(|t| t.token == Token::Ascii59 as i32).count() + 1,
     }
 }
 

@@ -1341,6 +1341,12 @@ fn invalid_sql_is_refused_by_postgres_own_parser_with_the_place() {
         "{message}"
     );
 
+    let nul = lint("SELECT 1;\nSELECT '\0';", &facts()).unwrap_err();
+    assert!(
+        matches!(&nul, LintError::InvalidSql { statement: 2, message } if message.contains("Line: 2, Column: 9")),
+        "{nul:?}"
+    );
+
     let unterminated = lint("SELECT 1;\nSELECT $$open", &facts()).unwrap_err();
     let LintError::InvalidSql { statement, message } = &unterminated else {
         panic!("{unterminated:?}")
