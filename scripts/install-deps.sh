@@ -53,6 +53,17 @@ if ! pkg_installed protobuf-compiler && ! have_cmd protoc; then
     missing+=("protobuf-compiler")
 fi
 
+# The pg_query crate (the migration linter's SQL parser) compiles libpg_query's C
+# sources with cc and generates its bindings with bindgen, which loads libclang.so
+# and needs clang's own headers (stddef.h): both come with libclang-dev.
+if ! pkg_installed libclang-dev && ! compgen -G '/usr/lib/llvm-*/lib/libclang.so' >/dev/null &&
+    ! compgen -G '/usr/lib/*/libclang.so' >/dev/null; then
+    missing+=("libclang-dev")
+fi
+if ! have_cmd cc; then
+    missing+=("gcc")
+fi
+
 if ((${#missing[@]} > 0)); then
     command -v apt-get >/dev/null 2>&1 ||
         die "missing packages (${missing[*]}) and apt-get is not available; install them manually"

@@ -12,10 +12,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use agents::sql::quote_ident;
+use pg_query::NodeEnum;
 use serde::Serialize;
-use sqlparser::ast::{FromTable, Statement as SqlStatement, TableFactor, TableObject};
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 use sqlx::PgConnection;
 
 use crate::candidates::{Candidate, Catalog, ExistingIndex, candidates, covered_by, shape};
@@ -135,35 +133,23 @@ pub fn create_index_sql(candidate: &Candidate, concurrently: bool) -> String {
 }
 
 /// The table an INSERT, UPDATE or DELETE writes, `schema.table` (public
-/// when unqualified).
+/// when unqualified), as PostgreSQL's parser reads the statement (names
+/// folded as PostgreSQL folds them).
 pub fn written_table(sql: &str) -> Option<String> {
-    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
-    let name = match statements.first()? {
-        SqlStatement::Insert(insert) => match &insert.table {
-            TableObject::TableName(name) => name.to_string(),
-            _ => return None,
-        },
-        SqlStatement::Update(update) => match &update.table.relation {
-            TableFactor::Table { name, .. } => name.to_string(),
-            _ => return None,
-        },
-        SqlStatement::Delete(delete) => {
-            let tables = match &delete.from {
-                FromTable::WithFromKeyword(tables) | FromTable::WithoutKeyword(tables) => tables,
-            };
-            match &tables.first()?.relation {
-                TableFactor::Table { name, .. } => name.to_string(),
-                _ => return None,
-            }
-        }
+    let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).ok()?;
+    let statement = parsed.protobuf.stmts.first()?.stmt.as_ref()?.node.as_ref()?;
+    let relation = match statement {
+        NodeEnum::InsertStmt(insert) => insert.relation.as_ref()?,
+        NodeEnum::UpdateStmt(update) => update.relation.as_ref()?,
+        NodeEnum::DeleteStmt(delete) => delete.relation.as_ref()?,
         _ => return None,
     };
-    let name = name.replace('"', "").to_lowercase();
-    Some(if name.contains('.') {
-        name
+    let schema = if relation.schemaname.is_empty() {
+        "public"
     } else {
-        format!("public.{name}")
-    })
+        &relation.schemaname
+    };
+    Some(format!("{schema}.{}", relation.relname))
 }
 
 /// Rows written per table by the workload (the calls of its INSERT,
@@ -593,6 +579,19 @@ mod tests {
             Some("public.users")
         );
         assert_eq!(written_table("SELECT 1"), None);
+    }
+
+    #[test]
+    fn written_tables_are_named_as_postgres_folds_them() {
+        assert_eq!(
+            written_table("WITH n AS (SELECT 1) UPDATE \"App\".\"Users\" SET a = $1").as_deref(),
+            Some("App.Users")
+        );
+        assert_eq!(
+            written_table("INSERT INTO Orders SELECT * FROM staging ON CONFLICT DO NOTHING").as_deref(),
+            Some("public.orders")
+        );
+        assert_eq!(written_table("DELETE FROM"), None);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! rewrites or scans a table, how many rows and bytes that touches (from
 //! [`CatalogFacts`] the IO side reads from the target's catalog), and
 //! findings in the manner of squawk, each with a severity and the safe
-//! alternative. It parses SQL with `sqlparser` (PostgreSQL dialect) and does
+//! alternative. It parses SQL with PostgreSQL's own parser (`pg_query`;
+//! most rules still read `sqlparser`'s tree of the same statement) and does
 //! no IO.
 //!
 //! [`migration`] runs named, versioned migrations on a target: expand

@@ -1,8 +1,10 @@
 //! The migration linter: lint / impact assessment of every statement of a
 //! migration before anything runs (issue 6), in the manner of squawk.
 //!
-//! [`lint`] parses the migration with a real SQL parser (`sqlparser`,
-//! PostgreSQL dialect), then walks the statements in order while keeping a
+//! [`lint`] parses the migration with PostgreSQL's own parser (libpg_query,
+//! through `pg_query`: every statement PostgreSQL accepts is linted, and
+//! invalid SQL is refused with PostgreSQL's message and place; most rules
+//! read `sqlparser`'s tree of the statement, see `parse`), then walks the statements in order while keeping a
 //! model of what the migration has done so far: tables and columns it
 //! created, renamed or dropped, constraints it added (and whether they are
 //! validated yet), indexes it built, whether it is inside an explicit
@@ -23,7 +25,7 @@
 mod advice;
 mod analyze;
 mod catalog;
-mod parse;
+pub(crate) mod parse;
 mod types;
 mod volatility;
 
@@ -318,7 +320,7 @@ pub struct ScriptStatement {
     /// BEGIN, COMMIT, ROLLBACK, SAVEPOINT...: the engine runs each script
     /// in a transaction of its own and refuses these.
     pub transaction_control: bool,
-    /// CREATE INDEX CONCURRENTLY, DROP INDEX CONCURRENTLY, VACUUM:
+    /// CREATE/DROP INDEX, REINDEX and DETACH PARTITION CONCURRENTLY, VACUUM:
     /// PostgreSQL refuses them inside a transaction block.
     pub outside_transaction: bool,
 }
@@ -326,29 +328,13 @@ pub struct ScriptStatement {
 /// Splits a script into its statements (with the same parser and limits
 /// as [`lint`]).
 pub fn split_script(sql: &str) -> Result<Vec<ScriptStatement>, LintError> {
-    use sqlparser::ast::Statement;
     let statements = parse::parse_migration(sql)?;
     Ok(statements
         .into_iter()
-        .map(|parsed| {
-            let transaction_control = matches!(
-                parsed.statement,
-                Statement::StartTransaction { .. }
-                    | Statement::Commit { .. }
-                    | Statement::Rollback { .. }
-                    | Statement::Savepoint { .. }
-                    | Statement::ReleaseSavepoint { .. }
-            );
-            let outside_transaction = match &parsed.statement {
-                Statement::CreateIndex(ci) => ci.concurrently,
-                Statement::Vacuum(_) => true,
-                _ => parsed.drop_index_concurrently,
-            };
-            ScriptStatement {
-                sql: parsed.text,
-                transaction_control,
-                outside_transaction,
-            }
+        .map(|parsed| ScriptStatement {
+            transaction_control: parsed.transaction_control(),
+            outside_transaction: parsed.outside_transaction(),
+            sql: parsed.text,
         })
         .collect())
 }

@@ -12,10 +12,11 @@
 use std::collections::BTreeMap;
 
 use sqlparser::ast::{
-    AlterColumnOperation, AlterTable, AlterTableOperation, ColumnDef, ColumnOption, ContextModifier,
-    CreateIndex, CreateTable, DataType, DetachPartitionMode, Expr, FromTable, FunctionArg, FunctionArgExpr,
-    FunctionArguments, Ident, IndexColumn, LockTableMode, ObjectName, ObjectType, RenameTableNameKind, Reset,
-    SelectItem, Set, SetExpr, Statement, TableConstraint, TableFactor, TableObject, Value,
+    AlterColumnOperation, AlterTable, AlterTableOperation, CheckConstraint, ColumnDef, ColumnOption,
+    ConstraintUsingIndex, ContextModifier, CreateIndex, CreateTable, DataType, DropBehavior, Expr,
+    ForeignKeyConstraint, FromTable, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, IndexColumn,
+    LockTableMode, ObjectName, ObjectType, PrimaryKeyConstraint, RenameTableNameKind, Reset, SelectItem, Set,
+    SetExpr, Statement, TableConstraint, TableFactor, TableObject, UniqueConstraint, Value,
 };
 
 use super::advice::{self, ident, script};
@@ -25,6 +26,8 @@ use super::rules::*;
 use super::types::{TypeChange, classify, parse_type_name};
 use super::volatility::volatile_part;
 use super::{Finding, LockLevel, MigrationReport, MigrationSummary, Severity, StatementReport, TableLock};
+
+mod postgres;
 
 /// At most this many dependents are named in one message.
 const DEPENDENTS_LISTED_MAX: usize = 10;
@@ -256,20 +259,7 @@ struct Linter<'f> {
 
 impl<'f> Linter<'f> {
     fn new(facts: &'f CatalogFacts, statements: &[ParsedStatement]) -> Linter<'f> {
-        let non_atomic = statements.iter().any(|s| match &s.statement {
-            Statement::CreateIndex(ci) => ci.concurrently,
-            Statement::Drop { .. } => s.drop_index_concurrently,
-            Statement::AlterTable(at) => at.operations.iter().any(|op| {
-                matches!(
-                    op,
-                    AlterTableOperation::DetachPartitionOf {
-                        mode: Some(DetachPartitionMode::Concurrently),
-                        ..
-                    }
-                )
-            }),
-            _ => false,
-        });
+        let non_atomic = statements.iter().any(ParsedStatement::concurrently);
         Linter {
             facts,
             default_schema: facts
@@ -462,6 +452,15 @@ impl<'f> Linter<'f> {
         self.lock_timeout_local.unwrap_or(self.lock_timeout_session)
     }
 
+    fn table_already_exists(key: &str) -> Finding {
+        Finding::blocking(
+            TABLE_ALREADY_EXISTS,
+            format!("table {key} already exists; the statement fails"),
+            "use another name, or CREATE TABLE IF NOT EXISTS when the existing table is the intended one"
+                .to_owned(),
+        )
+    }
+
     fn table_not_found(key: &str) -> Finding {
         Finding::blocking(
             TABLE_NOT_FOUND,
@@ -487,9 +486,38 @@ impl<'f> Linter<'f> {
     fn statement(&mut self, index: usize, parsed: &ParsedStatement) -> StatementReport {
         let mut ctx = Ctx::default();
         match &parsed.statement {
-            Statement::CreateIndex(ci) => self.create_index(&mut ctx, ci),
-            Statement::AlterTable(at) => self.alter_table(&mut ctx, index, at),
-            Statement::CreateTable(ct) => self.create_table(&mut ctx, ct),
+            Some(statement) => self.sqlparser_statement(&mut ctx, index, parsed, statement),
+            None => self.postgres_statement(&mut ctx, parsed),
+        }
+        self.check_lock_timeout(&mut ctx);
+        for (table, pre_existing) in &ctx.rewritten {
+            if *pre_existing && !self.rewritten_tables.contains(table) {
+                self.rewritten_tables.push(table.clone());
+            }
+        }
+        if ctx
+            .locks
+            .iter()
+            .any(|l| l.pre_existing && l.lock > LockLevel::RowExclusive)
+            && self.first_strong_lock.is_none()
+        {
+            self.first_strong_lock = Some(index);
+        }
+        ctx.into_report(index, parsed.text.clone())
+    }
+
+    /// A statement on sqlparser's tree.
+    fn sqlparser_statement(
+        &mut self,
+        ctx: &mut Ctx,
+        index: usize,
+        parsed: &ParsedStatement,
+        statement: &Statement,
+    ) {
+        match statement {
+            Statement::CreateIndex(ci) => self.create_index(ctx, ci),
+            Statement::AlterTable(at) => self.alter_table(ctx, index, at),
+            Statement::CreateTable(ct) => self.create_table(ctx, ct),
             Statement::Drop {
                 object_type,
                 if_exists,
@@ -503,130 +531,24 @@ impl<'f> Linter<'f> {
                     cascade: *cascade,
                     concurrently: parsed.drop_index_concurrently,
                 };
-                self.drop(&mut ctx, drop, names)
+                self.drop(ctx, drop, names)
             }
-            Statement::Set(set) => self.set(&mut ctx, set),
-            Statement::Reset(reset) => {
-                let name = match &reset.reset {
-                    Reset::ALL => Some("lock_timeout".to_owned()),
-                    Reset::ConfigurationParameter(name) => name.0.last().and_then(|p| p.as_ident()).map(fold),
-                    Reset::SessionAuthorization => None,
-                };
-                if name.as_deref() == Some("lock_timeout") {
-                    self.lock_timeout_session = false;
-                    self.lock_timeout_local = None;
-                }
-            }
-            Statement::StartTransaction { .. } => {
-                if self.transaction.is_none() {
-                    self.transactions_started += 1;
-                    self.transaction = Some(self.transactions_started);
-                }
-            }
-            Statement::Commit { .. } | Statement::Rollback { savepoint: None, .. } => {
-                self.transaction = None;
-                self.lock_timeout_local = None;
-            }
-            Statement::Query(query) => {
-                if let SetExpr::Select(select) = query.body.as_ref() {
-                    for item in &select.projection {
-                        if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
-                            self.set_config(&mut ctx, e);
-                        }
-                    }
-                }
-            }
-            Statement::Insert(insert) => {
-                if let TableObject::TableName(name) = &insert.table {
-                    self.dml(&mut ctx, name, false, "INSERT");
-                }
-            }
-            Statement::Update(update) => {
-                if let TableFactor::Table { name, .. } = &update.table.relation {
-                    self.dml(&mut ctx, name, update.selection.is_none(), "UPDATE");
-                }
-            }
-            Statement::Delete(delete) => {
-                let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &delete.from;
-                for table in from {
-                    if let TableFactor::Table { name, .. } = &table.relation {
-                        self.dml(&mut ctx, name, delete.selection.is_none(), "DELETE");
-                    }
-                }
-            }
-            Statement::Truncate(truncate) => {
-                for target in &truncate.table_names {
-                    let key = self.table_key(&target.name);
-                    if self.presence(&key) == Presence::Missing && !truncate.if_exists {
-                        ctx.findings.push(Self::table_not_found(&key));
-                    }
-                    self.lock(&mut ctx, &key, LockLevel::AccessExclusive);
-                }
-            }
-            Statement::Lock(lock) => {
-                let level = match lock.lock_mode {
-                    Some(LockTableMode::AccessShare) => LockLevel::AccessShare,
-                    Some(LockTableMode::RowShare) => LockLevel::RowShare,
-                    Some(LockTableMode::RowExclusive) => LockLevel::RowExclusive,
-                    Some(LockTableMode::ShareUpdateExclusive) => LockLevel::ShareUpdateExclusive,
-                    Some(LockTableMode::Share) => LockLevel::Share,
-                    Some(LockTableMode::ShareRowExclusive) => LockLevel::ShareRowExclusive,
-                    Some(LockTableMode::Exclusive) => LockLevel::Exclusive,
-                    Some(LockTableMode::AccessExclusive) | None => LockLevel::AccessExclusive,
-                };
-                for target in &lock.tables {
-                    let key = self.table_key(&target.name);
-                    if self.presence(&key) == Presence::Missing {
-                        ctx.findings.push(Self::table_not_found(&key));
-                    }
-                    self.lock(&mut ctx, &key, level);
-                }
-            }
-            Statement::Vacuum(vacuum) => {
-                if let Some(name) = &vacuum.table_name {
-                    let key = self.table_key(name);
-                    if vacuum.full {
-                        self.lock(&mut ctx, &key, LockLevel::AccessExclusive);
-                        self.rewrite(&mut ctx, &key);
-                        if self.presence(&key).hazard() {
-                            let table = self.describe(&key);
-                            ctx.findings.push(Finding::blocking(
-                                TABLE_REWRITE,
-                                format!("VACUUM FULL rewrites {table} under ACCESS EXCLUSIVE, blocking reads and writes for the whole rewrite"),
-                                "use plain VACUUM, or pg_repack / pg_squeeze to compact the table online".to_owned(),
-                            ));
-                        }
-                    } else {
-                        self.lock(&mut ctx, &key, LockLevel::ShareUpdateExclusive);
-                        self.scan(&mut ctx, &key);
-                    }
-                }
-            }
-            Statement::Analyze(analyze) => {
-                if let Some(name) = &analyze.table_name {
-                    let key = self.table_key(name);
-                    self.lock(&mut ctx, &key, LockLevel::ShareUpdateExclusive);
-                }
-            }
-            Statement::CreateTrigger(trigger) => {
-                let key = self.table_key(&trigger.table_name);
-                self.lock(&mut ctx, &key, LockLevel::ShareRowExclusive);
-            }
-            Statement::DropTrigger(trigger) => {
-                if let Some(name) = &trigger.table_name {
-                    let key = self.table_key(name);
-                    self.lock(&mut ctx, &key, LockLevel::AccessExclusive);
-                }
-            }
-            Statement::RefreshMaterializedView(refresh) => {
-                let key = self.table_key(&refresh.name);
-                let level = if refresh.concurrently {
-                    LockLevel::Exclusive
-                } else {
-                    LockLevel::AccessExclusive
-                };
-                ctx.lock(&key, level, true);
-            }
+            Statement::Set(_)
+            | Statement::Reset(_)
+            | Statement::StartTransaction { .. }
+            | Statement::Commit { .. }
+            | Statement::Rollback { savepoint: None, .. }
+            | Statement::Query(_) => self.session_statement(ctx, statement),
+            Statement::Insert(_)
+            | Statement::Update(_)
+            | Statement::Delete(_)
+            | Statement::Truncate(_)
+            | Statement::Lock(_) => self.table_statement(ctx, statement),
+            Statement::Vacuum(_)
+            | Statement::Analyze(_)
+            | Statement::CreateTrigger(_)
+            | Statement::DropTrigger(_)
+            | Statement::RefreshMaterializedView(_) => self.maintenance_statement(ctx, statement),
             // Statements that take no lock on a table's rows (or only on
             // objects the facts do not describe).
             Statement::Rollback { .. }
@@ -666,21 +588,147 @@ impl<'f> Linter<'f> {
                 "review its locking by hand (PostgreSQL docs, Explicit Locking)".to_owned(),
             )),
         }
-        self.check_lock_timeout(&mut ctx);
-        for (table, pre_existing) in &ctx.rewritten {
-            if *pre_existing && !self.rewritten_tables.contains(table) {
-                self.rewritten_tables.push(table.clone());
+    }
+
+    /// Transaction control, settings and `SELECT set_config(...)`.
+    fn session_statement(&mut self, ctx: &mut Ctx, statement: &Statement) {
+        match statement {
+            Statement::Set(set) => self.set(ctx, set),
+            Statement::Reset(reset) => {
+                let name = match &reset.reset {
+                    Reset::ALL => Some("lock_timeout".to_owned()),
+                    Reset::ConfigurationParameter(name) => name.0.last().and_then(|p| p.as_ident()).map(fold),
+                    Reset::SessionAuthorization => None,
+                };
+                if name.as_deref() == Some("lock_timeout") {
+                    self.lock_timeout_session = false;
+                    self.lock_timeout_local = None;
+                }
             }
+            Statement::StartTransaction { .. } if self.transaction.is_none() => {
+                self.transactions_started += 1;
+                self.transaction = Some(self.transactions_started);
+            }
+            Statement::Commit { .. } | Statement::Rollback { savepoint: None, .. } => {
+                self.transaction = None;
+                self.lock_timeout_local = None;
+            }
+            Statement::Query(query) => {
+                if let SetExpr::Select(select) = query.body.as_ref() {
+                    for item in &select.projection {
+                        if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
+                            self.set_config(ctx, e);
+                        }
+                    }
+                }
+            }
+            _ => {}
         }
-        if ctx
-            .locks
-            .iter()
-            .any(|l| l.pre_existing && l.lock > LockLevel::RowExclusive)
-            && self.first_strong_lock.is_none()
-        {
-            self.first_strong_lock = Some(index);
+    }
+
+    /// DML, TRUNCATE and LOCK.
+    fn table_statement(&mut self, ctx: &mut Ctx, statement: &Statement) {
+        match statement {
+            Statement::Insert(insert) => {
+                if let TableObject::TableName(name) = &insert.table {
+                    self.dml(ctx, name, false, "INSERT");
+                }
+            }
+            Statement::Update(update) => {
+                if let TableFactor::Table { name, .. } = &update.table.relation {
+                    self.dml(ctx, name, update.selection.is_none(), "UPDATE");
+                }
+            }
+            Statement::Delete(delete) => {
+                let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &delete.from;
+                for table in from {
+                    if let TableFactor::Table { name, .. } = &table.relation {
+                        self.dml(ctx, name, delete.selection.is_none(), "DELETE");
+                    }
+                }
+            }
+            Statement::Truncate(truncate) => {
+                for target in &truncate.table_names {
+                    let key = self.table_key(&target.name);
+                    if self.presence(&key) == Presence::Missing && !truncate.if_exists {
+                        ctx.findings.push(Self::table_not_found(&key));
+                    }
+                    self.lock(ctx, &key, LockLevel::AccessExclusive);
+                }
+            }
+            Statement::Lock(lock) => {
+                let level = match lock.lock_mode {
+                    Some(LockTableMode::AccessShare) => LockLevel::AccessShare,
+                    Some(LockTableMode::RowShare) => LockLevel::RowShare,
+                    Some(LockTableMode::RowExclusive) => LockLevel::RowExclusive,
+                    Some(LockTableMode::ShareUpdateExclusive) => LockLevel::ShareUpdateExclusive,
+                    Some(LockTableMode::Share) => LockLevel::Share,
+                    Some(LockTableMode::ShareRowExclusive) => LockLevel::ShareRowExclusive,
+                    Some(LockTableMode::Exclusive) => LockLevel::Exclusive,
+                    Some(LockTableMode::AccessExclusive) | None => LockLevel::AccessExclusive,
+                };
+                for target in &lock.tables {
+                    let key = self.table_key(&target.name);
+                    if self.presence(&key) == Presence::Missing {
+                        ctx.findings.push(Self::table_not_found(&key));
+                    }
+                    self.lock(ctx, &key, level);
+                }
+            }
+            _ => {}
         }
-        ctx.into_report(index, parsed.text.clone())
+    }
+
+    /// VACUUM, ANALYZE, triggers and REFRESH MATERIALIZED VIEW.
+    fn maintenance_statement(&mut self, ctx: &mut Ctx, statement: &Statement) {
+        match statement {
+            Statement::Vacuum(vacuum) => {
+                if let Some(name) = &vacuum.table_name {
+                    let key = self.table_key(name);
+                    if vacuum.full {
+                        self.lock(ctx, &key, LockLevel::AccessExclusive);
+                        self.rewrite(ctx, &key);
+                        if self.presence(&key).hazard() {
+                            let table = self.describe(&key);
+                            ctx.findings.push(Finding::blocking(
+                                TABLE_REWRITE,
+                                format!("VACUUM FULL rewrites {table} under ACCESS EXCLUSIVE, blocking reads and writes for the whole rewrite"),
+                                "use plain VACUUM, or pg_repack / pg_squeeze to compact the table online".to_owned(),
+                            ));
+                        }
+                    } else {
+                        self.lock(ctx, &key, LockLevel::ShareUpdateExclusive);
+                        self.scan(ctx, &key);
+                    }
+                }
+            }
+            Statement::Analyze(analyze) => {
+                if let Some(name) = &analyze.table_name {
+                    let key = self.table_key(name);
+                    self.lock(ctx, &key, LockLevel::ShareUpdateExclusive);
+                }
+            }
+            Statement::CreateTrigger(trigger) => {
+                let key = self.table_key(&trigger.table_name);
+                self.lock(ctx, &key, LockLevel::ShareRowExclusive);
+            }
+            Statement::DropTrigger(trigger) => {
+                if let Some(name) = &trigger.table_name {
+                    let key = self.table_key(name);
+                    self.lock(ctx, &key, LockLevel::AccessExclusive);
+                }
+            }
+            Statement::RefreshMaterializedView(refresh) => {
+                let key = self.table_key(&refresh.name);
+                let level = if refresh.concurrently {
+                    LockLevel::Exclusive
+                } else {
+                    LockLevel::AccessExclusive
+                };
+                ctx.lock(&key, level, true);
+            }
+            _ => {}
+        }
     }
 
     fn check_lock_timeout(&mut self, ctx: &mut Ctx) {
@@ -782,6 +830,12 @@ impl<'f> Linter<'f> {
 
     fn dml(&mut self, ctx: &mut Ctx, name: &ObjectName, every_row: bool, verb: &str) {
         let key = self.table_key(name);
+        self.dml_on(ctx, key, every_row, verb);
+    }
+
+    /// INSERT, UPDATE or DELETE on the table `key`: ROW EXCLUSIVE, and of
+    /// every row an unbatched backfill.
+    fn dml_on(&mut self, ctx: &mut Ctx, key: String, every_row: bool, verb: &str) {
         let presence = self.presence(&key);
         if presence == Presence::Missing {
             ctx.findings.push(Self::table_not_found(&key));
@@ -872,12 +926,7 @@ impl<'f> Linter<'f> {
         ctx.touch(&key);
         if self.presence(&key) != Presence::Missing {
             if !ct.if_not_exists {
-                ctx.findings.push(Finding::blocking(
-                    TABLE_ALREADY_EXISTS,
-                    format!("table {key} already exists; the statement fails"),
-                    "use another name, or CREATE TABLE IF NOT EXISTS when the existing table is the intended one"
-                        .to_owned(),
-                ));
+                ctx.findings.push(Self::table_already_exists(&key));
             }
             return;
         }
@@ -1072,6 +1121,10 @@ impl<'f> Linter<'f> {
         op: &AlterTableOperation,
     ) {
         use AlterTableOperation as Op;
+        if let Some(level) = lock_only(op) {
+            self.lock(ctx, key, level);
+            return;
+        }
         match op {
             Op::AddColumn {
                 if_not_exists,
@@ -1087,34 +1140,14 @@ impl<'f> Linter<'f> {
                 drop_behavior,
                 ..
             } => {
-                self.lock(ctx, key, LockLevel::AccessExclusive);
-                let cascade = matches!(drop_behavior, Some(sqlparser::ast::DropBehavior::Cascade));
-                for name in column_names {
-                    let column = fold(name);
-                    let state = match self.column(key, &column) {
-                        Ok(state) => state,
-                        Err(finding) => {
-                            if !*if_exists {
-                                ctx.findings.push(finding);
-                            }
-                            continue;
-                        }
-                    };
-                    if presence.hazard() {
-                        let dependents = state.map(|c| c.dependents).unwrap_or_default();
-                        ctx.findings.push(drop_or_rename_finding(
-                            BAN_DROP_COLUMN,
-                            &format!("DROP COLUMN {column} of {key}"),
-                            &dependents,
-                            cascade,
-                            "stop reading and writing the column first (application code, views, functions), then drop it in a later migration: the contract step of expand/contract",
-                        ));
-                    }
-                    if let Some(t) = self.table(key) {
-                        t.columns.remove(&column);
-                    }
-                }
-                self.robust(ctx, *if_exists, "DROP COLUMN", "IF EXISTS");
+                self.drop_columns(
+                    ctx,
+                    key,
+                    presence,
+                    column_names,
+                    *if_exists,
+                    drop_behavior.as_ref(),
+                );
             }
             Op::AlterColumn { column_name, op } => {
                 self.lock(ctx, key, LockLevel::AccessExclusive);
@@ -1127,64 +1160,7 @@ impl<'f> Linter<'f> {
                 self.add_constraint(ctx, index, key, table_sql, presence, constraint, *not_valid);
             }
             Op::ValidateConstraint { name } => {
-                self.lock(ctx, key, LockLevel::ShareUpdateExclusive);
-                let constraint_name = fold(name);
-                let state = self
-                    .table(key)
-                    .and_then(|t| t.constraints.get(&constraint_name).cloned());
-                match state {
-                    None => {
-                        self.scan(ctx, key);
-                        if presence == Presence::Existing {
-                            ctx.findings.push(Finding::warning(
-                                CONSTRAINT_NOT_FOUND,
-                                format!(
-                                    "constraint {constraint_name} is neither in the catalog facts of {key} nor added earlier in the migration"
-                                ),
-                                "check the constraint name".to_owned(),
-                            ));
-                        }
-                    }
-                    Some(c) if c.validated => {} // already valid: a no-op
-                    Some(c) => {
-                        self.scan(ctx, key);
-                        if c.kind == ConstraintKind::ForeignKey
-                            && let Some(referenced) = &c.references
-                        {
-                            self.lock(ctx, referenced, LockLevel::RowShare);
-                        }
-                        if let (Some((transaction, added_at)), Some(current)) =
-                            (c.added_not_valid_in, self.transaction)
-                            && transaction == current
-                            && presence.hazard()
-                        {
-                            let (lock, blocks) = if c.kind == ConstraintKind::ForeignKey {
-                                (
-                                    LockLevel::ShareRowExclusive,
-                                    LockLevel::ShareRowExclusive.blocks(),
-                                )
-                            } else {
-                                (LockLevel::AccessExclusive, LockLevel::AccessExclusive.blocks())
-                            };
-                            let table = self.describe(key);
-                            ctx.findings.push(Finding::blocking(
-                                CONSTRAINT_MISSING_NOT_VALID,
-                                format!(
-                                    "VALIDATE CONSTRAINT {constraint_name} runs in the same transaction as its ADD ... NOT VALID (statement {added_at}): the {lock} lock taken there is held through the validation scan of {table}, {blocks}"
-                                ),
-                                script(
-                                    &[format!("ALTER TABLE {table_sql} VALIDATE CONSTRAINT {name}")],
-                                    "in its own transaction, after the COMMIT of the one that added the constraint NOT VALID",
-                                ),
-                            ));
-                        }
-                        if let Some(t) = self.table(key)
-                            && let Some(c) = t.constraints.get_mut(&constraint_name)
-                        {
-                            c.validated = true;
-                        }
-                    }
-                }
+                self.validate_constraint(ctx, key, table_sql, presence, name);
             }
             Op::DropConstraint { if_exists, name, .. } => {
                 self.lock(ctx, key, LockLevel::AccessExclusive);
@@ -1198,85 +1174,10 @@ impl<'f> Linter<'f> {
                 old_column_name,
                 new_column_name,
             } => {
-                self.lock(ctx, key, LockLevel::AccessExclusive);
-                let (old, new) = (fold(old_column_name), fold(new_column_name));
-                let state = match self.column(key, &old) {
-                    Ok(state) => state,
-                    Err(finding) => {
-                        ctx.findings.push(finding);
-                        return;
-                    }
-                };
-                if presence.hazard() {
-                    let dependents = state.as_ref().map(|c| c.dependents.clone()).unwrap_or_default();
-                    ctx.findings.push(drop_or_rename_finding(
-                        RENAMING_COLUMN,
-                        &format!("RENAME COLUMN {old} TO {new} on {key}"),
-                        &dependents,
-                        false,
-                        &format!(
-                            "expand/contract: add {new}, keep both columns in sync with a trigger, backfill in batches, move readers and writers to {new}, then drop {old} in a later migration"
-                        ),
-                    ));
-                }
-                if let Some(t) = self.table(key) {
-                    if let Some(c) = t.columns.remove(&old) {
-                        t.columns.insert(new.clone(), c);
-                    }
-                    for c in t.constraints.values_mut() {
-                        if c.not_null_column.as_deref() == Some(old.as_str()) {
-                            c.not_null_column = Some(new.clone());
-                        }
-                    }
-                }
+                self.rename_column(ctx, key, presence, old_column_name, new_column_name);
             }
             Op::RenameTable { table_name } => {
-                self.lock(ctx, key, LockLevel::AccessExclusive);
-                let (RenameTableNameKind::To(new_name) | RenameTableNameKind::As(new_name)) = table_name;
-                let schema = key
-                    .split_once('.')
-                    .map_or(self.default_schema.as_str(), |(s, _)| s);
-                let relation = new_name
-                    .0
-                    .last()
-                    .and_then(|p| p.as_ident())
-                    .map(fold)
-                    .unwrap_or_default();
-                let new_key = format!("{schema}.{relation}");
-                if presence == Presence::Existing {
-                    let table = self.describe(key);
-                    let dependents = self.table(key).map(|t| t.dependents.clone()).unwrap_or_default();
-                    ctx.findings.push(drop_or_rename_finding(
-                        RENAMING_TABLE,
-                        &format!("RENAME of {table} to {new_key}"),
-                        &dependents,
-                        false,
-                        &format!(
-                            "expand/contract: move readers and writers first, or rename and create a view named {key} over {new_key} in the same transaction (a simple view is updatable) until every user has moved"
-                        ),
-                    ));
-                }
-                ctx.touch(&new_key);
-                if presence != Presence::Missing {
-                    // Indexes follow their table.
-                    let indexes: Vec<String> = self
-                        .facts
-                        .indexes
-                        .iter()
-                        .filter(|i| i.table == key)
-                        .map(|i| i.name.clone())
-                        .collect();
-                    for index in indexes {
-                        self.index(&index);
-                    }
-                    for state in self.indexes.values_mut().flatten() {
-                        if state.table == key {
-                            state.table = new_key.clone();
-                        }
-                    }
-                    let state = self.tables.insert(key.to_owned(), None).flatten();
-                    self.tables.insert(new_key, state);
-                }
+                self.rename_table(ctx, key, presence, table_name);
             }
             Op::RenameConstraint { old_name, new_name } => {
                 self.lock(ctx, key, LockLevel::AccessExclusive);
@@ -1286,27 +1187,26 @@ impl<'f> Linter<'f> {
                     t.constraints.insert(fold(new_name), c);
                 }
             }
-            Op::SetOptionsParens { .. } | Op::ResetOptions { .. } => {
-                self.lock(ctx, key, LockLevel::ShareUpdateExclusive);
-            }
-            Op::EnableTrigger { .. }
-            | Op::DisableTrigger { .. }
-            | Op::EnableAlwaysTrigger { .. }
-            | Op::EnableReplicaTrigger { .. } => {
-                self.lock(ctx, key, LockLevel::ShareRowExclusive);
-            }
             Op::SetLogged | Op::SetUnlogged => {
-                self.lock(ctx, key, LockLevel::AccessExclusive);
-                self.rewrite(ctx, key);
-                if presence.hazard() {
-                    let table = self.describe(key);
-                    ctx.findings.push(Finding::blocking(
-                        TABLE_REWRITE,
-                        format!("SET LOGGED / UNLOGGED rewrites {table} under ACCESS EXCLUSIVE, blocking reads and writes for the whole rewrite"),
-                        "create a new table with the wanted persistence, copy in batches and swap, or run it in a maintenance window".to_owned(),
-                    ));
-                }
+                self.set_logged(ctx, key, presence);
             }
+            Op::AttachPartitionOf { .. } | Op::DetachPartitionOf { .. } => self.partition(ctx, key, op),
+            other => {
+                self.lock(ctx, key, LockLevel::AccessExclusive);
+                ctx.findings.push(Finding::warning(
+                    UNANALYZED_STATEMENT,
+                    format!("the linter does not model ALTER TABLE ... {other}; assuming ACCESS EXCLUSIVE without a rewrite"),
+                    "review its locking and rewrite behaviour by hand (PostgreSQL docs, ALTER TABLE notes)".to_owned(),
+                ));
+            }
+        }
+    }
+
+    /// ATTACH PARTITION (SHARE UPDATE EXCLUSIVE on the parent, a scan of the
+    /// partition) and DETACH PARTITION (CONCURRENTLY or not).
+    fn partition(&mut self, ctx: &mut Ctx, key: &str, op: &AlterTableOperation) {
+        use AlterTableOperation as Op;
+        match op {
             Op::AttachPartitionOf { partition, .. } => {
                 self.lock(ctx, key, LockLevel::ShareUpdateExclusive);
                 let partition_key = self.table_key(partition);
@@ -1324,28 +1224,228 @@ impl<'f> Linter<'f> {
                 let partition_key = self.table_key(partition);
                 self.lock(ctx, &partition_key, level);
             }
-            Op::DisableRowLevelSecurity
-            | Op::EnableRowLevelSecurity
-            | Op::ForceRowLevelSecurity
-            | Op::NoForceRowLevelSecurity
-            | Op::ReplicaIdentity { .. }
-            | Op::OwnerTo { .. }
-            | Op::Inherit { .. }
-            | Op::NoInherit { .. }
-            | Op::EnableRule { .. }
-            | Op::DisableRule { .. }
-            | Op::EnableAlwaysRule { .. }
-            | Op::EnableReplicaRule { .. } => {
-                self.lock(ctx, key, LockLevel::AccessExclusive);
-            }
-            other => {
-                self.lock(ctx, key, LockLevel::AccessExclusive);
-                ctx.findings.push(Finding::warning(
-                    UNANALYZED_STATEMENT,
-                    format!("the linter does not model ALTER TABLE ... {other}; assuming ACCESS EXCLUSIVE without a rewrite"),
-                    "review its locking and rewrite behaviour by hand (PostgreSQL docs, ALTER TABLE notes)".to_owned(),
+            _ => {}
+        }
+    }
+
+    /// ALTER TABLE ... DROP COLUMN: ACCESS EXCLUSIVE, and the columns leave the model.
+    fn drop_columns(
+        &mut self,
+        ctx: &mut Ctx,
+        key: &str,
+        presence: Presence,
+        column_names: &[Ident],
+        if_exists: bool,
+        drop_behavior: Option<&DropBehavior>,
+    ) {
+        self.lock(ctx, key, LockLevel::AccessExclusive);
+        let cascade = matches!(drop_behavior, Some(DropBehavior::Cascade));
+        for name in column_names {
+            let column = fold(name);
+            let state = match self.column(key, &column) {
+                Ok(state) => state,
+                Err(finding) => {
+                    if !if_exists {
+                        ctx.findings.push(finding);
+                    }
+                    continue;
+                }
+            };
+            if presence.hazard() {
+                let dependents = state.map(|c| c.dependents).unwrap_or_default();
+                ctx.findings.push(drop_or_rename_finding(
+                    BAN_DROP_COLUMN,
+                    &format!("DROP COLUMN {column} of {key}"),
+                    &dependents,
+                    cascade,
+                    "stop reading and writing the column first (application code, views, functions), then drop it in a later migration: the contract step of expand/contract",
                 ));
             }
+            if let Some(t) = self.table(key) {
+                t.columns.remove(&column);
+            }
+        }
+        self.robust(ctx, if_exists, "DROP COLUMN", "IF EXISTS");
+    }
+
+    /// VALIDATE CONSTRAINT: SHARE UPDATE EXCLUSIVE (and ROW SHARE on the referenced table of a foreign key) for the scan.
+    fn validate_constraint(
+        &mut self,
+        ctx: &mut Ctx,
+        key: &str,
+        table_sql: &str,
+        presence: Presence,
+        name: &Ident,
+    ) {
+        self.lock(ctx, key, LockLevel::ShareUpdateExclusive);
+        let constraint_name = fold(name);
+        let state = self
+            .table(key)
+            .and_then(|t| t.constraints.get(&constraint_name).cloned());
+        match state {
+            None => {
+                self.scan(ctx, key);
+                if presence == Presence::Existing {
+                    ctx.findings.push(Finding::warning(
+                        CONSTRAINT_NOT_FOUND,
+                        format!(
+                            "constraint {constraint_name} is neither in the catalog facts of {key} nor added earlier in the migration"
+                        ),
+                        "check the constraint name".to_owned(),
+                    ));
+                }
+            }
+            Some(c) if c.validated => {} // already valid: a no-op
+            Some(c) => {
+                self.scan(ctx, key);
+                if c.kind == ConstraintKind::ForeignKey
+                    && let Some(referenced) = &c.references
+                {
+                    self.lock(ctx, referenced, LockLevel::RowShare);
+                }
+                if let (Some((transaction, added_at)), Some(current)) =
+                    (c.added_not_valid_in, self.transaction)
+                    && transaction == current
+                    && presence.hazard()
+                {
+                    let (lock, blocks) = if c.kind == ConstraintKind::ForeignKey {
+                        (
+                            LockLevel::ShareRowExclusive,
+                            LockLevel::ShareRowExclusive.blocks(),
+                        )
+                    } else {
+                        (LockLevel::AccessExclusive, LockLevel::AccessExclusive.blocks())
+                    };
+                    let table = self.describe(key);
+                    ctx.findings.push(Finding::blocking(
+                        CONSTRAINT_MISSING_NOT_VALID,
+                        format!(
+                            "VALIDATE CONSTRAINT {constraint_name} runs in the same transaction as its ADD ... NOT VALID (statement {added_at}): the {lock} lock taken there is held through the validation scan of {table}, {blocks}"
+                        ),
+                        script(
+                            &[format!("ALTER TABLE {table_sql} VALIDATE CONSTRAINT {name}")],
+                            "in its own transaction, after the COMMIT of the one that added the constraint NOT VALID",
+                        ),
+                    ));
+                }
+                if let Some(t) = self.table(key)
+                    && let Some(c) = t.constraints.get_mut(&constraint_name)
+                {
+                    c.validated = true;
+                }
+            }
+        }
+    }
+
+    /// RENAME COLUMN: the column (and the NOT NULL checks on it) under the new name.
+    fn rename_column(
+        &mut self,
+        ctx: &mut Ctx,
+        key: &str,
+        presence: Presence,
+        old_column_name: &Ident,
+        new_column_name: &Ident,
+    ) {
+        self.lock(ctx, key, LockLevel::AccessExclusive);
+        let (old, new) = (fold(old_column_name), fold(new_column_name));
+        let state = match self.column(key, &old) {
+            Ok(state) => state,
+            Err(finding) => {
+                ctx.findings.push(finding);
+                return;
+            }
+        };
+        if presence.hazard() {
+            let dependents = state.as_ref().map(|c| c.dependents.clone()).unwrap_or_default();
+            ctx.findings.push(drop_or_rename_finding(
+                RENAMING_COLUMN,
+                &format!("RENAME COLUMN {old} TO {new} on {key}"),
+                &dependents,
+                false,
+                &format!(
+                    "expand/contract: add {new}, keep both columns in sync with a trigger, backfill in batches, move readers and writers to {new}, then drop {old} in a later migration"
+                ),
+            ));
+        }
+        if let Some(t) = self.table(key) {
+            if let Some(c) = t.columns.remove(&old) {
+                t.columns.insert(new.clone(), c);
+            }
+            for c in t.constraints.values_mut() {
+                if c.not_null_column.as_deref() == Some(old.as_str()) {
+                    c.not_null_column = Some(new.clone());
+                }
+            }
+        }
+    }
+
+    /// RENAME TO: the table and its indexes under the new name.
+    fn rename_table(
+        &mut self,
+        ctx: &mut Ctx,
+        key: &str,
+        presence: Presence,
+        table_name: &RenameTableNameKind,
+    ) {
+        self.lock(ctx, key, LockLevel::AccessExclusive);
+        let (RenameTableNameKind::To(new_name) | RenameTableNameKind::As(new_name)) = table_name;
+        let schema = key
+            .split_once('.')
+            .map_or(self.default_schema.as_str(), |(s, _)| s);
+        let relation = new_name
+            .0
+            .last()
+            .and_then(|p| p.as_ident())
+            .map(fold)
+            .unwrap_or_default();
+        let new_key = format!("{schema}.{relation}");
+        if presence == Presence::Existing {
+            let table = self.describe(key);
+            let dependents = self.table(key).map(|t| t.dependents.clone()).unwrap_or_default();
+            ctx.findings.push(drop_or_rename_finding(
+                RENAMING_TABLE,
+                &format!("RENAME of {table} to {new_key}"),
+                &dependents,
+                false,
+                &format!(
+                    "expand/contract: move readers and writers first, or rename and create a view named {key} over {new_key} in the same transaction (a simple view is updatable) until every user has moved"
+                ),
+            ));
+        }
+        ctx.touch(&new_key);
+        if presence != Presence::Missing {
+            // Indexes follow their table.
+            let indexes: Vec<String> = self
+                .facts
+                .indexes
+                .iter()
+                .filter(|i| i.table == key)
+                .map(|i| i.name.clone())
+                .collect();
+            for index in indexes {
+                self.index(&index);
+            }
+            for state in self.indexes.values_mut().flatten() {
+                if state.table == key {
+                    state.table = new_key.clone();
+                }
+            }
+            let state = self.tables.insert(key.to_owned(), None).flatten();
+            self.tables.insert(new_key, state);
+        }
+    }
+
+    /// SET LOGGED / UNLOGGED: a rewrite under ACCESS EXCLUSIVE.
+    fn set_logged(&mut self, ctx: &mut Ctx, key: &str, presence: Presence) {
+        self.lock(ctx, key, LockLevel::AccessExclusive);
+        self.rewrite(ctx, key);
+        if presence.hazard() {
+            let table = self.describe(key);
+            ctx.findings.push(Finding::blocking(
+                TABLE_REWRITE,
+                format!("SET LOGGED / UNLOGGED rewrites {table} under ACCESS EXCLUSIVE, blocking reads and writes for the whole rewrite"),
+                "create a new table with the wanted persistence, copy in batches and swap, or run it in a maintenance window".to_owned(),
+            ));
         }
     }
 
@@ -1362,7 +1462,6 @@ impl<'f> Linter<'f> {
         if if_not_exists && matches!(self.column(key, &column), Ok(Some(_))) {
             return; // exists: a no-op
         }
-        let relation = key.split_once('.').map_or(key, |(_, t)| t);
         let mut rewrite_reason = serial_type(&column_def.data_type).map(|t| {
             format!("the {t} type's nextval() default is volatile and is evaluated for every existing row")
         });
@@ -1399,84 +1498,12 @@ impl<'f> Linter<'f> {
                         "an identity column takes a sequence value for every existing row".to_owned(),
                     );
                 }
-                ColumnOption::PrimaryKey(_) => {
-                    not_null = true;
-                    self.scan(ctx, key);
-                    if presence.hazard() {
-                        let table = self.describe(key);
-                        ctx.findings.push(Finding::blocking(
-                            ADDING_SERIAL_PRIMARY_KEY_FIELD,
-                            format!("ADD COLUMN {column} ... PRIMARY KEY builds a unique index on {table} under ACCESS EXCLUSIVE, blocking reads and writes for the build"),
-                            format!("add the column, fill it in batches, CREATE UNIQUE INDEX CONCURRENTLY on it, make it NOT NULL with the CHECK ... NOT VALID / VALIDATE / SET NOT NULL steps, then ALTER TABLE {table_sql} ADD CONSTRAINT ... PRIMARY KEY USING INDEX ..."),
-                        ));
-                    }
-                }
-                ColumnOption::Unique(_) => {
-                    self.scan(ctx, key);
-                    if presence.hazard() {
-                        let table = self.describe(key);
-                        let name = ident(&format!("{relation}_{column}_key"));
-                        let steps = [
-                            advice::add_column_without(table_sql, column_def, |o| {
-                                matches!(o, ColumnOption::Unique(_))
-                            }),
-                            format!(
-                                "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table_sql} ({})",
-                                column_def.name
-                            ),
-                            format!(
-                                "ALTER TABLE {table_sql} ADD CONSTRAINT {name} UNIQUE USING INDEX {name}"
-                            ),
-                        ];
-                        ctx.findings.push(Finding::blocking(
-                            DISALLOWED_UNIQUE_CONSTRAINT,
-                            format!("ADD COLUMN {column} ... UNIQUE builds a unique index on {table} under ACCESS EXCLUSIVE, blocking reads and writes for the build"),
-                            script(&steps, "the index is built outside a transaction block, without blocking writes"),
-                        ));
-                    }
-                }
-                ColumnOption::ForeignKey(fk) => {
-                    let referenced = self.table_key(&fk.foreign_table);
-                    if self.presence(&referenced) == Presence::Missing && referenced != key {
-                        ctx.findings.push(Self::table_not_found(&referenced));
-                    }
-                    self.lock(ctx, &referenced, LockLevel::ShareRowExclusive);
-                    self.scan(ctx, key);
-                    if presence.hazard() {
-                        let table = self.describe(key);
-                        let mut steps = vec![advice::add_column_without(table_sql, column_def, |o| {
-                            matches!(o, ColumnOption::ForeignKey(_))
-                        })];
-                        steps.extend(advice::not_valid_then_validate(
-                            table_sql,
-                            &advice::column_foreign_key(&column_def.name, fk),
-                            &format!("{relation}_{column}_fkey"),
-                        ));
-                        ctx.findings.push(Finding::blocking(
-                            ADDING_FOREIGN_KEY_CONSTRAINT,
-                            format!("ADD COLUMN {column} ... REFERENCES {referenced} validates the new foreign key by scanning {table} under ACCESS EXCLUSIVE, and locks {referenced} in SHARE ROW EXCLUSIVE"),
-                            script(&steps, VALIDATE_NOTE),
-                        ));
-                    }
-                }
-                ColumnOption::Check(check) => {
-                    self.scan(ctx, key);
-                    if presence.hazard() {
-                        let table = self.describe(key);
-                        let mut steps = vec![advice::add_column_without(table_sql, column_def, |o| {
-                            matches!(o, ColumnOption::Check(_))
-                        })];
-                        steps.extend(advice::not_valid_then_validate(
-                            table_sql,
-                            &advice::column_check(check),
-                            &format!("{relation}_{column}_check"),
-                        ));
-                        ctx.findings.push(Finding::blocking(
-                            CONSTRAINT_MISSING_NOT_VALID,
-                            format!("ADD COLUMN {column} ... CHECK scans {table} under ACCESS EXCLUSIVE to validate the check, blocking reads and writes"),
-                            script(&steps, VALIDATE_NOTE),
-                        ));
-                    }
+                ColumnOption::PrimaryKey(_)
+                | ColumnOption::Unique(_)
+                | ColumnOption::ForeignKey(_)
+                | ColumnOption::Check(_) => {
+                    not_null |= matches!(option.option, ColumnOption::PrimaryKey(_));
+                    self.column_constraint(ctx, key, table_sql, presence, column_def, &option.option);
                 }
                 _ => {}
             }
@@ -1510,6 +1537,100 @@ impl<'f> Linter<'f> {
                 dependents: Vec::new(),
             };
             t.columns.insert(column, state);
+        }
+    }
+
+    /// A PRIMARY KEY, UNIQUE, REFERENCES or CHECK of an added column: built
+    /// or validated under the ACCESS EXCLUSIVE of ADD COLUMN.
+    fn column_constraint(
+        &mut self,
+        ctx: &mut Ctx,
+        key: &str,
+        table_sql: &str,
+        presence: Presence,
+        column_def: &ColumnDef,
+        option: &ColumnOption,
+    ) {
+        let column = fold(&column_def.name);
+        let relation = key.split_once('.').map_or(key, |(_, t)| t);
+        match option {
+            ColumnOption::PrimaryKey(_) => {
+                self.scan(ctx, key);
+                if presence.hazard() {
+                    let table = self.describe(key);
+                    ctx.findings.push(Finding::blocking(
+                    ADDING_SERIAL_PRIMARY_KEY_FIELD,
+                    format!("ADD COLUMN {column} ... PRIMARY KEY builds a unique index on {table} under ACCESS EXCLUSIVE, blocking reads and writes for the build"),
+                    format!("add the column, fill it in batches, CREATE UNIQUE INDEX CONCURRENTLY on it, make it NOT NULL with the CHECK ... NOT VALID / VALIDATE / SET NOT NULL steps, then ALTER TABLE {table_sql} ADD CONSTRAINT ... PRIMARY KEY USING INDEX ..."),
+                ));
+                }
+            }
+            ColumnOption::Unique(_) => {
+                self.scan(ctx, key);
+                if presence.hazard() {
+                    let table = self.describe(key);
+                    let name = ident(&format!("{relation}_{column}_key"));
+                    let steps = [
+                        advice::add_column_without(table_sql, column_def, |o| {
+                            matches!(o, ColumnOption::Unique(_))
+                        }),
+                        format!(
+                            "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table_sql} ({})",
+                            column_def.name
+                        ),
+                        format!("ALTER TABLE {table_sql} ADD CONSTRAINT {name} UNIQUE USING INDEX {name}"),
+                    ];
+                    ctx.findings.push(Finding::blocking(
+                    DISALLOWED_UNIQUE_CONSTRAINT,
+                    format!("ADD COLUMN {column} ... UNIQUE builds a unique index on {table} under ACCESS EXCLUSIVE, blocking reads and writes for the build"),
+                    script(&steps, "the index is built outside a transaction block, without blocking writes"),
+                ));
+                }
+            }
+            ColumnOption::ForeignKey(fk) => {
+                let referenced = self.table_key(&fk.foreign_table);
+                if self.presence(&referenced) == Presence::Missing && referenced != key {
+                    ctx.findings.push(Self::table_not_found(&referenced));
+                }
+                self.lock(ctx, &referenced, LockLevel::ShareRowExclusive);
+                self.scan(ctx, key);
+                if presence.hazard() {
+                    let table = self.describe(key);
+                    let mut steps = vec![advice::add_column_without(table_sql, column_def, |o| {
+                        matches!(o, ColumnOption::ForeignKey(_))
+                    })];
+                    steps.extend(advice::not_valid_then_validate(
+                        table_sql,
+                        &advice::column_foreign_key(&column_def.name, fk),
+                        &format!("{relation}_{column}_fkey"),
+                    ));
+                    ctx.findings.push(Finding::blocking(
+                    ADDING_FOREIGN_KEY_CONSTRAINT,
+                    format!("ADD COLUMN {column} ... REFERENCES {referenced} validates the new foreign key by scanning {table} under ACCESS EXCLUSIVE, and locks {referenced} in SHARE ROW EXCLUSIVE"),
+                    script(&steps, VALIDATE_NOTE),
+                ));
+                }
+            }
+            ColumnOption::Check(check) => {
+                self.scan(ctx, key);
+                if presence.hazard() {
+                    let table = self.describe(key);
+                    let mut steps = vec![advice::add_column_without(table_sql, column_def, |o| {
+                        matches!(o, ColumnOption::Check(_))
+                    })];
+                    steps.extend(advice::not_valid_then_validate(
+                        table_sql,
+                        &advice::column_check(check),
+                        &format!("{relation}_{column}_check"),
+                    ));
+                    ctx.findings.push(Finding::blocking(
+                    CONSTRAINT_MISSING_NOT_VALID,
+                    format!("ADD COLUMN {column} ... CHECK scans {table} under ACCESS EXCLUSIVE to validate the check, blocking reads and writes"),
+                    script(&steps, VALIDATE_NOTE),
+                ));
+                }
+            }
+            _ => {}
         }
     }
 
@@ -1666,7 +1787,6 @@ impl<'f> Linter<'f> {
         constraint: &TableConstraint,
         not_valid: bool,
     ) {
-        let relation = key.split_once('.').map_or(key, |(_, t)| t).to_owned();
         let added_not_valid_in = if not_valid {
             self.transaction.map(|t| (t, index))
         } else {
@@ -1679,257 +1799,41 @@ impl<'f> Linter<'f> {
         };
         match constraint {
             TableConstraint::ForeignKey(fk) => {
-                self.lock(ctx, key, LockLevel::ShareRowExclusive);
-                let referenced = self.table_key(&fk.foreign_table);
-                if referenced != key {
-                    if self.presence(&referenced) == Presence::Missing {
-                        ctx.findings.push(Self::table_not_found(&referenced));
-                    }
-                    self.lock(ctx, &referenced, LockLevel::ShareRowExclusive);
-                }
-                let columns: Vec<String> = fk.columns.iter().map(fold).collect();
-                let name = fk
-                    .name
-                    .as_ref()
-                    .map_or_else(|| format!("{relation}_{}_fkey", columns.join("_")), fold);
-                if !not_valid {
-                    self.scan(ctx, key);
-                    if presence.hazard() {
-                        let table = self.describe(key);
-                        ctx.findings.push(Finding::blocking(
-                            ADDING_FOREIGN_KEY_CONSTRAINT,
-                            format!(
-                                "ADD FOREIGN KEY without NOT VALID scans {table} to validate it while holding SHARE ROW EXCLUSIVE on {key} and {referenced}, blocking writes to both"
-                            ),
-                            script(
-                                &advice::not_valid_then_validate(table_sql, constraint, &name),
-                                VALIDATE_NOTE,
-                            ),
-                        ));
-                    }
-                }
-                let state = ConstraintState {
-                    kind: ConstraintKind::ForeignKey,
-                    validated: !not_valid,
-                    not_null_column: None,
-                    references: Some(referenced),
+                let (name, state) = self.add_foreign_key(
+                    ctx,
+                    key,
+                    table_sql,
+                    presence,
+                    constraint,
+                    fk,
+                    not_valid,
                     added_not_valid_in,
-                };
+                );
                 register(self, name, state);
             }
             TableConstraint::Check(check) => {
-                self.lock(ctx, key, LockLevel::AccessExclusive);
-                let not_null_column = not_null_column(&check.expr);
-                let name = check.name.as_ref().map_or_else(
-                    || match &not_null_column {
-                        Some(column) => format!("{relation}_{column}_check"),
-                        None => format!("{relation}_check"),
-                    },
-                    fold,
-                );
-                if !not_valid {
-                    self.scan(ctx, key);
-                    if presence.hazard() {
-                        let table = self.describe(key);
-                        ctx.findings.push(Finding::blocking(
-                            CONSTRAINT_MISSING_NOT_VALID,
-                            format!(
-                                "ADD CHECK without NOT VALID scans {table} to validate it under ACCESS EXCLUSIVE, blocking reads and writes for the scan"
-                            ),
-                            script(
-                                &advice::not_valid_then_validate(table_sql, constraint, &name),
-                                VALIDATE_NOTE,
-                            ),
-                        ));
-                    }
-                }
-                let state = ConstraintState {
-                    kind: ConstraintKind::Check,
-                    validated: !not_valid,
-                    not_null_column,
-                    references: None,
+                let (name, state) = self.add_check(
+                    ctx,
+                    key,
+                    table_sql,
+                    presence,
+                    constraint,
+                    check,
+                    not_valid,
                     added_not_valid_in,
-                };
+                );
                 register(self, name, state);
             }
             TableConstraint::Unique(unique) => {
-                self.lock(ctx, key, LockLevel::AccessExclusive);
-                self.scan(ctx, key);
-                let columns = index_columns(&unique.columns);
-                let name = unique
-                    .name
-                    .as_ref()
-                    .map_or_else(|| format!("{relation}_{}_key", columns.join("_")), fold);
-                if presence.hazard() {
-                    let table = self.describe(key);
-                    let column_list = unique
-                        .columns
-                        .iter()
-                        .map(|c| c.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    let index = ident(&name);
-                    let steps = [
-                        format!(
-                            "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {table_sql} ({column_list})"
-                        ),
-                        format!("ALTER TABLE {table_sql} ADD CONSTRAINT {index} UNIQUE USING INDEX {index}"),
-                    ];
-                    ctx.findings.push(Finding::blocking(
-                        DISALLOWED_UNIQUE_CONSTRAINT,
-                        format!(
-                            "ADD UNIQUE builds its index on {table} under ACCESS EXCLUSIVE, blocking reads and writes for the whole build"
-                        ),
-                        script(
-                            &steps,
-                            "the index is built outside a transaction block, without blocking writes; the constraint then only takes it over",
-                        ),
-                    ));
-                }
-                let state = ConstraintState {
-                    kind: ConstraintKind::Unique,
-                    validated: true,
-                    not_null_column: None,
-                    references: None,
-                    added_not_valid_in: None,
-                };
+                let (name, state) = self.add_unique(ctx, key, table_sql, presence, unique);
                 register(self, name, state);
             }
             TableConstraint::PrimaryKey(pk) => {
-                self.lock(ctx, key, LockLevel::AccessExclusive);
-                self.scan(ctx, key);
-                let name = pk.name.as_ref().map_or_else(|| format!("{relation}_pkey"), fold);
-                if presence.hazard() {
-                    let table = self.describe(key);
-                    let column_list = pk
-                        .columns
-                        .iter()
-                        .map(|c| c.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    let mut steps = Vec::new();
-                    for column in index_columns(&pk.columns) {
-                        let not_null = matches!(self.column(key, &column), Ok(Some(c)) if c.not_null);
-                        if !not_null && !self.validated_not_null_check(key, &column) {
-                            let pending = self.unvalidated_not_null_check(key, &column);
-                            let check = format!("{relation}_{column}_not_null");
-                            steps.extend(advice::not_null_steps(
-                                table_sql,
-                                &column,
-                                &check,
-                                pending.as_deref(),
-                            ));
-                        }
-                    }
-                    let index = ident(&name);
-                    steps.push(format!(
-                        "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {table_sql} ({column_list})"
-                    ));
-                    steps.push(format!(
-                        "ALTER TABLE {table_sql} ADD CONSTRAINT {index} PRIMARY KEY USING INDEX {index}"
-                    ));
-                    ctx.findings.push(Finding::blocking(
-                        ADDING_SERIAL_PRIMARY_KEY_FIELD,
-                        format!(
-                            "ADD PRIMARY KEY builds its index on {table} (and sets its columns NOT NULL) under ACCESS EXCLUSIVE, blocking reads and writes for the whole build"
-                        ),
-                        script(
-                            &steps,
-                            "each in its own transaction, the index outside one: validated NOT NULL checks spare the primary key its scan",
-                        ),
-                    ));
-                }
-                if let Some(t) = self.table(key) {
-                    for column in index_columns(&pk.columns) {
-                        if let Some(c) = t.columns.get_mut(&column) {
-                            c.not_null = true;
-                        }
-                    }
-                }
-                let state = ConstraintState {
-                    kind: ConstraintKind::PrimaryKey,
-                    validated: true,
-                    not_null_column: None,
-                    references: None,
-                    added_not_valid_in: None,
-                };
+                let (name, state) = self.add_primary_key(ctx, key, table_sql, presence, pk);
                 register(self, name, state);
             }
             TableConstraint::UniqueUsingIndex(using) | TableConstraint::PrimaryKeyUsingIndex(using) => {
-                let primary = matches!(constraint, TableConstraint::PrimaryKeyUsingIndex(_));
-                self.lock(ctx, key, LockLevel::AccessExclusive);
-                let schema = key.split_once('.').map(|(s, _)| s.to_owned());
-                let index_key = self.index_key(
-                    &ObjectName::from(vec![using.index_name.clone()]),
-                    schema.as_deref(),
-                );
-                match self.index(&index_key) {
-                    None => ctx.findings.push(Finding::blocking(
-                        INDEX_NOT_FOUND,
-                        format!("index {index_key} does not exist; the statement fails"),
-                        format!(
-                            "CREATE UNIQUE INDEX CONCURRENTLY {} ON {table_sql} (...); first, outside a transaction block",
-                            using.index_name
-                        ),
-                    )),
-                    Some(found) if found.table != key => ctx.findings.push(Finding::blocking(
-                        INDEX_NOT_FOUND,
-                        format!("index {index_key} is on {}, not on {key}; the statement fails", found.table),
-                        "name an index of this table".to_owned(),
-                    )),
-                    Some(found) => {
-                        if !found.valid {
-                            ctx.findings.push(Finding::blocking(
-                                DISALLOWED_UNIQUE_CONSTRAINT,
-                                format!(
-                                    "index {index_key} is INVALID (a failed CREATE INDEX CONCURRENTLY); the statement fails"
-                                ),
-                                rebuild_advice(&index_key, table_sql, &found.columns),
-                            ));
-                        }
-                        if !found.unique {
-                            ctx.findings.push(Finding::blocking(
-                                DISALLOWED_UNIQUE_CONSTRAINT,
-                                format!("index {index_key} is not unique; the statement fails"),
-                                format!(
-                                    "CREATE UNIQUE INDEX CONCURRENTLY on the same columns and use that index in ADD CONSTRAINT ... USING INDEX (statement on {table_sql})"
-                                ),
-                            ));
-                        }
-                        if primary {
-                            for column in found.columns.iter().filter(|c| !c.is_empty()) {
-                                let state = self.column(key, column).ok().flatten();
-                                self.set_not_null(
-                                    ctx,
-                                    key,
-                                    table_sql,
-                                    presence,
-                                    column,
-                                    state.as_ref(),
-                                    "PRIMARY KEY USING INDEX (an implicit SET NOT NULL)",
-                                );
-                            }
-                        }
-                    }
-                }
-                let relation_default = if primary {
-                    format!("{relation}_pkey")
-                } else {
-                    index_key.clone()
-                };
-                let name = using.name.as_ref().map_or(relation_default, fold);
-                let kind = if primary {
-                    ConstraintKind::PrimaryKey
-                } else {
-                    ConstraintKind::Unique
-                };
-                let state = ConstraintState {
-                    kind,
-                    validated: true,
-                    not_null_column: None,
-                    references: None,
-                    added_not_valid_in: None,
-                };
+                let (name, state) = self.add_using_index(ctx, key, table_sql, presence, constraint, using);
                 register(self, name, state);
             }
             TableConstraint::Exclude(_) => {
@@ -1955,6 +1859,344 @@ impl<'f> Linter<'f> {
                 ));
             }
         }
+    }
+    /// ADD FOREIGN KEY: SHARE ROW EXCLUSIVE on both tables, and a validation scan unless NOT VALID.
+    #[allow(clippy::too_many_arguments)]
+    fn add_foreign_key(
+        &mut self,
+        ctx: &mut Ctx,
+        key: &str,
+        table_sql: &str,
+        presence: Presence,
+        constraint: &TableConstraint,
+        fk: &ForeignKeyConstraint,
+        not_valid: bool,
+        added_not_valid_in: Option<(u32, usize)>,
+    ) -> (String, ConstraintState) {
+        let relation = key.split_once('.').map_or(key, |(_, t)| t).to_owned();
+        self.lock(ctx, key, LockLevel::ShareRowExclusive);
+        let referenced = self.table_key(&fk.foreign_table);
+        if referenced != key {
+            if self.presence(&referenced) == Presence::Missing {
+                ctx.findings.push(Self::table_not_found(&referenced));
+            }
+            self.lock(ctx, &referenced, LockLevel::ShareRowExclusive);
+        }
+        let columns: Vec<String> = fk.columns.iter().map(fold).collect();
+        let name = fk
+            .name
+            .as_ref()
+            .map_or_else(|| format!("{relation}_{}_fkey", columns.join("_")), fold);
+        if !not_valid {
+            self.scan(ctx, key);
+            if presence.hazard() {
+                let table = self.describe(key);
+                ctx.findings.push(Finding::blocking(
+                    ADDING_FOREIGN_KEY_CONSTRAINT,
+                    format!(
+                        "ADD FOREIGN KEY without NOT VALID scans {table} to validate it while holding SHARE ROW EXCLUSIVE on {key} and {referenced}, blocking writes to both"
+                    ),
+                    script(
+                        &advice::not_valid_then_validate(table_sql, constraint, &name),
+                        VALIDATE_NOTE,
+                    ),
+                ));
+            }
+        }
+        let state = ConstraintState {
+            kind: ConstraintKind::ForeignKey,
+            validated: !not_valid,
+            not_null_column: None,
+            references: Some(referenced),
+            added_not_valid_in,
+        };
+        (name, state)
+    }
+
+    /// ADD CHECK: a validation scan under ACCESS EXCLUSIVE unless NOT VALID.
+    #[allow(clippy::too_many_arguments)]
+    fn add_check(
+        &mut self,
+        ctx: &mut Ctx,
+        key: &str,
+        table_sql: &str,
+        presence: Presence,
+        constraint: &TableConstraint,
+        check: &CheckConstraint,
+        not_valid: bool,
+        added_not_valid_in: Option<(u32, usize)>,
+    ) -> (String, ConstraintState) {
+        let relation = key.split_once('.').map_or(key, |(_, t)| t).to_owned();
+        self.lock(ctx, key, LockLevel::AccessExclusive);
+        let not_null_column = not_null_column(&check.expr);
+        let name = check.name.as_ref().map_or_else(
+            || match &not_null_column {
+                Some(column) => format!("{relation}_{column}_check"),
+                None => format!("{relation}_check"),
+            },
+            fold,
+        );
+        if !not_valid {
+            self.scan(ctx, key);
+            if presence.hazard() {
+                let table = self.describe(key);
+                ctx.findings.push(Finding::blocking(
+                    CONSTRAINT_MISSING_NOT_VALID,
+                    format!(
+                        "ADD CHECK without NOT VALID scans {table} to validate it under ACCESS EXCLUSIVE, blocking reads and writes for the scan"
+                    ),
+                    script(
+                        &advice::not_valid_then_validate(table_sql, constraint, &name),
+                        VALIDATE_NOTE,
+                    ),
+                ));
+            }
+        }
+        let state = ConstraintState {
+            kind: ConstraintKind::Check,
+            validated: !not_valid,
+            not_null_column,
+            references: None,
+            added_not_valid_in,
+        };
+        (name, state)
+    }
+
+    /// ADD UNIQUE: its index built under ACCESS EXCLUSIVE.
+    fn add_unique(
+        &mut self,
+        ctx: &mut Ctx,
+        key: &str,
+        table_sql: &str,
+        presence: Presence,
+        unique: &UniqueConstraint,
+    ) -> (String, ConstraintState) {
+        let relation = key.split_once('.').map_or(key, |(_, t)| t).to_owned();
+        self.lock(ctx, key, LockLevel::AccessExclusive);
+        self.scan(ctx, key);
+        let columns = index_columns(&unique.columns);
+        let name = unique
+            .name
+            .as_ref()
+            .map_or_else(|| format!("{relation}_{}_key", columns.join("_")), fold);
+        if presence.hazard() {
+            let table = self.describe(key);
+            let column_list = unique
+                .columns
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let index = ident(&name);
+            let steps = [
+                format!(
+                    "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {table_sql} ({column_list})"
+                ),
+                format!("ALTER TABLE {table_sql} ADD CONSTRAINT {index} UNIQUE USING INDEX {index}"),
+            ];
+            ctx.findings.push(Finding::blocking(
+                DISALLOWED_UNIQUE_CONSTRAINT,
+                format!(
+                    "ADD UNIQUE builds its index on {table} under ACCESS EXCLUSIVE, blocking reads and writes for the whole build"
+                ),
+                script(
+                    &steps,
+                    "the index is built outside a transaction block, without blocking writes; the constraint then only takes it over",
+                ),
+            ));
+        }
+        let state = ConstraintState {
+            kind: ConstraintKind::Unique,
+            validated: true,
+            not_null_column: None,
+            references: None,
+            added_not_valid_in: None,
+        };
+        (name, state)
+    }
+
+    /// ADD PRIMARY KEY: its index built, and its columns set NOT NULL, under ACCESS EXCLUSIVE.
+    fn add_primary_key(
+        &mut self,
+        ctx: &mut Ctx,
+        key: &str,
+        table_sql: &str,
+        presence: Presence,
+        pk: &PrimaryKeyConstraint,
+    ) -> (String, ConstraintState) {
+        let relation = key.split_once('.').map_or(key, |(_, t)| t).to_owned();
+        self.lock(ctx, key, LockLevel::AccessExclusive);
+        self.scan(ctx, key);
+        let name = pk.name.as_ref().map_or_else(|| format!("{relation}_pkey"), fold);
+        if presence.hazard() {
+            let table = self.describe(key);
+            let column_list = pk
+                .columns
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut steps = Vec::new();
+            for column in index_columns(&pk.columns) {
+                let not_null = matches!(self.column(key, &column), Ok(Some(c)) if c.not_null);
+                if !not_null && !self.validated_not_null_check(key, &column) {
+                    let pending = self.unvalidated_not_null_check(key, &column);
+                    let check = format!("{relation}_{column}_not_null");
+                    steps.extend(advice::not_null_steps(
+                        table_sql,
+                        &column,
+                        &check,
+                        pending.as_deref(),
+                    ));
+                }
+            }
+            let index = ident(&name);
+            steps.push(format!(
+                "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {table_sql} ({column_list})"
+            ));
+            steps.push(format!(
+                "ALTER TABLE {table_sql} ADD CONSTRAINT {index} PRIMARY KEY USING INDEX {index}"
+            ));
+            ctx.findings.push(Finding::blocking(
+                ADDING_SERIAL_PRIMARY_KEY_FIELD,
+                format!(
+                    "ADD PRIMARY KEY builds its index on {table} (and sets its columns NOT NULL) under ACCESS EXCLUSIVE, blocking reads and writes for the whole build"
+                ),
+                script(
+                    &steps,
+                    "each in its own transaction, the index outside one: validated NOT NULL checks spare the primary key its scan",
+                ),
+            ));
+        }
+        if let Some(t) = self.table(key) {
+            for column in index_columns(&pk.columns) {
+                if let Some(c) = t.columns.get_mut(&column) {
+                    c.not_null = true;
+                }
+            }
+        }
+        let state = ConstraintState {
+            kind: ConstraintKind::PrimaryKey,
+            validated: true,
+            not_null_column: None,
+            references: None,
+            added_not_valid_in: None,
+        };
+        (name, state)
+    }
+
+    /// ADD UNIQUE / PRIMARY KEY USING INDEX: takes over an index built before.
+    fn add_using_index(
+        &mut self,
+        ctx: &mut Ctx,
+        key: &str,
+        table_sql: &str,
+        presence: Presence,
+        constraint: &TableConstraint,
+        using: &ConstraintUsingIndex,
+    ) -> (String, ConstraintState) {
+        let relation = key.split_once('.').map_or(key, |(_, t)| t).to_owned();
+        let primary = matches!(constraint, TableConstraint::PrimaryKeyUsingIndex(_));
+        self.lock(ctx, key, LockLevel::AccessExclusive);
+        let schema = key.split_once('.').map(|(s, _)| s.to_owned());
+        let index_key = self.index_key(
+            &ObjectName::from(vec![using.index_name.clone()]),
+            schema.as_deref(),
+        );
+        match self.index(&index_key) {
+            None => ctx.findings.push(Finding::blocking(
+                INDEX_NOT_FOUND,
+                format!("index {index_key} does not exist; the statement fails"),
+                format!(
+                    "CREATE UNIQUE INDEX CONCURRENTLY {} ON {table_sql} (...); first, outside a transaction block",
+                    using.index_name
+                ),
+            )),
+            Some(found) if found.table != key => ctx.findings.push(Finding::blocking(
+                INDEX_NOT_FOUND,
+                format!("index {index_key} is on {}, not on {key}; the statement fails", found.table),
+                "name an index of this table".to_owned(),
+            )),
+            Some(found) => {
+                if !found.valid {
+                    ctx.findings.push(Finding::blocking(
+                        DISALLOWED_UNIQUE_CONSTRAINT,
+                        format!(
+                            "index {index_key} is INVALID (a failed CREATE INDEX CONCURRENTLY); the statement fails"
+                        ),
+                        rebuild_advice(&index_key, table_sql, &found.columns),
+                    ));
+                }
+                if !found.unique {
+                    ctx.findings.push(Finding::blocking(
+                        DISALLOWED_UNIQUE_CONSTRAINT,
+                        format!("index {index_key} is not unique; the statement fails"),
+                        format!(
+                            "CREATE UNIQUE INDEX CONCURRENTLY on the same columns and use that index in ADD CONSTRAINT ... USING INDEX (statement on {table_sql})"
+                        ),
+                    ));
+                }
+                if primary {
+                    for column in found.columns.iter().filter(|c| !c.is_empty()) {
+                        let state = self.column(key, column).ok().flatten();
+                        self.set_not_null(
+                            ctx,
+                            key,
+                            table_sql,
+                            presence,
+                            column,
+                            state.as_ref(),
+                            "PRIMARY KEY USING INDEX (an implicit SET NOT NULL)",
+                        );
+                    }
+                }
+            }
+        }
+        let relation_default = if primary {
+            format!("{relation}_pkey")
+        } else {
+            index_key.clone()
+        };
+        let name = using.name.as_ref().map_or(relation_default, fold);
+        let kind = if primary {
+            ConstraintKind::PrimaryKey
+        } else {
+            ConstraintKind::Unique
+        };
+        let state = ConstraintState {
+            kind,
+            validated: true,
+            not_null_column: None,
+            references: None,
+            added_not_valid_in: None,
+        };
+        (name, state)
+    }
+}
+
+/// The lock of an ALTER TABLE subcommand that does nothing else the linter
+/// models (no scan, no rewrite, no change to the model).
+fn lock_only(op: &AlterTableOperation) -> Option<LockLevel> {
+    use AlterTableOperation as Op;
+    match op {
+        Op::SetOptionsParens { .. } | Op::ResetOptions { .. } => Some(LockLevel::ShareUpdateExclusive),
+        Op::EnableTrigger { .. }
+        | Op::DisableTrigger { .. }
+        | Op::EnableAlwaysTrigger { .. }
+        | Op::EnableReplicaTrigger { .. } => Some(LockLevel::ShareRowExclusive),
+        Op::DisableRowLevelSecurity
+        | Op::EnableRowLevelSecurity
+        | Op::ForceRowLevelSecurity
+        | Op::NoForceRowLevelSecurity
+        | Op::ReplicaIdentity { .. }
+        | Op::OwnerTo { .. }
+        | Op::Inherit { .. }
+        | Op::NoInherit { .. }
+        | Op::EnableRule { .. }
+        | Op::DisableRule { .. }
+        | Op::EnableAlwaysRule { .. }
+        | Op::EnableReplicaRule { .. } => Some(LockLevel::AccessExclusive),
+        _ => None,
     }
 }
 
@@ -2144,19 +2386,22 @@ fn timeout_is_set(value: &Expr) -> bool {
     match value {
         Expr::Value(v) => match &v.value {
             Value::Number(n, _) => n.parse::<f64>() != Ok(0.0),
-            Value::SingleQuotedString(s) => {
-                let digits: String = s
-                    .trim()
-                    .chars()
-                    .take_while(|c| c.is_ascii_digit() || *c == '.')
-                    .collect();
-                digits.parse::<f64>() != Ok(0.0)
-            }
+            Value::SingleQuotedString(s) => timeout_text_is_set(s),
             _ => true,
         },
         Expr::Identifier(ident) => !ident.value.eq_ignore_ascii_case("default"),
         _ => true,
     }
+}
+
+/// Whether a lock_timeout written as text (`'2s'`, `'0'`) is other than 0.
+fn timeout_text_is_set(text: &str) -> bool {
+    let digits: String = text
+        .trim()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    digits.parse::<f64>() != Ok(0.0)
 }
 
 /// The first words of a statement, for messages.

@@ -1244,3 +1244,192 @@ fn drop_index_concurrently_parses_runs_outside_a_transaction_and_passes_clean() 
     assert!(split[0].outside_transaction && !split[1].outside_transaction);
     assert_eq!(split[0].sql, "DROP INDEX CONCURRENTLY orders_status_idx");
 }
+
+// ---- statements only PostgreSQL's parser reads ------------------------------
+
+#[test]
+fn reindex_parses_and_without_concurrently_blocks_writes() {
+    let report = when_linted(&format!(
+        "{TIMEOUT}REINDEX TABLE orders;\nREINDEX INDEX orders_status_idx;\nREINDEX INDEX missing_idx;"
+    ));
+
+    for statement in &report.statements[1..3] {
+        assert_eq!(lock_on(statement, "public.orders"), Some(LockLevel::Share));
+        assert_eq!(rules(statement), [REQUIRE_CONCURRENT_INDEX_CREATION]);
+        let advice = &finding(statement, REQUIRE_CONCURRENT_INDEX_CREATION).safe_alternative;
+        assert!(advice.contains("CONCURRENTLY"), "{advice}");
+    }
+    assert_eq!(rules(&report.statements[3]), [INDEX_NOT_FOUND]);
+}
+
+#[test]
+fn reindex_concurrently_runs_outside_a_transaction_and_passes_clean() {
+    let report = when_linted(&format!(
+        "{TIMEOUT}REINDEX TABLE CONCURRENTLY orders;\nREINDEX (CONCURRENTLY) INDEX orders_status_idx;"
+    ));
+    for statement in &report.statements[1..] {
+        assert_eq!(
+            lock_on(statement, "public.orders"),
+            Some(LockLevel::ShareUpdateExclusive)
+        );
+    }
+    assert_clean(&report);
+
+    let in_transaction = when_linted(&format!(
+        "{TIMEOUT}BEGIN;\nREINDEX TABLE CONCURRENTLY orders;\nCOMMIT;"
+    ));
+    assert_eq!(
+        rules(&in_transaction.statements[2]),
+        [BAN_CONCURRENT_INDEX_CREATION_IN_TRANSACTION]
+    );
+
+    let split = split_script("REINDEX TABLE CONCURRENTLY orders; REINDEX TABLE orders").unwrap();
+    assert!(split[0].outside_transaction && !split[1].outside_transaction);
+}
+
+#[test]
+fn cluster_parses_and_rewrites_the_table_under_access_exclusive() {
+    let report = when_linted(&format!("{TIMEOUT}CLUSTER orders USING orders_pkey;"));
+    let cluster = &report.statements[1];
+    assert_eq!(
+        lock_on(cluster, "public.orders"),
+        Some(LockLevel::AccessExclusive)
+    );
+    assert!(cluster.rewrites_table);
+    assert_eq!(rules(cluster), [TABLE_REWRITE]);
+}
+
+#[test]
+fn a_do_block_parses_and_is_reported_as_unanalyzed() {
+    let report = when_linted(
+        "DO $$\nBEGIN\n  PERFORM 1; -- a ; inside the body\nEND\n$$;\nCOMMENT ON TABLE orders IS 'x';",
+    );
+    assert_eq!(report.statements.len(), 2);
+    assert!(report.statements[0].sql.starts_with("DO $$"));
+    assert!(report.statements[0].sql.ends_with("$$"));
+    assert_eq!(rules(&report.statements[0]), [UNANALYZED_STATEMENT]);
+    assert_eq!(report.statements[0].lock, None);
+}
+
+#[test]
+fn create_index_concurrently_parses_and_is_linted_on_the_same_rules() {
+    let report = when_linted(&format!(
+        "{TIMEOUT}CREATE INDEX CONCURRENTLY IF NOT EXISTS orders_amount_idx ON orders (amount);"
+    ));
+    assert_eq!(
+        lock_on(&report.statements[1], "public.orders"),
+        Some(LockLevel::ShareUpdateExclusive)
+    );
+    assert_clean(&report);
+    let split = split_script("CREATE INDEX CONCURRENTLY i ON orders (amount)").unwrap();
+    assert!(split[0].outside_transaction);
+}
+
+#[test]
+fn invalid_sql_is_refused_by_postgres_own_parser_with_the_place() {
+    let error = lint(
+        "SET lock_timeout = '2s';\nCREATE INDEX CONCURRENTLY ON;\nSELECT 1;",
+        &facts(),
+    )
+    .unwrap_err();
+    let LintError::InvalidSql { statement, message } = &error else {
+        panic!("{error:?}")
+    };
+    assert_eq!(*statement, 2);
+    assert!(
+        message.starts_with("syntax error at or near \";\" at Line: 2, Column: 29"),
+        "{message}"
+    );
+
+    let nul = lint("SELECT 1;\nSELECT '\0';", &facts()).unwrap_err();
+    assert!(
+        matches!(&nul, LintError::InvalidSql { statement: 2, message } if message.contains("Line: 2, Column: 9")),
+        "{nul:?}"
+    );
+
+    let unterminated = lint("SELECT 1;\nSELECT $$open", &facts()).unwrap_err();
+    let LintError::InvalidSql { statement, message } = &unterminated else {
+        panic!("{unterminated:?}")
+    };
+    assert_eq!(*statement, 2);
+    assert!(message.contains("Line: 2, Column: 8"), "{message}");
+}
+
+#[test]
+fn a_predicate_too_long_for_sqlparser_is_linted_on_postgres_tree() {
+    // Over the operators given to sqlparser (80,000 ORs overflowed its
+    // stack); PostgreSQL flattens them.
+    let sql = format!(
+        "UPDATE orders SET note = 'x' WHERE {}true;\nDELETE FROM orders;",
+        "id = 1 OR ".repeat(20_000)
+    );
+    let report = lint(&sql, &facts()).unwrap();
+    let update = &report.statements[0];
+    assert_eq!(lock_on(update, "public.orders"), Some(LockLevel::RowExclusive));
+    assert!(update.findings.is_empty(), "{update:#?}");
+    assert_eq!(rules(&report.statements[1]), [UNBATCHED_UPDATE]);
+}
+
+#[test]
+fn alter_table_forms_sqlparser_cannot_read_get_postgres_lock_levels() {
+    let report = when_linted(&format!(
+        "{TIMEOUT}ALTER TABLE orders ALTER COLUMN note SET STATISTICS 500;\n\
+         ALTER TABLE orders CLUSTER ON orders_pkey;\n\
+         ALTER TABLE orders ALTER COLUMN note SET STORAGE EXTERNAL, ALTER COLUMN note SET COMPRESSION lz4;\n\
+         ALTER TABLE orders SET ACCESS METHOD heap;"
+    ));
+    let locks: Vec<Option<LockLevel>> = report.statements[1..]
+        .iter()
+        .map(|s| lock_on(s, "public.orders"))
+        .collect();
+    assert_eq!(
+        locks,
+        [
+            Some(LockLevel::ShareUpdateExclusive),
+            Some(LockLevel::ShareUpdateExclusive),
+            Some(LockLevel::AccessExclusive),
+            Some(LockLevel::AccessExclusive),
+        ]
+    );
+    for statement in &report.statements[1..4] {
+        assert!(statement.findings.is_empty(), "{statement:#?}");
+    }
+    assert!(report.statements[4].rewrites_table);
+    assert_eq!(rules(&report.statements[4]), [TABLE_REWRITE]);
+}
+
+#[test]
+fn create_table_like_is_a_new_table_for_the_statements_after_it() {
+    let report = when_linted(
+        "CREATE TABLE orders_copy (LIKE orders INCLUDING ALL);\n\
+         ALTER TABLE orders_copy ADD COLUMN region text NOT NULL;",
+    );
+    assert_eq!(
+        lock_on(&report.statements[0], "public.orders"),
+        Some(LockLevel::AccessShare)
+    );
+    assert_clean(&report);
+    let again = when_linted("CREATE TABLE orders (LIKE customers);");
+    assert_eq!(rules(&again.statements[0]), [TABLE_ALREADY_EXISTS]);
+}
+
+#[test]
+fn transaction_blocks_sqlparser_cannot_read_are_tracked() {
+    let report = when_linted(&format!(
+        "{TIMEOUT}START TRANSACTION DEFERRABLE;\n\
+         CREATE INDEX CONCURRENTLY IF NOT EXISTS orders_amount_idx ON orders (amount);\n\
+         COMMIT;\n\
+         BEGIN TRANSACTION NOT DEFERRABLE;\n\
+         SET LOCAL lock_timeout = '1s';\n\
+         COMMIT;"
+    ));
+    assert_eq!(
+        rules(&report.statements[2]),
+        [BAN_CONCURRENT_INDEX_CREATION_IN_TRANSACTION]
+    );
+    assert!(
+        report.statements[5].findings.is_empty(),
+        "{:#?}",
+        report.statements[5]
+    );
+}

@@ -6,13 +6,14 @@
 //! as written (linted first) with its optional `down` for rollback.
 //! Type names, defaults and the `up`/`down` expressions are SQL fragments
 //! placed into generated DDL (DDL cannot bind values), so each is parsed
-//! as exactly one type or one expression by the SQL parser first: a stray
+//! as exactly one type or one expression by PostgreSQL's parser first: a stray
 //! `;` or an unbalanced quote is an error here, not a surprise there.
 
+use pg_query::protobuf::{SelectStmt, Token};
+use pg_query::{NodeEnum, ParserOptions};
 use serde::{Deserialize, Serialize};
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
-use sqlparser::tokenizer::Token;
+
+use crate::lint::parse::{error_position, line_column, parser_message};
 
 /// Bytes of a migration's definition at most (512 KiB): the definition is
 /// kept in its `MigrationStarted` event, within the store's event size.
@@ -438,45 +439,98 @@ fn optional_expression(text: Option<&str>, what: &str) -> Result<(), String> {
     }
 }
 
-/// `text` is exactly one SQL expression.
+/// `text` is exactly one SQL expression: PostgreSQL's parser reads
+/// `SELECT <text>` as one statement with one output expression and no
+/// other clause.
 pub fn sql_expression(text: &str, what: &str) -> Result<(), String> {
     if text.contains(BODY_QUOTE) {
         return Err(format!(
             "'{what}' must not contain {BODY_QUOTE}, which quotes the sync trigger's body"
         ));
     }
-    let dialect = PostgreSqlDialect {};
-    let mut parser = Parser::new(&dialect)
-        .try_with_sql(text)
-        .map_err(|e| format!("'{what}' is not a SQL expression: {e}"))?;
-    parser
-        .parse_expr()
-        .map_err(|e| format!("'{what}' is not a SQL expression: {e}"))?;
-    expect_end(&mut parser, what, "expression")
-}
-
-/// `text` is exactly one SQL type name.
-pub fn sql_type(text: &str) -> Result<(), String> {
-    let dialect = PostgreSqlDialect {};
-    let mut parser = Parser::new(&dialect)
-        .try_with_sql(text)
-        .map_err(|e| format!("'type' is not a SQL type: {e}"))?;
-    parser
-        .parse_data_type()
-        .map_err(|e| format!("'type' is not a SQL type: {e}"))?;
-    expect_end(&mut parser, "type", "type")
-}
-
-fn expect_end(parser: &mut Parser, what: &str, kind: &str) -> Result<(), String> {
-    let next = parser.next_token();
-    if next.token == Token::EOF {
-        Ok(())
-    } else {
-        Err(format!(
-            "'{what}' must be one SQL {kind}, but goes on at '{}' (line {}, column {})",
-            next.token, next.span.start.line, next.span.start.column
-        ))
+    const SELECT: &str = "SELECT ";
+    let query = format!("{SELECT}{text}");
+    let parsed = pg_query::parse(&query, ParserOptions::DEFAULT).map_err(|error| {
+        let message = parser_message(&error);
+        let at = error_position(&query, &message, ParserOptions::DEFAULT).saturating_sub(SELECT.len());
+        let (line, column) = line_column(text, at);
+        format!("'{what}' is not a SQL expression: {message} (line {line}, column {column})")
+    })?;
+    // A `;` ends the statement (and may start another): the fragment
+    // would end the generated one.
+    let semicolon = pg_query::scan(&query).ok().and_then(|scanned| {
+        scanned
+            .tokens
+            .into_iter()
+            .find(|t| t.token == Token::Ascii59 as i32)
+    });
+    if let Some(semicolon) = semicolon {
+        let at = usize::try_from(semicolon.start)
+            .unwrap_or(0)
+            .saturating_sub(SELECT.len());
+        let (line, column) = line_column(text, at);
+        return Err(format!(
+            "'{what}' must be one SQL expression, but goes on at ';' (line {line}, column {column})"
+        ));
     }
+    let statements = &parsed.protobuf.stmts;
+    match statements
+        .first()
+        .and_then(|s| s.stmt.as_ref())
+        .and_then(|s| s.node.as_ref())
+    {
+        Some(NodeEnum::SelectStmt(select)) if lone_expression(select) => Ok(()),
+        Some(NodeEnum::SelectStmt(select)) if select.target_list.is_empty() => {
+            Err(format!("'{what}' is not a SQL expression: it is empty"))
+        }
+        _ => Err(format!(
+            "'{what}' must be one SQL expression, but reads as more (a list, an alias or a clause such as FROM or WHERE)"
+        )),
+    }
+}
+
+/// `SELECT <one expression>`, nothing else.
+fn lone_expression(select: &SelectStmt) -> bool {
+    let [target] = select.target_list.as_slice() else {
+        return false;
+    };
+    let unnamed = matches!(&target.node, Some(NodeEnum::ResTarget(t)) if t.name.is_empty());
+    unnamed
+        && select.distinct_clause.is_empty()
+        && select.into_clause.is_none()
+        && select.from_clause.is_empty()
+        && select.where_clause.is_none()
+        && select.group_clause.is_empty()
+        && select.having_clause.is_none()
+        && select.window_clause.is_empty()
+        && select.values_lists.is_empty()
+        && select.sort_clause.is_empty()
+        && select.limit_offset.is_none()
+        && select.limit_count.is_none()
+        && select.locking_clause.is_empty()
+        && select.with_clause.is_none()
+        && select.larg.is_none()
+        && select.rarg.is_none()
+}
+
+/// `text` is exactly one SQL type name, as PostgreSQL's parser reads one.
+pub fn sql_type(text: &str) -> Result<(), String> {
+    let Err(error) = pg_query::parse(text, ParserOptions::TYPE_NAME) else {
+        return Ok(());
+    };
+    let message = parser_message(&error);
+    let at = error_position(text, &message, ParserOptions::TYPE_NAME);
+    let (line, column) = line_column(text, at);
+    let before = text[..at].trim_end();
+    if !before.is_empty() && pg_query::parse(before, ParserOptions::TYPE_NAME).is_ok() {
+        let rest = text[at..].split_whitespace().next().unwrap_or_default();
+        return Err(format!(
+            "'type' must be one SQL type, but goes on at '{rest}' (line {line}, column {column})"
+        ));
+    }
+    Err(format!(
+        "'type' is not a SQL type: {message} (line {line}, column {column})"
+    ))
 }
 
 #[cfg(test)]
@@ -586,5 +640,33 @@ operations:
         assert!(invalid(&long).contains("1 to 40 characters"));
         let mismatch = Migration::parse(RENAME_AND_RETYPE, Format::Yaml, Some("0003_other")).unwrap_err();
         assert!(mismatch.to_string().contains("must agree"), "{mismatch}");
+    }
+
+    #[test]
+    fn fragments_are_read_by_postgres_own_parser() {
+        assert_eq!(sql_expression("lower(c) || 'x;y'", "up"), Ok(()));
+        assert_eq!(sql_expression("CASE WHEN c > 0 THEN c END", "up"), Ok(()));
+        let trailing = sql_expression("c;", "up").unwrap_err();
+        assert!(
+            trailing.contains("goes on at ';' (line 1, column 2)"),
+            "{trailing}"
+        );
+        let clause = sql_expression("1 FROM t WHERE (1", "up").unwrap_err();
+        assert!(
+            clause.contains("is not a SQL expression: syntax error"),
+            "{clause}"
+        );
+        let query = sql_expression("1 FROM t", "up").unwrap_err();
+        assert!(query.contains("must be one SQL expression"), "{query}");
+        let alias = sql_expression("c AS d", "up").unwrap_err();
+        assert!(alias.contains("must be one SQL expression"), "{alias}");
+        assert!(sql_expression("  ", "up").unwrap_err().contains("empty"));
+
+        assert_eq!(sql_type("timestamp with time zone"), Ok(()));
+        assert_eq!(sql_type("numeric(10, 2)[]"), Ok(()));
+        let two = sql_type("int int").unwrap_err();
+        assert!(two.contains("goes on at 'int' (line 1, column 5)"), "{two}");
+        let bad = sql_type("(int").unwrap_err();
+        assert!(bad.starts_with("'type' is not a SQL type: syntax error"), "{bad}");
     }
 }
