@@ -20,7 +20,7 @@ test: services-test
 bench: services-test
 	source .dbswarm/test/env && cargo build --release -p server -p bench && ./target/release/dbswarm-bench $(if $(BENCH),--only $(BENCH),)
 
-lint:
+lint: deps
 	cargo fmt --all --check && cargo clippy --workspace --all-targets -- -D warnings
 
 stop:
