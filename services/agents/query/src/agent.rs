@@ -5,11 +5,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use agents::params::{flag, optional_text, text as text_param};
-use agents::{OpFuture, Operation, TaskContext};
+use agents::params::Text;
+use agents::{OpFuture, Operation, Served, TaskContext};
+use domain::OperationError;
 use event_store::clock::now_ms;
-use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::advisor::{AdvisorConfig, WorkloadStatement, candidates_of, choose, evaluate, writes_per_table};
@@ -78,7 +79,7 @@ struct Shared {
 }
 
 /// `(operation, implementation)` of every operation of the query agent.
-pub fn operations(journal: Journal, config: QueryAgentConfig) -> Vec<(&'static str, Arc<dyn Operation>)> {
+pub fn operations(journal: Journal, config: QueryAgentConfig) -> Vec<(&'static str, Arc<dyn Served>)> {
     let shared = Arc::new(Shared { journal, config });
     vec![
         ("analyze", Arc::new(Analyze(shared.clone()))),
@@ -90,8 +91,45 @@ pub fn operations(journal: Journal, config: QueryAgentConfig) -> Vec<(&'static s
     ]
 }
 
-fn to_json<T: Serialize>(value: &T) -> Result<Value, String> {
-    serde_json::to_value(value).map_err(|e| e.to_string())
+fn to_json<T: Serialize>(value: &T) -> Result<Value, OperationError> {
+    serde_json::to_value(value).map_err(|e| OperationError::internal(e.to_string()))
+}
+
+/// The target only.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetParams {
+    pub database: Option<Text>,
+}
+
+/// The target and, optionally, the one table to look at.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableParams {
+    pub database: Option<Text>,
+    pub table: Option<Text>,
+}
+
+/// `query.explain`'s.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainParams {
+    pub database: Option<Text>,
+    pub sql: Text,
+    #[serde(default)]
+    pub analyze: bool,
+}
+
+/// `query.create_index`'s.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateIndexParams {
+    pub database: Option<Text>,
+    pub table: Text,
+    pub columns: Vec<String>,
+    pub name: Option<Text>,
+    /// How long to measure after the build (default: the agent's window).
+    pub measure_ms: Option<u64>,
 }
 
 /// The workload, creating pg_stat_statements in the target when the
@@ -257,16 +295,17 @@ fn is_indexed(indexed: &[String], column: &str) -> bool {
 struct Analyze(Arc<Shared>);
 
 impl Operation for Analyze {
+    type Params = TableParams;
+
     fn read_only(&self) -> bool {
         true
     }
 
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    fn run<'a>(&'a self, task: &'a TaskContext, params: TableParams) -> OpFuture<'a> {
         Box::pin(async move {
             let shared = &self.0;
-            let params = &task.command.params;
-            let table = optional_text(params, "table")?;
-            let (database, pool, url) = task.target(AGENT).await?;
+            let table = params.table.as_deref();
+            let (database, pool, url) = task.target(AGENT, params.database.as_deref()).await?;
             let scrub = |e: String| url.scrub(&e);
             let snapshot = snapshot(&pool).await.map_err(scrub)?;
             let indexed = indexed_columns(&pool).await.map_err(scrub)?;
@@ -334,21 +373,23 @@ impl Operation for Analyze {
 struct Explain(Arc<Shared>);
 
 impl Operation for Explain {
+    type Params = ExplainParams;
+
     fn read_only(&self) -> bool {
         true
     }
 
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    fn run<'a>(&'a self, task: &'a TaskContext, params: ExplainParams) -> OpFuture<'a> {
         Box::pin(async move {
-            let params = &task.command.params;
-            let sql = text_param(params, "sql")?;
-            let analyze = flag(params, "analyze")?;
-            let (database, pool, url) = task.target(AGENT).await?;
+            let sql = &*params.sql;
+            let analyze = params.analyze;
+            let (database, pool, url) = task.target(AGENT, params.database.as_deref()).await?;
             // PostgreSQL judges the statement first: its errors are the precise ones.
             let tables = table_statistics(&pool).await.map_err(|e| url.scrub(&e))?;
+            // What PostgreSQL refuses to explain is the statement's fault.
             let (plan, analysis) = explained(&self.0.config, &pool, sql, analyze, &table_rows(&tables))
                 .await
-                .map_err(|e| url.scrub(&e))?;
+                .map_err(|e| OperationError::invalid_argument(url.scrub(&e)))?;
             let indexed = indexed_columns(&pool).await.map_err(|e| url.scrub(&e))?;
             // SQL PostgreSQL accepts that the hint parser cannot read gets no hints, said so.
             let (hints, hints_error) = match rewrite_hints(sql, &|column: &str| is_indexed(&indexed, column))
@@ -374,10 +415,12 @@ impl Operation for Explain {
 struct DetectRegressions(Arc<Shared>);
 
 impl Operation for DetectRegressions {
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    type Params = TargetParams;
+
+    fn run<'a>(&'a self, task: &'a TaskContext, params: TargetParams) -> OpFuture<'a> {
         Box::pin(async move {
             let shared = &self.0;
-            let (database, pool, url) = task.target(AGENT).await?;
+            let (database, pool, url) = task.target(AGENT, params.database.as_deref()).await?;
             let journal_error = |e: crate::journal::JournalError| e.to_string();
             let earlier = shared
                 .journal
@@ -439,13 +482,15 @@ impl Operation for DetectRegressions {
 struct UnusedIndexes;
 
 impl Operation for UnusedIndexes {
+    type Params = TargetParams;
+
     fn read_only(&self) -> bool {
         true
     }
 
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    fn run<'a>(&'a self, task: &'a TaskContext, params: TargetParams) -> OpFuture<'a> {
         Box::pin(async move {
-            let (database, pool, url) = task.target(AGENT).await?;
+            let (database, pool, url) = task.target(AGENT, params.database.as_deref()).await?;
             let indexes = read_indexes(&pool).await.map_err(|e| url.scrub(&e.to_string()))?;
             let mut answer = to_json(&report(&indexes))?;
             answer["database"] = json!(database);
@@ -474,16 +519,16 @@ async fn catalog(pool: &PgPool) -> Result<Catalog, String> {
 struct RecommendIndexes(Arc<Shared>);
 
 impl Operation for RecommendIndexes {
+    type Params = TableParams;
+
     fn read_only(&self) -> bool {
         true
     }
 
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    fn run<'a>(&'a self, task: &'a TaskContext, params: TableParams) -> OpFuture<'a> {
         Box::pin(async move {
-            let params = &task.command.params;
-            let table = optional_text(params, "table")?;
-            let (database, pool, url) = task.target(AGENT).await?;
-            let mut answer = advise(&pool, &self.0.config, table)
+            let (database, pool, url) = task.target(AGENT, params.database.as_deref()).await?;
+            let mut answer = advise(&pool, &self.0.config, params.table.as_deref())
                 .await
                 .map_err(|e| url.scrub(&e))?;
             answer["database"] = json!(database);
@@ -589,7 +634,7 @@ pub async fn advise(pool: &PgPool, config: &QueryAgentConfig, table: Option<&str
     let not_explained = json!(not_explained);
     let mut advice = choose(&statements, &baseline, &evaluations, &writes, advisor);
     advice.rejected.extend(rejected);
-    let mut answer = to_json(&advice)?;
+    let mut answer = serde_json::to_value(&advice).map_err(|e| e.to_string())?;
     answer["hypopg"] = json!(true);
     answer["statements_considered"] = json!(statements.len());
     answer["not_explained"] = not_explained;
@@ -609,8 +654,8 @@ const MEASURE_MS_MAX: u64 = 3_600_000;
 struct CreateIndex(Arc<Shared>);
 
 impl CreateIndex {
-    fn spec(params: &Map<String, Value>, catalog: &Catalog) -> Result<IndexSpec, String> {
-        let table = text_param(params, "table")?;
+    fn spec(params: &CreateIndexParams, catalog: &Catalog) -> Result<IndexSpec, OperationError> {
+        let table = &*params.table;
         let table = if table.contains('.') {
             table.to_owned()
         } else {
@@ -619,58 +664,59 @@ impl CreateIndex {
         let known = catalog
             .tables
             .get(&table)
-            .ok_or_else(|| format!("there is no table {table}"))?;
-        let columns: Vec<String> = match params.get("columns") {
-            Some(Value::Array(items)) if !items.is_empty() && items.len() <= 32 => items
-                .iter()
-                .map(|c| match c {
-                    Value::String(c) if known.contains(c) => Ok(c.clone()),
-                    Value::String(c) => Err(format!("table {table} has no column {c}")),
-                    other => Err(format!("'columns' must hold column names, not {other}")),
-                })
-                .collect::<Result<_, _>>()?,
-            Some(_) => return Err("'columns' must be a list of 1 to 32 column names".into()),
-            None => return Err("needs parameter 'columns'".into()),
-        };
-        let name = match optional_text(params, "name")? {
-            Some(name) => name.to_owned(),
+            .ok_or_else(|| OperationError::not_found(format!("there is no table {table}")))?;
+        if params.columns.is_empty() || params.columns.len() > 32 {
+            return Err(OperationError::invalid_argument(
+                "'columns' must be a list of 1 to 32 column names",
+            ));
+        }
+        if let Some(c) = params.columns.iter().find(|c| !known.contains(*c)) {
+            return Err(OperationError::not_found(format!(
+                "table {table} has no column {c}"
+            )));
+        }
+        let columns = params.columns.clone();
+        let name = match &params.name {
+            Some(name) => name.to_string(),
             None => default_name(&table, &columns),
         };
         if name.len() > 63 || name.contains('"') {
-            return Err(format!(
+            return Err(OperationError::invalid_argument(format!(
                 "index name '{name}' must be at most 63 bytes, without '\"'"
-            ));
+            )));
         }
         Ok(IndexSpec { table, columns, name })
     }
 }
 
 impl Operation for CreateIndex {
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    type Params = CreateIndexParams;
+
+    fn run<'a>(&'a self, task: &'a TaskContext, params: CreateIndexParams) -> OpFuture<'a> {
         Box::pin(async move {
             let shared = &self.0;
-            let params = &task.command.params;
-            let window_ms = match params.get("measure_ms") {
+            let window_ms = match params.measure_ms {
                 None => shared.config.measure_window_ms,
-                Some(Value::Number(n)) if n.as_u64().is_some_and(|ms| ms <= MEASURE_MS_MAX) => {
-                    n.as_u64().unwrap_or(0)
-                }
+                Some(ms) if ms <= MEASURE_MS_MAX => ms,
                 Some(other) => {
-                    return Err(format!(
+                    return Err(OperationError::invalid_argument(format!(
                         "parameter 'measure_ms' must be 0 to {MEASURE_MS_MAX}, not {other}"
-                    ));
+                    )));
                 }
             };
-            let (database, pool, url) = task.target(AGENT).await?;
+            let (database, pool, url) = task.target(AGENT, params.database.as_deref()).await?;
             let scrub = |e: String| url.scrub(&e);
             let catalog = catalog(&pool).await.map_err(scrub)?;
-            let index = Self::spec(params, &catalog)?;
+            let index = Self::spec(&params, &catalog)?;
             if crate::create::valid(&pool, &index)
                 .await
                 .map_err(|e| scrub(e.to_string()))?
                 == Some(true)
             {
-                return Err(format!("index {}.{} already exists", index.schema(), index.name));
+                return Err(OperationError::new(
+                    domain::Code::AlreadyExists,
+                    format!("index {}.{} already exists", index.schema(), index.name),
+                ));
             }
             let earlier = shared
                 .journal

@@ -11,15 +11,18 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::{self, AckKind};
-use domain::workflow::{Priority, StopRequest, TaskCommand, TaskKind};
+use domain::workflow::derive::operation_spec;
+use domain::workflow::{Catalogue, OperationSpec, Priority, StopRequest, TaskCommand, TaskKind};
 use domain::{
-    AppendRequest, EventData, EventType, ExpectedVersion, Limits, ProposedEvent, StreamAppend, StreamId,
+    AppendRequest, Code, EventData, EventType, ExpectedVersion, Limits, OperationError, ProposedEvent,
+    StreamAppend, StreamId,
 };
 use event_store::Appender;
 use event_store::clock::now_ms;
 use event_store::relay::{self, RelayConfig};
 use futures_util::StreamExt;
 use sagas::{Orchestrator, STOP_SUBJECT};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
@@ -83,11 +86,18 @@ pub struct Dependencies {
     pub targets: crate::targets::Targets,
 }
 
-pub type OpFuture<'a> = Pin<Box<dyn Future<Output = Result<Value, String>> + Send + 'a>>;
+pub type OpFuture<'a> = Pin<Box<dyn Future<Output = Result<Value, OperationError>> + Send + 'a>>;
 
-/// One operation of an agent. An `Err` is the task's failure message.
+/// One operation of an agent. An `Err` is the task's failure: its code
+/// decides whether the orchestrator tries again.
 pub trait Operation: Send + Sync {
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a>;
+    /// What the operation takes, read once from the task's parameters by
+    /// the runtime before `run` (a plain struct, `deny_unknown_fields`;
+    /// optional fields `Option` or `#[serde(default)]`). The catalogue
+    /// plans are validated against is derived from it.
+    type Params: DeserializeOwned + Send + 'static;
+
+    fn run<'a>(&'a self, task: &'a TaskContext, params: Self::Params) -> OpFuture<'a>;
 
     /// True when the operation changes nothing (it reads and reports):
     /// such an operation may start before its start is recorded, since
@@ -95,6 +105,55 @@ pub trait Operation: Send + Sync {
     fn read_only(&self) -> bool {
         false
     }
+}
+
+/// An [`Operation`] whatever its parameters: what the runtime holds.
+pub trait Served: Send + Sync {
+    /// Reads the task's parameters, then runs the operation.
+    fn serve<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a>;
+    fn read_only(&self) -> bool;
+    /// What the operation takes (derived from its `Params`).
+    fn spec(&self) -> OperationSpec;
+}
+
+impl<O: Operation> Served for O {
+    fn serve<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+        match read_params::<O::Params>(&task.command) {
+            Ok(params) => self.run(task, params),
+            Err(error) => Box::pin(async move { Err(error) }),
+        }
+    }
+
+    fn read_only(&self) -> bool {
+        Operation::read_only(self)
+    }
+
+    fn spec(&self) -> OperationSpec {
+        operation_spec::<O::Params>()
+    }
+}
+
+/// The command's parameters as `P`; what does not fit is an
+/// `InvalidArgument` naming the parameter.
+fn read_params<P: DeserializeOwned>(command: &TaskCommand) -> Result<P, OperationError> {
+    let what = format!("{}.{}", command.agent, command.operation);
+    let problems = operation_spec::<P>().problems(&what, &command.params);
+    if !problems.is_empty() {
+        return Err(OperationError::invalid_argument(problems.join("; ")));
+    }
+    serde_json::from_value(Value::Object(command.params.clone()))
+        .map_err(|e| OperationError::invalid_argument(format!("the parameters of {what}: {e}")))
+}
+
+/// Every operation of `agents` by agent and name, with what it takes: the
+/// catalogue plans are validated against.
+pub fn catalogue(agents: &[AgentSpec]) -> Catalogue {
+    agents.iter().fold(Catalogue::default(), |catalogue, agent| {
+        agent
+            .operations
+            .iter()
+            .fold(catalogue, |c, (name, op)| c.with(&agent.name, name, op.spec()))
+    })
 }
 
 /// What an operation sees of the task it works on.
@@ -113,21 +172,26 @@ impl TaskContext {
     pub async fn target(
         &self,
         agent: &str,
-    ) -> Result<(String, PgPool, domain::target::ConnectionUrl), String> {
+        database: Option<&str>,
+    ) -> Result<(String, PgPool, domain::target::ConnectionUrl), OperationError> {
         let named;
-        let name = match self.command.params.get("database") {
-            Some(_) => crate::params::text(&self.command.params, "database")?,
+        let name = match database {
+            Some(name) => name,
             None => {
-                let registered = self.deps.targets.list().await.map_err(|e| e.to_string())?;
+                let registered = self.deps.targets.list().await.map_err(target_error)?;
                 named = match registered.as_slice() {
                     [only] => only.name.clone(),
-                    [] => return Err("needs parameter 'database'; no target database is registered".into()),
+                    [] => {
+                        return Err(OperationError::invalid_argument(
+                            "needs parameter 'database'; no target database is registered",
+                        ));
+                    }
                     many => {
                         let names: Vec<&str> = many.iter().map(|t| t.name.as_str()).collect();
-                        return Err(format!(
+                        return Err(OperationError::invalid_argument(format!(
                             "needs parameter 'database': the registered ones are {}",
                             names.join(", ")
-                        ));
+                        )));
                     }
                 };
                 &named
@@ -138,7 +202,7 @@ impl TaskContext {
             .targets
             .pool_for(agent, name)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(target_error)?;
         Ok((name.to_owned(), pool, url))
     }
 
@@ -163,10 +227,22 @@ impl TaskContext {
     }
 }
 
+/// A database error met by an operation, described by `message` (scrubbed
+/// of any connection URL by the caller): `Unavailable` when the connection
+/// was lost, else `Internal` ([`event_store::database_code`]).
+pub fn database_error(e: &sqlx::Error, message: impl Into<String>) -> OperationError {
+    OperationError::new(event_store::database_code(e), message)
+}
+
+/// A target that cannot be had, as an operation's failure (its code).
+pub fn target_error(e: crate::TargetsError) -> OperationError {
+    OperationError::new(e.code(), e.to_string())
+}
+
 /// An agent's name and operations.
 pub struct AgentSpec {
     pub name: String,
-    pub operations: BTreeMap<String, Arc<dyn Operation>>,
+    pub operations: BTreeMap<String, Arc<dyn Served>>,
 }
 
 /// Runs all agents until stopped.
@@ -239,7 +315,7 @@ impl AgentsRuntime {
         domain::workflow::catalogue::AGENTS
             .iter()
             .map(|name| {
-                let mut operations: BTreeMap<String, Arc<dyn Operation>> = BTreeMap::new();
+                let mut operations: BTreeMap<String, Arc<dyn Served>> = BTreeMap::new();
                 operations.insert(
                     domain::workflow::catalogue::PROBE.to_owned(),
                     Arc::new(crate::probe::Probe {
@@ -401,7 +477,7 @@ fn rank(priority: Priority) -> u8 {
 /// One agent's queue, shared by its fetcher and workers.
 struct Agent {
     name: String,
-    operations: BTreeMap<String, Arc<dyn Operation>>,
+    operations: BTreeMap<String, Arc<dyn Served>>,
     queue: Mutex<BinaryHeap<Queued>>,
     queued: Notify,
     /// True while the agent is healthy: workers take tasks only then.
@@ -724,10 +800,10 @@ async fn process(shared: &Shared, agent: &Agent, queued: Queued) {
 async fn run_attempt(
     shared: &Shared,
     agent: &Agent,
-    operation: Option<&dyn Operation>,
+    operation: Option<&dyn Served>,
     command: &TaskCommand,
     mut stopped: watch::Receiver<bool>,
-) -> Option<Result<Value, String>> {
+) -> Option<Result<Value, OperationError>> {
     let started = Instant::now();
     let context = TaskContext {
         command: command.clone(),
@@ -737,14 +813,17 @@ async fn run_attempt(
         last_progress: Mutex::new(None),
     };
     let run: OpFuture<'_> = match operation {
-        Some(operation) => operation.run(&context),
+        Some(operation) => operation.serve(&context),
         None => {
             let served: Vec<&str> = agent.operations.keys().map(String::as_str).collect();
-            let error = format!(
-                "agent {} does not serve operation {} (it serves: {})",
-                agent.name,
-                command.operation,
-                served.join(", ")
+            let error = OperationError::new(
+                Code::Unimplemented,
+                format!(
+                    "agent {} does not serve operation {} (it serves: {})",
+                    agent.name,
+                    command.operation,
+                    served.join(", ")
+                ),
             );
             Box::pin(async move { Err(error) })
         }
@@ -754,10 +833,10 @@ async fn run_attempt(
     // A stop sender gone (no pattern match) only disables its branch.
     tokio::select! {
         outcome = run => Some(outcome),
-        _ = tokio::time::sleep_until(deadline) => Some(Err(format!(
+        _ = tokio::time::sleep_until(deadline) => Some(Err(OperationError::timeout(format!(
             "exceeded its timeout (deadline passed after {} ms)",
             started.elapsed().as_millis()
-        ))),
+        )))),
         Ok(()) = stopped.changed() => None,
     }
 }
