@@ -176,7 +176,7 @@ pub fn saga_error_status(e: SagaError) -> Status {
     match e {
         // A bad request names its field (`BadRequest`), as a bad append does.
         SagaError::Schedule(schedule) => match schedule.field() {
-            Some(field) => invalid_field(field, message),
+            Some(field) => validation_status(ValidationError::new(field, message)),
             None => status(code, message),
         },
         SagaError::Invalid(e) => validation_status(e),
