@@ -5,12 +5,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use agents::params::Text;
+use agents::params::{TargetParams, Text, to_json};
 use agents::{OpFuture, Operation, Served, TaskContext};
 use chrono::{DateTime, Utc};
 use domain::{Code, OperationError};
 use event_store::clock::now_ms;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::catalogue::{BackupKind, CatalogueCommand, Entry};
@@ -43,10 +43,6 @@ pub fn operations(backups: Backups) -> Vec<(&'static str, Arc<dyn Served>)> {
 async fn target(task: &TaskContext, database: &Option<Text>) -> Result<Target, OperationError> {
     let (name, pool, url) = task.target(AGENT, database.as_deref()).await?;
     Ok(Target { name, pool, url })
-}
-
-fn to_json<T: Serialize>(value: &T) -> Result<Value, OperationError> {
-    serde_json::to_value(value).map_err(|e| OperationError::internal(e.to_string()))
 }
 
 /// Table names of a parameter, at most [`TABLES_MAX`].
@@ -99,13 +95,6 @@ pub struct RestorePitrParams {
     pub backup_id: Option<Text>,
     pub data_directory: Option<Text>,
     pub port: Option<u32>,
-}
-
-/// The target only.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TargetParams {
-    pub database: Option<Text>,
 }
 
 /// `backup.apply_retention`'s.

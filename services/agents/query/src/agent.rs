@@ -5,11 +5,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use agents::params::Text;
+use agents::params::{TargetParams, Text, to_json};
 use agents::{OpFuture, Operation, Served, TaskContext};
 use domain::OperationError;
 use event_store::clock::now_ms;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -89,17 +89,6 @@ pub fn operations(journal: Journal, config: QueryAgentConfig) -> Vec<(&'static s
         ("detect_regressions", Arc::new(DetectRegressions(shared))),
         ("unused_indexes", Arc::new(UnusedIndexes)),
     ]
-}
-
-fn to_json<T: Serialize>(value: &T) -> Result<Value, OperationError> {
-    serde_json::to_value(value).map_err(|e| OperationError::internal(e.to_string()))
-}
-
-/// The target only.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TargetParams {
-    pub database: Option<Text>,
 }
 
 /// The target and, optionally, the one table to look at.

@@ -46,9 +46,17 @@ impl std::fmt::Display for Text {
     }
 }
 
-/// The optional target database of most operations, as a `&str`.
-pub fn database(database: &Option<Text>) -> Option<&str> {
-    database.as_deref()
+/// The parameters of an operation that takes only its target database
+/// (optional when exactly one target is registered).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetParams {
+    pub database: Option<Text>,
+}
+
+/// An operation's result as the task records it.
+pub fn to_json<T: Serialize>(value: &T) -> Result<serde_json::Value, domain::OperationError> {
+    serde_json::to_value(value).map_err(|e| domain::OperationError::internal(e.to_string()))
 }
 
 #[cfg(test)]

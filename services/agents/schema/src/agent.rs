@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use agents::params::Text;
+use agents::params::{TargetParams, Text, to_json};
 use agents::{OpFuture, Operation, Served, TaskContext};
 use domain::{Code, OperationError};
 use serde::Deserialize;
@@ -63,10 +63,6 @@ async fn target(task: &TaskContext, database: Option<&Text>) -> Result<Target, O
     Ok(Target { name, pool, url })
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, OperationError> {
-    serde_json::to_value(value).map_err(|e| OperationError::internal(e.to_string()))
-}
-
 /// A failure reading the target's catalog: its connection is the likely cause.
 fn catalog_error(
     url: &domain::target::ConnectionUrl,
@@ -110,13 +106,6 @@ pub struct ApplyParams {
 pub struct NamedParams {
     pub database: Option<Text>,
     pub migration: Option<Text>,
-}
-
-/// Only the target.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TargetParams {
-    pub database: Option<Text>,
 }
 
 /// `schema.dependencies`'.

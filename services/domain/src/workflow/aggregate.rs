@@ -446,12 +446,34 @@ fn primary_events(
                 running_tasks,
             })])
         }
+        WorkflowCommand::CompensationFinished { task_id, ok, error } => {
+            let Some((i, _)) = plan.task(&task_id) else {
+                return Err(WorkflowError::UnknownTask {
+                    workflow_id: state.workflow_id.clone(),
+                    task_id,
+                });
+            };
+            if state.tasks[i].compensation != CompensationStatus::Running {
+                return Ok(vec![]);
+            }
+            Ok(vec![WorkflowEvent::CompensationDone(CompensationDone {
+                workflow_id: state.workflow_id.clone(),
+                task_id,
+                agent: plan.tasks[i].agent.clone(),
+                ok,
+                error: if ok {
+                    None
+                } else {
+                    error.or(Some("compensation failed".into()))
+                },
+            })])
+        }
         command => outcome_events(state, plan, command, clock),
     }
 }
 
-/// The events of what an agent reported about a task: a start, progress,
-/// an outcome, a compensation's outcome.
+/// The events of what an agent reported about a task's attempt: its
+/// start, progress, outcome.
 fn outcome_events(
     state: &WorkflowState,
     plan: &Plan,
@@ -479,9 +501,10 @@ fn outcome_events(
         task.attempt == attempt && task.is_active() && !state.status.is_final()
     };
     let events = match command {
-        WorkflowCommand::Start { .. } | WorkflowCommand::Tick | WorkflowCommand::Cancel { .. } => {
-            unreachable!("decided by primary_events")
-        }
+        WorkflowCommand::Start { .. }
+        | WorkflowCommand::Tick
+        | WorkflowCommand::Cancel { .. }
+        | WorkflowCommand::CompensationFinished { .. } => unreachable!("decided by primary_events"),
         WorkflowCommand::TaskStarted { task_id, attempt } => {
             let i = task_index(&task_id)?;
             if current(i, attempt) && state.tasks[i].status == TaskStatus::Scheduled {
@@ -537,24 +560,6 @@ fn outcome_events(
                 })];
                 events.extend(retry(state, plan, i, attempt, code, clock));
                 events
-            } else {
-                vec![]
-            }
-        }
-        WorkflowCommand::CompensationFinished { task_id, ok, error } => {
-            let i = task_index(&task_id)?;
-            if state.tasks[i].compensation == CompensationStatus::Running {
-                vec![WorkflowEvent::CompensationDone(CompensationDone {
-                    workflow_id: state.workflow_id.clone(),
-                    task_id,
-                    agent: plan.tasks[i].agent.clone(),
-                    ok,
-                    error: if ok {
-                        None
-                    } else {
-                        error.or(Some("compensation failed".into()))
-                    },
-                })]
             } else {
                 vec![]
             }
