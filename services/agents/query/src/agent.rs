@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use agents::params::{TargetParams, Text, to_json};
-use agents::{OpFuture, Operation, Served, TaskContext};
+use agents::{OpFuture, Operation, Served, TaskContext, database_error};
 use domain::OperationError;
 use event_store::clock::now_ms;
 use serde::Deserialize;
@@ -123,20 +123,20 @@ pub struct CreateIndexParams {
 
 /// The workload, creating pg_stat_statements in the target when the
 /// server preloads it but the database has not created it yet.
-async fn snapshot(pool: &PgPool) -> Result<WorkloadSnapshot, String> {
+async fn snapshot(pool: &PgPool) -> Result<WorkloadSnapshot, OperationError> {
     match read_snapshot(pool, now_ms()).await {
         Err(WorkloadError::Unavailable(_)) => {
             sqlx::raw_sql(CREATE_PG_STAT_STATEMENTS)
                 .execute(pool)
                 .await
                 .map_err(|e| {
-                    format!(
+                    OperationError::failed_precondition(format!(
                         "pg_stat_statements is not available and cannot be created ({e}); add it to shared_preload_libraries, restart PostgreSQL and run CREATE EXTENSION pg_stat_statements"
-                    )
+                    ))
                 })?;
-            read_snapshot(pool, now_ms()).await.map_err(|e| e.to_string())
+            Ok(read_snapshot(pool, now_ms()).await?)
         }
-        other => other.map_err(|e| e.to_string()),
+        other => Ok(other?),
     }
 }
 
@@ -228,12 +228,12 @@ struct TableFacts {
     planner_rows: f64,
 }
 
-async fn table_statistics(pool: &PgPool) -> Result<Vec<TableFacts>, String> {
+async fn table_statistics(pool: &PgPool) -> Result<Vec<TableFacts>, OperationError> {
     let rows: Vec<(String, f64, f64, f64, bool)> = sqlx::query_as(TABLE_STATISTICS)
         .bind(TABLES_MAX)
         .fetch_all(pool)
         .await
-        .map_err(|e| format!("cannot read table statistics: {e}"))?;
+        .map_err(|e| database_error(&e, format!("cannot read table statistics: {e}")))?;
     Ok(rows
         .into_iter()
         .map(
@@ -251,8 +251,8 @@ async fn table_statistics(pool: &PgPool) -> Result<Vec<TableFacts>, String> {
 }
 
 /// Indexed columns, as `schema.table.column`.
-async fn indexed_columns(pool: &PgPool) -> Result<Vec<String>, String> {
-    let indexes = read_indexes(pool).await.map_err(|e| e.to_string())?;
+async fn indexed_columns(pool: &PgPool) -> Result<Vec<String>, OperationError> {
+    let indexes = read_indexes(pool).await?;
     let mut columns: Vec<String> = indexes
         .into_iter()
         .flat_map(|i| {
@@ -296,9 +296,10 @@ impl Operation for Analyze {
             let table = params.table.as_deref();
             let (database, pool, url) = task.target(AGENT, params.database.as_deref()).await?;
             let scrub = |e: String| url.scrub(&e);
-            let snapshot = snapshot(&pool).await.map_err(scrub)?;
-            let indexed = indexed_columns(&pool).await.map_err(scrub)?;
-            let tables = table_statistics(&pool).await.map_err(scrub)?;
+            let scrubbed = |e: OperationError| e.map_message(|m| url.scrub(m));
+            let snapshot = snapshot(&pool).await.map_err(scrubbed)?;
+            let indexed = indexed_columns(&pool).await.map_err(scrubbed)?;
+            let tables = table_statistics(&pool).await.map_err(scrubbed)?;
             let rows = table_rows(&tables);
             let is_indexed = |column: &str| is_indexed(&indexed, column);
             let total_ms: f64 = snapshot.statements.iter().map(|s| s.total_exec_ms).sum();
@@ -341,11 +342,7 @@ impl Operation for Analyze {
             let stats: Vec<TableStats> = tables.into_iter().map(|t| t.stats).collect();
             let stale = stale_statistics(&stats, &shared.config.thresholds);
             let recorded = RecordedSnapshot { snapshot, plans };
-            shared
-                .journal
-                .record_snapshot(&database, &recorded)
-                .await
-                .map_err(|e| e.to_string())?;
+            shared.journal.record_snapshot(&database, &recorded).await?;
             Ok(json!({
                 "database": database,
                 "statements_in_workload": recorded.snapshot.statements.len(),
@@ -374,12 +371,13 @@ impl Operation for Explain {
             let analyze = params.analyze;
             let (database, pool, url) = task.target(AGENT, params.database.as_deref()).await?;
             // PostgreSQL judges the statement first: its errors are the precise ones.
-            let tables = table_statistics(&pool).await.map_err(|e| url.scrub(&e))?;
+            let scrubbed = |e: OperationError| e.map_message(|m| url.scrub(m));
+            let tables = table_statistics(&pool).await.map_err(scrubbed)?;
             // What PostgreSQL refuses to explain is the statement's fault.
             let (plan, analysis) = explained(&self.0.config, &pool, sql, analyze, &table_rows(&tables))
                 .await
                 .map_err(|e| OperationError::invalid_argument(url.scrub(&e)))?;
-            let indexed = indexed_columns(&pool).await.map_err(|e| url.scrub(&e))?;
+            let indexed = indexed_columns(&pool).await.map_err(scrubbed)?;
             // SQL PostgreSQL accepts that the hint parser cannot read gets no hints, said so.
             let (hints, hints_error) = match rewrite_hints(sql, &|column: &str| is_indexed(&indexed, column))
             {
@@ -410,20 +408,16 @@ impl Operation for DetectRegressions {
         Box::pin(async move {
             let shared = &self.0;
             let (database, pool, url) = task.target(AGENT, params.database.as_deref()).await?;
-            let journal_error = |e: crate::journal::JournalError| e.to_string();
             let earlier = shared
                 .journal
                 .recent_snapshots(&database, shared.config.baseline_snapshots + 1)
+                .await?;
+            let now = snapshot(&pool)
                 .await
-                .map_err(journal_error)?;
-            let now = snapshot(&pool).await.map_err(|e| url.scrub(&e))?;
+                .map_err(|e| e.map_message(|m| url.scrub(m)))?;
             let plans = plans_of(shared, &pool, &now).await;
             let current = RecordedSnapshot { snapshot: now, plans };
-            shared
-                .journal
-                .record_snapshot(&database, &current)
-                .await
-                .map_err(journal_error)?;
+            shared.journal.record_snapshot(&database, &current).await?;
             let (Some(first), Some(last)) = (earlier.first(), earlier.last()) else {
                 return Ok(
                     json!({"database": database, "regressions": [], "note": "first snapshot recorded; regressions need two more"}),
@@ -447,11 +441,7 @@ impl Operation for DetectRegressions {
                     recent_from_ms: recent.from_ms,
                     recent_to_ms: recent.to_ms,
                 };
-                shared
-                    .journal
-                    .record_regression(&database, &event)
-                    .await
-                    .map_err(journal_error)?;
+                shared.journal.record_regression(&database, &event).await?;
                 recorded.push(event);
             }
             Ok(json!({
@@ -480,7 +470,9 @@ impl Operation for UnusedIndexes {
     fn run<'a>(&'a self, task: &'a TaskContext, params: TargetParams) -> OpFuture<'a> {
         Box::pin(async move {
             let (database, pool, url) = task.target(AGENT, params.database.as_deref()).await?;
-            let indexes = read_indexes(&pool).await.map_err(|e| url.scrub(&e.to_string()))?;
+            let indexes = read_indexes(&pool)
+                .await
+                .map_err(|e| OperationError::new(e.code(), url.scrub(&e.to_string())))?;
             let mut answer = to_json(&report(&indexes))?;
             answer["database"] = json!(database);
             Ok(answer)
@@ -489,12 +481,12 @@ impl Operation for UnusedIndexes {
 }
 
 /// The catalog the candidate finder resolves columns with.
-async fn catalog(pool: &PgPool) -> Result<Catalog, String> {
+async fn catalog(pool: &PgPool) -> Result<Catalog, OperationError> {
     let rows: Vec<(String, Vec<String>)> = sqlx::query_as(USER_COLUMNS)
         .bind(TABLES_MAX)
         .fetch_all(pool)
         .await
-        .map_err(|e| format!("cannot read the target's tables: {e}"))?;
+        .map_err(|e| database_error(&e, format!("cannot read the target's tables: {e}")))?;
     Ok(Catalog::new(rows.into_iter().collect()))
 }
 
@@ -519,7 +511,7 @@ impl Operation for RecommendIndexes {
             let (database, pool, url) = task.target(AGENT, params.database.as_deref()).await?;
             let mut answer = advise(&pool, &self.0.config, params.table.as_deref())
                 .await
-                .map_err(|e| url.scrub(&e))?;
+                .map_err(|e| e.map_message(|m| url.scrub(m)))?;
             answer["database"] = json!(database);
             Ok(answer)
         })
@@ -532,7 +524,7 @@ async fn plan_advice(
     pool: &PgPool,
     config: &QueryAgentConfig,
     statements: &[WorkloadStatement],
-) -> Result<Value, String> {
+) -> Result<Value, OperationError> {
     let rows = table_rows(&table_statistics(pool).await?);
     let mut advice = Vec::new();
     for statement in statements {
@@ -547,7 +539,11 @@ async fn plan_advice(
 
 /// The index advice over the workload of the database `pool` connects to
 /// (what `query.recommend_indexes` answers), optionally only for `table`.
-pub async fn advise(pool: &PgPool, config: &QueryAgentConfig, table: Option<&str>) -> Result<Value, String> {
+pub async fn advise(
+    pool: &PgPool,
+    config: &QueryAgentConfig,
+    table: Option<&str>,
+) -> Result<Value, OperationError> {
     let snapshot = snapshot(pool).await?;
     let all: Vec<WorkloadStatement> = snapshot
         .statements
@@ -567,8 +563,7 @@ pub async fn advise(pool: &PgPool, config: &QueryAgentConfig, table: Option<&str
         .collect();
     let catalog = catalog(pool).await?;
     let existing: Vec<ExistingIndex> = read_indexes(pool)
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .into_iter()
         .filter(|i| i.is_valid && i.plain_btree)
         .map(|i| ExistingIndex {
@@ -594,7 +589,10 @@ pub async fn advise(pool: &PgPool, config: &QueryAgentConfig, table: Option<&str
         analyze: false,
         statement_timeout_ms: config.statement_timeout_ms,
     };
-    let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| database_error(&e, e.to_string()))?;
     // Hypothetical indexes live in the session: it is not pooled again.
     conn.close_on_drop();
     let (baseline, evaluations) = match evaluate(&mut conn, &statements, &candidates, options).await {
@@ -612,7 +610,7 @@ pub async fn advise(pool: &PgPool, config: &QueryAgentConfig, table: Option<&str
                 "candidates": candidates.keys().collect::<Vec<_>>(),
             }));
         }
-        Err(error) => return Err(error.to_string()),
+        Err(error) => return Err(OperationError::internal(error.to_string())),
     };
     let not_explained: Vec<&str> = statements
         .iter()
@@ -623,7 +621,7 @@ pub async fn advise(pool: &PgPool, config: &QueryAgentConfig, table: Option<&str
     let not_explained = json!(not_explained);
     let mut advice = choose(&statements, &baseline, &evaluations, &writes, advisor);
     advice.rejected.extend(rejected);
-    let mut answer = serde_json::to_value(&advice).map_err(|e| e.to_string())?;
+    let mut answer = to_json(&advice)?;
     answer["hypopg"] = json!(true);
     answer["statements_considered"] = json!(statements.len());
     answer["not_explained"] = not_explained;
@@ -695,7 +693,8 @@ impl Operation for CreateIndex {
             };
             let (database, pool, url) = task.target(AGENT, params.database.as_deref()).await?;
             let scrub = |e: String| url.scrub(&e);
-            let catalog = catalog(&pool).await.map_err(scrub)?;
+            let scrubbed = |e: OperationError| e.map_message(|m| url.scrub(m));
+            let catalog = catalog(&pool).await.map_err(scrubbed)?;
             let index = Self::spec(&params, &catalog)?;
             if crate::create::valid(&pool, &index)
                 .await
@@ -707,13 +706,8 @@ impl Operation for CreateIndex {
                     format!("index {}.{} already exists", index.schema(), index.name),
                 ));
             }
-            let earlier = shared
-                .journal
-                .recent_snapshots(&database, 1)
-                .await
-                .map_err(|e| e.to_string())?
-                .pop();
-            let at_build = snapshot(&pool).await.map_err(scrub)?;
+            let earlier = shared.journal.recent_snapshots(&database, 1).await?.pop();
+            let at_build = snapshot(&pool).await.map_err(scrubbed)?;
             let meant_for = statements_for(&index, &at_build, &catalog);
             task.progress(10.0, format!("building {}", index.create_sql()))
                 .await;
@@ -723,8 +717,8 @@ impl Operation for CreateIndex {
             task.progress(50.0, format!("measuring its statements for {window_ms} ms"))
                 .await;
             tokio::time::sleep(std::time::Duration::from_millis(window_ms)).await;
-            let after = snapshot(&pool).await.map_err(scrub)?;
-            let tables = table_statistics(&pool).await.map_err(scrub)?;
+            let after = snapshot(&pool).await.map_err(scrubbed)?;
+            let tables = table_statistics(&pool).await.map_err(scrubbed)?;
             let rows = table_rows(&tables);
             let mut uses = std::collections::BTreeSet::new();
             for statement in after.statements.iter().filter(|s| meant_for.contains(&s.queryid)) {
@@ -765,8 +759,7 @@ impl Operation for CreateIndex {
             shared
                 .journal
                 .record_index_outcome(&database, verdict.keep, outcome.clone())
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             let plans = plans_of(shared, &pool, &after).await;
             shared
                 .journal
@@ -777,8 +770,7 @@ impl Operation for CreateIndex {
                         plans,
                     },
                 )
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             Ok(outcome)
         })
     }

@@ -141,8 +141,74 @@ fn read_params<P: DeserializeOwned>(command: &TaskCommand) -> Result<P, Operatio
     if !problems.is_empty() {
         return Err(OperationError::invalid_argument(problems.join("; ")));
     }
-    serde_json::from_value(Value::Object(command.params.clone()))
-        .map_err(|e| OperationError::invalid_argument(format!("the parameters of {what}: {e}")))
+    let current = std::cell::RefCell::new(None);
+    P::deserialize(Params {
+        params: &command.params,
+        current: &current,
+    })
+    .map_err(|e| {
+        let message = match current.borrow().as_deref() {
+            Some(name) => format!("parameter '{name}' of {what}: {e}"),
+            None => format!("the parameters of {what}: {e}"),
+        };
+        OperationError::invalid_argument(message)
+    })
+}
+
+/// A task's parameters as a deserializer that remembers the parameter it
+/// is reading, so that a value that does not fit is named.
+struct Params<'a> {
+    params: &'a serde_json::Map<String, Value>,
+    current: &'a std::cell::RefCell<Option<String>>,
+}
+
+impl<'de> serde::Deserializer<'de> for Params<'_> {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        visitor.visit_map(ParamsAccess {
+            entries: self.params.iter(),
+            value: None,
+            current: self.current,
+        })
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option
+        unit unit_struct newtype_struct seq tuple tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+struct ParamsAccess<'a> {
+    entries: serde_json::map::Iter<'a>,
+    value: Option<&'a Value>,
+    current: &'a std::cell::RefCell<Option<String>>,
+}
+
+impl<'de> serde::de::MapAccess<'de> for ParamsAccess<'_> {
+    type Error = serde_json::Error;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        let Some((name, value)) = self.entries.next() else {
+            *self.current.borrow_mut() = None;
+            return Ok(None);
+        };
+        *self.current.borrow_mut() = Some(name.clone());
+        self.value = Some(value);
+        seed.deserialize(serde::de::value::StrDeserializer::new(name))
+            .map(Some)
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
+        let value = self.value.take().cloned().unwrap_or(Value::Null);
+        seed.deserialize(value)
+    }
 }
 
 /// Every operation of `agents` by agent and name, with what it takes: the
@@ -997,4 +1063,64 @@ async fn route_stop_requests(shared: Arc<Shared>, mut stop: watch::Receiver<bool
 /// Resolves once `stop` turns true (or its sender is gone).
 async fn stopping(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::Text;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Params {
+        database: Option<Text>,
+        tables: Option<Vec<Text>>,
+        #[serde(default)]
+        analyze: bool,
+    }
+
+    fn command(params: Value) -> TaskCommand {
+        TaskCommand {
+            workflow_id: "w".into(),
+            task_id: "t".into(),
+            agent: "backup".into(),
+            operation: "create".into(),
+            kind: TaskKind::Run,
+            attempt: 1,
+            priority: Priority::Normal,
+            params: params.as_object().cloned().unwrap_or_default(),
+            deadline_ms: 0,
+        }
+    }
+
+    #[test]
+    fn parameters_that_do_not_fit_are_invalid_arguments_naming_the_parameter() {
+        // Given: parameters read into the operation's type
+        let read = |params: Value| read_params::<Params>(&command(params));
+        // Then: what fits is read
+        let ok = read(json!({"database": "app", "tables": ["a"], "analyze": true})).unwrap();
+        assert_eq!(ok.database.as_deref(), Some("app"));
+        // and what does not is an InvalidArgument naming the parameter
+        for (params, named) in [
+            (
+                json!({"tables": [""]}),
+                "parameter 'tables' of backup.create: must be a non-empty string",
+            ),
+            (
+                json!({"analyze": "yes"}),
+                "parameter 'analyze' of backup.create must be Boolean",
+            ),
+            (json!({"typo": 1}), "backup.create has no parameter 'typo'"),
+            (
+                json!({"database": " "}),
+                "parameter 'database' of backup.create: must be a non-empty string",
+            ),
+        ] {
+            let error = read(params.clone()).unwrap_err();
+            assert_eq!(error.code, Code::InvalidArgument, "{params}");
+            assert!(error.message.contains(named), "{params}: {}", error.message);
+        }
+    }
 }
