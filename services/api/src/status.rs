@@ -93,7 +93,7 @@ fn invalid_fields(field: &str, message: String, problems: Vec<String>) -> Status
 pub fn validation_status(e: ValidationError) -> Status {
     let message = e.to_string();
     Status::with_error_details(
-        grpc_code(Code::InvalidArgument),
+        grpc_code(e.code()),
         message,
         ErrorDetails::with_bad_request_violation(e.field, e.message),
     )
@@ -101,7 +101,14 @@ pub fn validation_status(e: ValidationError) -> Status {
 
 /// INVALID_ARGUMENT with every problem of a plan, each on `field`.
 pub fn plan_error_status(field: &str, e: PlanError) -> Status {
+    debug_assert_eq!(e.code(), Code::InvalidArgument);
     invalid_fields(field, e.to_string(), e.problems)
+}
+
+/// A plain-English request the planner cannot plan, on `field`.
+pub fn planner_error_status(field: &str, e: &domain::workflow::PlannerError, message: String) -> Status {
+    debug_assert_eq!(e.code(), Code::InvalidArgument);
+    invalid_field(field, message)
 }
 
 fn with_info(code: Code, message: String, reason: &str, metadata: HashMap<String, String>) -> Status {

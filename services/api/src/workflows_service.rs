@@ -109,7 +109,7 @@ impl WorkflowsService {
                         Some(llm) => format!("{e} (the LLM planner failed too: {llm})"),
                         None => e.to_string(),
                     };
-                    status::invalid_field("operation", message)
+                    status::planner_error_status("operation", &e, message)
                 })?;
                 Plan::validate(spec, &self.catalogue)
                     .map(|plan| (plan, "rules"))

@@ -209,6 +209,13 @@ pub struct PlanError {
     pub problems: Vec<String>,
 }
 
+impl PlanError {
+    /// A plan that does not validate is the request's fault.
+    pub fn code(&self) -> crate::Code {
+        crate::Code::InvalidArgument
+    }
+}
+
 impl fmt::Display for PlanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "invalid plan: {}", self.problems.join("; "))

@@ -47,6 +47,13 @@ pub enum PlannerError {
     },
 }
 
+impl PlannerError {
+    /// What the planner cannot plan is the request's to change.
+    pub fn code(&self) -> crate::Code {
+        crate::Code::InvalidArgument
+    }
+}
+
 /// [`plan_request`], refused when it needs an operation that `catalogue`
 /// (what the agents serve) does not have.
 pub fn plan_served(request: &str, catalogue: &Catalogue) -> Result<PlanSpec, PlannerError> {

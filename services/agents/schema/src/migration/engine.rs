@@ -312,11 +312,6 @@ impl Migrator {
 
     /// The migration a task's parameters name: `definition` (an object,
     /// or JSON/YAML text) or `migration` (a name in the directory).
-    pub fn from_params(&self, params: &serde_json::Map<String, Value>) -> Result<Migration, MigrationError> {
-        let name = params.get("migration").and_then(Value::as_str);
-        self.resolve(name, params.get("definition"))
-    }
-
     /// The migration named `name` (from the directory), or given as
     /// `definition` (an object, or JSON/YAML text; named `name` if both).
     pub fn resolve(
