@@ -1,4 +1,4 @@
-use domain::{AppendError, ContiguityViolation};
+use domain::{AppendError, Code, ContiguityViolation};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -30,13 +30,21 @@ pub enum StoreError {
     InvalidSnapshot(String),
 }
 
+/// The one rule for a database error: a lost connection, a closed pool or
+/// a pool that timed out is `Unavailable` (the same request may succeed
+/// later); any other database error is `Internal`.
+pub fn database_code(e: &sqlx::Error) -> Code {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => Code::Unavailable,
+        _ => Code::Internal,
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                StoreError::Unavailable(e.to_string())
-            }
-            other => StoreError::Database(other.to_string()),
+        match database_code(&e) {
+            Code::Unavailable => StoreError::Unavailable(e.to_string()),
+            _ => StoreError::Database(e.to_string()),
         }
     }
 }
@@ -48,6 +56,20 @@ impl From<ContiguityViolation> for StoreError {
 }
 
 impl StoreError {
+    pub fn code(&self) -> Code {
+        match self {
+            StoreError::Append(e) => e.code(),
+            StoreError::StreamNotFound(_) => Code::NotFound,
+            StoreError::InvalidSnapshot(_) => Code::InvalidArgument,
+            StoreError::Overloaded { .. } => Code::Overloaded,
+            StoreError::Contention { .. } => Code::Conflict,
+            StoreError::CommitOutcomeUnknown(_) | StoreError::ShuttingDown | StoreError::Unavailable(_) => {
+                Code::Unavailable
+            }
+            StoreError::Corrupt(_) | StoreError::Database(_) => Code::Internal,
+        }
+    }
+
     /// A copy for each request of a batch that failed as a whole.
     pub(crate) fn shared(&self) -> StoreError {
         match self {

@@ -14,7 +14,7 @@ pub mod relay;
 pub mod snapshot;
 
 pub use append::{AppendConfig, AppendOutcome, Appender, EventPosition, StreamOutcome};
-pub use error::StoreError;
+pub use error::{StoreError, database_code};
 pub use read::{
     AllPage, AllPosition, CommitSignal, Direction, EventReceiver, ReadAllQuery, ReadConfig, ReadStreamQuery,
     Reader, RecordedEvent, watch_commits,

@@ -191,6 +191,18 @@ pub enum RelayError {
     Corrupt(String),
 }
 
+impl RelayError {
+    pub fn code(&self) -> domain::Code {
+        use domain::Code;
+        match self {
+            RelayError::Database(e) => crate::database_code(e),
+            RelayError::JetStream(_) => Code::Unavailable,
+            RelayError::StreamMismatch { .. } => Code::FailedPrecondition,
+            RelayError::Corrupt(_) => Code::Internal,
+        }
+    }
+}
+
 fn jetstream_error(e: impl std::fmt::Display) -> RelayError {
     RelayError::JetStream(e.to_string())
 }

@@ -85,11 +85,23 @@ pub enum ProjectionError {
 
 impl From<sqlx::Error> for ProjectionError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                ProjectionError::Unavailable(e.to_string())
-            }
-            other => ProjectionError::Database(other.to_string()),
+        match event_store::database_code(&e) {
+            domain::Code::Unavailable => ProjectionError::Unavailable(e.to_string()),
+            _ => ProjectionError::Database(e.to_string()),
+        }
+    }
+}
+
+impl ProjectionError {
+    pub fn code(&self) -> domain::Code {
+        use domain::Code;
+        match self {
+            ProjectionError::Definition(_) | ProjectionError::InvalidQuery(_) => Code::InvalidArgument,
+            ProjectionError::NotFound(_) => Code::NotFound,
+            ProjectionError::Conflict(_) => Code::FailedPrecondition,
+            ProjectionError::Store(e) => e.code(),
+            ProjectionError::Unavailable(_) => Code::Unavailable,
+            ProjectionError::Database(_) => Code::Internal,
         }
     }
 }

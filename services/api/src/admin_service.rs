@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::event_store_service::observe;
 use crate::proto;
 use crate::proto::admin_server::Admin;
-use crate::status::{targets_error_status, validation_status};
+use crate::status::{self, targets_error_status, validation_status};
 use agents::{TargetDatabase, Targets};
 
 fn target(t: TargetDatabase) -> proto::TargetDatabase {
@@ -45,13 +45,6 @@ impl AdminService {
     }
 }
 
-fn relay_error_status(e: relay::RelayError) -> Status {
-    match e {
-        relay::RelayError::Database(e) => Status::unavailable(format!("cannot read the relay's state: {e}")),
-        other => Status::internal(other.to_string()),
-    }
-}
-
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn get_relay_status(
@@ -61,7 +54,7 @@ impl Admin for AdminService {
         let started = Instant::now();
         let result = relay::relay_status(&self.pool)
             .await
-            .map_err(relay_error_status)
+            .map_err(|e| status::relay_error_status(e, "cannot read the relay's state"))
             .map(|status| {
                 Response::new(proto::RelayStatus {
                     this_server_leads: self.relay_leading.load(Ordering::SeqCst),
@@ -107,7 +100,7 @@ impl Admin for AdminService {
                 i64::from(limit),
             )
             .await
-            .map_err(|e| Status::unavailable(format!("cannot read dead letters: {e}")))?;
+            .map_err(|e| status::database_status(&e, "cannot read dead letters"))?;
             Ok(Response::new(proto::ListDeadLettersResponse {
                 dead_letters: rows.into_iter().map(dead_letter).collect(),
             }))
@@ -126,19 +119,19 @@ impl Admin for AdminService {
         let result = async {
             let requested = consumer::request_replay(&self.pool, id)
                 .await
-                .map_err(|e| Status::unavailable(format!("cannot request the replay: {e}")))?;
+                .map_err(|e| status::database_status(&e, "cannot request the replay"))?;
             if requested {
                 return Ok(Response::new(proto::ReplayDeadLetterResponse {}));
             }
             let known = consumer::list_dead_letters(&self.pool, "", id - 1, 1)
                 .await
-                .map_err(|e| Status::unavailable(format!("cannot read dead letters: {e}")))?
+                .map_err(|e| status::database_status(&e, "cannot read dead letters"))?
                 .into_iter()
                 .any(|d| d.id == id);
             Err(if known {
-                Status::failed_precondition(format!("dead letter {id} was already replayed"))
+                status::failed_precondition(format!("dead letter {id} was already replayed"))
             } else {
-                Status::not_found(format!("there is no dead letter {id}"))
+                status::not_found(format!("there is no dead letter {id}"))
             })
         }
         .await;

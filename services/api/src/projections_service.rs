@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::event_store_service::observe;
 use crate::proto;
 use crate::proto::projections_server;
-use crate::status::projection_error_status;
+use crate::status::{self, projection_error_status};
 
 pub struct ProjectionsService {
     projections: Projections,
@@ -84,7 +84,7 @@ fn filter_op(op: i32) -> Result<FilterOp, Status> {
         Ok(P::Prefix) => Ok(FilterOp::Prefix),
         Ok(P::IsNull) => Ok(FilterOp::IsNull),
         Ok(P::IsNotNull) => Ok(FilterOp::IsNotNull),
-        Ok(P::Unspecified) | Err(_) => Err(Status::invalid_argument(format!(
+        Ok(P::Unspecified) | Err(_) => Err(status::invalid_argument(format!(
             "filters[].op {op} is not an operator: use FILTER_OP_EQ .. FILTER_OP_IS_NOT_NULL"
         ))),
     }
@@ -92,7 +92,7 @@ fn filter_op(op: i32) -> Result<FilterOp, Status> {
 
 fn name_of(request: &proto::ProjectionRequest) -> Result<&str, Status> {
     if request.name.is_empty() {
-        return Err(Status::invalid_argument("name is required"));
+        return Err(status::invalid_argument("name is required"));
     }
     Ok(&request.name)
 }
@@ -217,13 +217,13 @@ impl projections_server::Projections for ProjectionsService {
         let started = Instant::now();
         let request = request.into_inner();
         if request.name.is_empty() {
-            return Err(Status::invalid_argument("name is required"));
+            return Err(status::invalid_argument("name is required"));
         }
         let event_id = Uuid::parse_str(&request.event_id).map_err(|_| {
-            Status::invalid_argument(format!("event_id '{}' is not a UUID", request.event_id))
+            status::invalid_argument(format!("event_id '{}' is not a UUID", request.event_id))
         })?;
         if request.reason.trim().is_empty() || request.reason.len() > 1000 {
-            return Err(Status::invalid_argument(
+            return Err(status::invalid_argument(
                 "reason is required (1 to 1000 bytes): it is kept with the skip record",
             ));
         }
@@ -238,11 +238,11 @@ impl projections_server::Projections for ProjectionsService {
         let started = Instant::now();
         let request = request.into_inner();
         if request.read_model.is_empty() {
-            return Err(Status::invalid_argument("read_model is required"));
+            return Err(status::invalid_argument("read_model is required"));
         }
         let result = match self.projections.get_row(&request.read_model, &request.key).await {
             Ok(Some(json)) => Ok(Response::new(proto::Row { json })),
-            Ok(None) => Err(Status::not_found(format!(
+            Ok(None) => Err(status::not_found(format!(
                 "read model '{}' has no row with key '{}'",
                 request.read_model, request.key
             ))),
@@ -259,7 +259,7 @@ impl projections_server::Projections for ProjectionsService {
         let started = Instant::now();
         let request = request.into_inner();
         if request.read_model.is_empty() {
-            return Err(Status::invalid_argument("read_model is required"));
+            return Err(status::invalid_argument("read_model is required"));
         }
         let mut filters = Vec::with_capacity(request.filters.len());
         for filter in request.filters {

@@ -1,30 +1,119 @@
-//! The one place where errors become gRPC statuses.
+//! The one place where errors become gRPC statuses: every error the edge
+//! sees has a [`domain::Code`] (`fn code` in its own crate), [`grpc_code`]
+//! maps a code to a gRPC code once, and the helpers below build the
+//! statuses, with their details (`ErrorInfo`, `BadRequest`) where a client
+//! needs more than the code. No status is built anywhere else.
 
 use std::collections::HashMap;
 
-use domain::workflow::WorkflowError;
-use domain::{AppendError, ExpectedVersion, ValidationError};
+use domain::workflow::PlanError;
+use domain::{AppendError, Code, ExpectedVersion, ValidationError};
 use event_store::StoreError;
 use projections::ProjectionError;
 use sagas::SagaError;
-use tonic::{Code, Status};
+use tonic::Status;
 use tonic_types::{ErrorDetails, StatusExt};
 
 /// `ErrorInfo.domain` of every status dbswarm sets details on.
 const ERROR_DOMAIN: &str = "dbswarm";
 
+/// The gRPC code of each of dbswarm's codes.
+pub fn grpc_code(code: Code) -> tonic::Code {
+    match code {
+        Code::InvalidArgument => tonic::Code::InvalidArgument,
+        Code::NotFound => tonic::Code::NotFound,
+        Code::AlreadyExists => tonic::Code::AlreadyExists,
+        Code::FailedPrecondition => tonic::Code::FailedPrecondition,
+        Code::Conflict => tonic::Code::Aborted,
+        Code::Overloaded => tonic::Code::ResourceExhausted,
+        Code::Unimplemented => tonic::Code::Unimplemented,
+        Code::Unavailable => tonic::Code::Unavailable,
+        Code::Timeout => tonic::Code::DeadlineExceeded,
+        Code::Internal => tonic::Code::Internal,
+    }
+}
+
+/// A status of `code` with `message`; an internal error is logged too.
+pub fn status(code: Code, message: impl Into<String>) -> Status {
+    let message = message.into();
+    if code == Code::Internal {
+        tracing::error!(error = %message, "internal error");
+    }
+    Status::new(grpc_code(code), message)
+}
+
+pub fn invalid_argument(message: impl Into<String>) -> Status {
+    status(Code::InvalidArgument, message)
+}
+
+pub fn not_found(message: impl Into<String>) -> Status {
+    status(Code::NotFound, message)
+}
+
+pub fn failed_precondition(message: impl Into<String>) -> Status {
+    status(Code::FailedPrecondition, message)
+}
+
+pub fn unavailable(message: impl Into<String>) -> Status {
+    status(Code::Unavailable, message)
+}
+
+pub fn timeout(message: impl Into<String>) -> Status {
+    status(Code::Timeout, message)
+}
+
+pub fn internal(message: impl Into<String>) -> Status {
+    status(Code::Internal, message)
+}
+
+/// INVALID_ARGUMENT naming the request field that is wrong (`BadRequest`).
+pub fn invalid_field(field: &str, message: impl Into<String>) -> Status {
+    let message = message.into();
+    Status::with_error_details(
+        grpc_code(Code::InvalidArgument),
+        message.clone(),
+        ErrorDetails::with_bad_request_violation(field, message),
+    )
+}
+
+/// INVALID_ARGUMENT with each of `problems` on `field`.
+fn invalid_fields(field: &str, message: String, problems: Vec<String>) -> Status {
+    Status::with_error_details(
+        grpc_code(Code::InvalidArgument),
+        message,
+        ErrorDetails::with_bad_request(
+            problems
+                .into_iter()
+                .map(|problem| tonic_types::FieldViolation::new(field, problem))
+                .collect::<Vec<_>>(),
+        ),
+    )
+}
+
 pub fn validation_status(e: ValidationError) -> Status {
     let message = e.to_string();
     Status::with_error_details(
-        Code::InvalidArgument,
+        grpc_code(e.code()),
         message,
         ErrorDetails::with_bad_request_violation(e.field, e.message),
     )
 }
 
+/// INVALID_ARGUMENT with every problem of a plan, each on `field`.
+pub fn plan_error_status(field: &str, e: PlanError) -> Status {
+    debug_assert_eq!(e.code(), Code::InvalidArgument);
+    invalid_fields(field, e.to_string(), e.problems)
+}
+
+/// A plain-English request the planner cannot plan, on `field`.
+pub fn planner_error_status(field: &str, e: &domain::workflow::PlannerError, message: String) -> Status {
+    debug_assert_eq!(e.code(), Code::InvalidArgument);
+    invalid_field(field, message)
+}
+
 fn with_info(code: Code, message: String, reason: &str, metadata: HashMap<String, String>) -> Status {
     Status::with_error_details(
-        code,
+        grpc_code(code),
         message,
         ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
     )
@@ -35,14 +124,14 @@ fn expected_text(expected: ExpectedVersion) -> String {
 }
 
 pub fn store_error_status(e: StoreError) -> Status {
-    let message = e.to_string();
+    let (code, message) = (e.code(), e.to_string());
     match e {
         StoreError::Append(AppendError::WrongExpectedVersion {
             stream_id,
             expected,
             actual,
         }) => with_info(
-            Code::FailedPrecondition,
+            code,
             message,
             "WRONG_EXPECTED_VERSION",
             HashMap::from([
@@ -55,7 +144,7 @@ pub fn store_error_status(e: StoreError) -> Status {
             ]),
         ),
         StoreError::Append(AppendError::EventIdReused { event_id, .. }) => with_info(
-            Code::AlreadyExists,
+            code,
             message,
             "EVENT_ID_REUSED",
             HashMap::from([("event_id".to_owned(), event_id.to_string())]),
@@ -65,7 +154,7 @@ pub fn store_error_status(e: StoreError) -> Status {
             total,
             example,
         }) => with_info(
-            Code::AlreadyExists,
+            code,
             message,
             "PARTIAL_REPLAY",
             HashMap::from([
@@ -74,94 +163,70 @@ pub fn store_error_status(e: StoreError) -> Status {
                 ("event_id".to_owned(), example.to_string()),
             ]),
         ),
-        StoreError::Append(AppendError::VersionOverflow { .. }) => Status::out_of_range(message),
-        StoreError::StreamNotFound(_) => Status::not_found(message),
-        StoreError::InvalidSnapshot(_) => Status::invalid_argument(message),
-        StoreError::Overloaded { .. } => Status::resource_exhausted(message),
-        StoreError::Contention { .. } => Status::aborted(message),
-        StoreError::CommitOutcomeUnknown(_) | StoreError::ShuttingDown | StoreError::Unavailable(_) => {
-            Status::unavailable(message)
-        }
-        StoreError::Corrupt(_) | StoreError::Database(_) => {
-            tracing::error!(error = %message, "internal error");
-            Status::internal(message)
-        }
+        _ => status(code, message),
     }
 }
 
 pub fn projection_error_status(e: ProjectionError) -> Status {
-    let message = e.to_string();
+    let (code, message) = (e.code(), e.to_string());
     match e {
-        ProjectionError::Definition(definition) => Status::with_error_details(
-            Code::InvalidArgument,
-            message,
-            ErrorDetails::with_bad_request(
-                definition
-                    .problems
-                    .into_iter()
-                    .map(|problem| tonic_types::FieldViolation::new("definition_json", problem))
-                    .collect::<Vec<_>>(),
-            ),
-        ),
-        ProjectionError::NotFound(_) => Status::not_found(message),
-        ProjectionError::Conflict(_) => Status::failed_precondition(message),
-        ProjectionError::InvalidQuery(_) => Status::invalid_argument(message),
+        ProjectionError::Definition(definition) => {
+            invalid_fields("definition_json", message, definition.problems)
+        }
         ProjectionError::Store(store) => store_error_status(store),
-        ProjectionError::Unavailable(_) => Status::unavailable(message),
-        ProjectionError::Database(_) => Status::internal(message),
+        _ => status(code, message),
     }
 }
 
 pub fn saga_error_status(e: SagaError) -> Status {
-    let message = e.to_string();
+    let (code, message) = (e.code(), e.to_string());
     match e {
-        SagaError::Workflow(WorkflowError::AlreadyStarted(_)) => Status::already_exists(message),
-        SagaError::Workflow(WorkflowError::Finished { .. }) => Status::failed_precondition(message),
-        SagaError::Workflow(WorkflowError::NotStarted) | SagaError::NotFound { .. } => {
-            Status::not_found(message)
-        }
-        SagaError::Schedule(e) => schedule_error_status(e, message),
-        SagaError::Workflow(WorkflowError::UnknownTask { .. }) => Status::invalid_argument(message),
-        SagaError::IdempotencyConflict { .. } => Status::already_exists(message),
-        SagaError::Unhealthy { .. } | SagaError::Refused(_) => Status::failed_precondition(message),
-        SagaError::NotServed { .. } => Status::unimplemented(message),
-        SagaError::Contention { .. } => Status::aborted(message),
+        // A bad request names its field (`BadRequest`), as a bad append does.
+        SagaError::Schedule(schedule) => match schedule.field() {
+            Some(field) => validation_status(ValidationError::new(field, message)),
+            None => status(code, message),
+        },
         SagaError::Invalid(e) => validation_status(e),
         SagaError::Store(store) => store_error_status(store),
-        SagaError::Nats(_) | SagaError::Unavailable(_) => Status::unavailable(message),
-        SagaError::Corrupt { .. } | SagaError::Database(_) => {
-            tracing::error!(error = %message, "internal error");
-            Status::internal(message)
-        }
+        _ => status(code, message),
     }
 }
 
 pub fn targets_error_status(e: agents::TargetsError) -> Status {
     use agents::TargetsError;
-    let message = e.to_string();
+    let (code, message) = (e.code(), e.to_string());
     match e {
-        TargetsError::Invalid(_) | TargetsError::DescriptionTooLong(_) => Status::invalid_argument(message),
-        TargetsError::AlreadyRegistered { .. } => Status::already_exists(message),
-        TargetsError::NotFound(_) => Status::not_found(message),
-        TargetsError::Unreachable { .. } => Status::failed_precondition(message),
         TargetsError::Validation(e) => validation_status(e),
         TargetsError::Store(store) => store_error_status(store),
-        TargetsError::Database(_) => {
-            tracing::error!(error = %message, "internal error");
-            Status::internal(message)
-        }
+        _ => status(code, message),
     }
 }
 
-fn schedule_error_status(e: domain::workflow::schedule::ScheduleError, message: String) -> Status {
-    use domain::workflow::schedule::ScheduleError;
-    // A bad request names its field (`BadRequest`), as a bad append does.
-    let invalid = |field: &str| validation_status(ValidationError::new(field, message.clone()));
-    match e {
-        ScheduleError::AlreadyExists(_) => Status::already_exists(message),
-        ScheduleError::NotCreated | ScheduleError::Deleted(_) => Status::not_found(message),
-        ScheduleError::InvalidId(_) => invalid("schedule_id"),
-        ScheduleError::MissingName | ScheduleError::InvalidName(_) => invalid("name"),
-        ScheduleError::Cron(_) | ScheduleError::NoNextRun { .. } => invalid("cron"),
+pub fn relay_error_status(e: event_store::relay::RelayError, what: &str) -> Status {
+    status(e.code(), format!("{what}: {e}"))
+}
+
+/// A database error met while doing `what` ([`event_store::database_code`]).
+pub fn database_status(e: &sqlx::Error, what: &str) -> Status {
+    status(event_store::database_code(e), format!("{what}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_its_own_grpc_code() {
+        let grpc: std::collections::HashSet<tonic::Code> = Code::ALL.into_iter().map(grpc_code).collect();
+        assert_eq!(grpc.len(), Code::ALL.len());
+        assert_eq!(grpc_code(Code::Timeout), tonic::Code::DeadlineExceeded);
+    }
+
+    #[test]
+    fn a_lost_connection_is_unavailable_and_other_database_errors_internal() {
+        let lost = StoreError::from(sqlx::Error::PoolTimedOut);
+        assert_eq!(store_error_status(lost).code(), tonic::Code::Unavailable);
+        let other = StoreError::from(sqlx::Error::RowNotFound);
+        assert_eq!(store_error_status(other).code(), tonic::Code::Internal);
     }
 }

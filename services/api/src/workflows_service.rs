@@ -5,11 +5,10 @@
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use domain::workflow::catalogue;
 use domain::workflow::schedule::{MissedRunPolicy, ScheduleCommand, ScheduleState};
 use domain::workflow::{
     Catalogue, CompensationStatus, Plan, Priority, TaskStatus, WorkflowEvent, WorkflowState, WorkflowStatus,
-    evolve, plan_request,
+    evolve, plan_served,
 };
 use domain::{EventData, Limits, StreamId};
 use event_store::{CommitSignal, Reader};
@@ -23,14 +22,13 @@ use sagas::{
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::event_store_service::observe;
 use crate::proto;
 use crate::proto::workflows_server;
-use crate::status::{projection_error_status, saga_error_status};
+use crate::status::{self, plan_error_status, projection_error_status, saga_error_status};
 
 /// `wait` answers within this long by default, and never later than the max.
 const WAIT_TIMEOUT_MS_DEFAULT: u64 = 60_000;
@@ -53,6 +51,9 @@ pub struct WorkflowsService {
 }
 
 impl WorkflowsService {
+    /// `catalogue`: what plans are validated against, derived from the
+    /// agents' operations (`agents::catalogue`).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         orchestrator: Orchestrator,
         llm: Option<LlmPlanner>,
@@ -60,6 +61,7 @@ impl WorkflowsService {
         reader: Reader,
         commits: CommitSignal,
         projections: Projections,
+        catalogue: Catalogue,
         limits: Limits,
     ) -> Self {
         WorkflowsService {
@@ -69,7 +71,7 @@ impl WorkflowsService {
             reader,
             commits,
             projections,
-            catalogue: catalogue::declared(),
+            catalogue,
             limits,
         }
     }
@@ -102,22 +104,18 @@ impl WorkflowsService {
                     },
                     None => None,
                 };
-                let spec = plan_request(text).map_err(|e| {
+                let spec = plan_served(text, &self.catalogue).map_err(|e| {
                     let message = match &llm_failure {
                         Some(llm) => format!("{e} (the LLM planner failed too: {llm})"),
                         None => e.to_string(),
                     };
-                    Status::with_error_details(
-                        Code::InvalidArgument,
-                        message.clone(),
-                        ErrorDetails::with_bad_request_violation("operation", message),
-                    )
+                    status::planner_error_status("operation", &e, message)
                 })?;
                 Plan::validate(spec, &self.catalogue)
                     .map(|plan| (plan, "rules"))
-                    .map_err(|e| Status::internal(format!("the planner made an invalid plan: {e}")))
+                    .map_err(|e| status::internal(format!("the planner made an invalid plan: {e}")))
             }
-            None => Err(Status::invalid_argument(
+            None => Err(status::invalid_argument(
                 "give plan_json or plan_yaml (a plan), or operation (a request in plain English)",
             )),
         }
@@ -146,7 +144,7 @@ impl WorkflowsService {
         let idempotency_key = match request.idempotency_key.as_str() {
             "" => None,
             key if key.len() > IDEMPOTENCY_KEY_BYTES_MAX => {
-                return Err(Status::invalid_argument(format!(
+                return Err(status::invalid_argument(format!(
                     "idempotency_key is {} bytes; at most {IDEMPOTENCY_KEY_BYTES_MAX}",
                     key.len()
                 )));
@@ -156,7 +154,7 @@ impl WorkflowsService {
         let wait_timeout_ms = match request.wait_timeout_ms {
             0 => WAIT_TIMEOUT_MS_DEFAULT,
             ms if ms > WAIT_TIMEOUT_MS_MAX => {
-                return Err(Status::invalid_argument(format!(
+                return Err(status::invalid_argument(format!(
                     "wait_timeout_ms is {ms}; at most {WAIT_TIMEOUT_MS_MAX}"
                 )));
             }
@@ -218,7 +216,7 @@ impl WorkflowsService {
                     return Ok((state, version));
                 }
             }
-            Err(Status::unavailable(
+            Err(status::unavailable(
                 "the server is stopping; Get the workflow later",
             ))
         };
@@ -237,7 +235,7 @@ impl WorkflowsService {
         .await;
         self.orchestrator.stop_waiting(workflow_id);
         waited.unwrap_or_else(|_| {
-            Err(Status::deadline_exceeded(format!(
+            Err(status::timeout(format!(
                 "workflow {workflow_id} is not finished after {} ms; it runs on (Get or Watch it)",
                 timeout.as_millis()
             )))
@@ -318,25 +316,11 @@ impl WorkflowsService {
     }
 }
 
-/// INVALID_ARGUMENT with every problem of a plan, each on `field`.
-fn plan_error_status(field: &str, e: domain::workflow::PlanError) -> Status {
-    Status::with_error_details(
-        Code::InvalidArgument,
-        e.to_string(),
-        ErrorDetails::with_bad_request(
-            e.problems
-                .into_iter()
-                .map(|problem| tonic_types::FieldViolation::new(field, problem))
-                .collect::<Vec<_>>(),
-        ),
-    )
-}
-
 /// The plan as a client writes one (never the stored form, whose
 /// dependencies are indices), so that an answer sent back as `plan_json`
 /// is the same plan.
 fn plan_text(plan: &Plan) -> Result<String, Status> {
-    serde_json::to_string(&plan.to_spec()).map_err(|e| Status::internal(e.to_string()))
+    serde_json::to_string(&plan.to_spec()).map_err(|e| status::internal(e.to_string()))
 }
 
 /// Where a plan comes from: JSON or YAML, or plain English for the planner.
@@ -348,15 +332,15 @@ enum PlanSource<'a> {
 
 fn decode(event: &event_store::RecordedEvent) -> Result<WorkflowEvent, Status> {
     let data = match &event.data {
-        EventData::Json(text) => serde_json::from_str(text).map_err(|e| Status::internal(e.to_string()))?,
-        EventData::Binary(_) => return Err(Status::internal("a workflow event is binary")),
+        EventData::Json(text) => serde_json::from_str(text).map_err(|e| status::internal(e.to_string()))?,
+        EventData::Binary(_) => return Err(status::internal("a workflow event is binary")),
     };
-    WorkflowEvent::from_stored(&event.event_type, data).map_err(Status::internal)
+    WorkflowEvent::from_stored(&event.event_type, data).map_err(status::internal)
 }
 
 fn workflow_id(text: &str) -> Result<Uuid, Status> {
     Uuid::parse_str(text)
-        .map_err(|e| Status::invalid_argument(format!("workflow_id '{text}' is not a UUID: {e}")))
+        .map_err(|e| status::invalid_argument(format!("workflow_id '{text}' is not a UUID: {e}")))
 }
 
 fn priority_from_proto(value: i32) -> Result<Priority, Status> {
@@ -364,7 +348,7 @@ fn priority_from_proto(value: i32) -> Result<Priority, Status> {
         Ok(proto::Priority::Normal) => Ok(Priority::Normal),
         Ok(proto::Priority::Low) => Ok(Priority::Low),
         Ok(proto::Priority::High) => Ok(Priority::High),
-        Err(_) => Err(Status::invalid_argument(format!(
+        Err(_) => Err(status::invalid_argument(format!(
             "priority {value} is not one of PRIORITY_NORMAL (0), PRIORITY_LOW (1), PRIORITY_HIGH (2)"
         ))),
     }
@@ -406,6 +390,7 @@ fn workflow(state: &WorkflowState, version: u64) -> proto::Workflow {
                 .map(|r| r.to_string())
                 .unwrap_or_default(),
             error: task_state.error.clone().unwrap_or_default(),
+            error_code: code_text(task_state.error_code),
             compensation: text(task_state.compensation),
         })
         .collect();
@@ -423,10 +408,16 @@ fn workflow(state: &WorkflowState, version: u64) -> proto::Workflow {
         tasks_completed,
         summary: summary(state, plan, tasks_completed),
         error: state.error.clone().unwrap_or_default(),
+        error_code: code_text(state.error_code),
         version,
         tasks_compensated: state.tasks_compensated,
         tasks,
     }
+}
+
+/// A failure's code as answers show it (empty: none).
+fn code_text(code: Option<domain::Code>) -> String {
+    code.map(|c| c.as_str().to_owned()).unwrap_or_default()
 }
 
 fn summary(state: &WorkflowState, plan: &Plan, tasks_completed: u32) -> String {
@@ -539,7 +530,7 @@ impl workflows_server::Workflows for WorkflowsService {
             let request = request.into_inner();
             let id = workflow_id(&request.workflow_id)?;
             if request.reason.len() > REASON_BYTES_MAX {
-                return Err(Status::invalid_argument(format!(
+                return Err(status::invalid_argument(format!(
                     "reason is {} bytes; at most {REASON_BYTES_MAX}",
                     request.reason.len()
                 )));
@@ -568,7 +559,7 @@ impl workflows_server::Workflows for WorkflowsService {
         let result = async {
             let request = request.into_inner();
             if request.page_size > LIST_PAGE_ROWS_MAX {
-                return Err(Status::invalid_argument(format!(
+                return Err(status::invalid_argument(format!(
                     "page_size is {}; at most {LIST_PAGE_ROWS_MAX}",
                     request.page_size
                 )));
@@ -715,7 +706,7 @@ fn policy_from_proto(value: i32) -> Result<MissedRunPolicy, Status> {
     match proto::MissedRunPolicy::try_from(value) {
         Ok(proto::MissedRunPolicy::MissedRunSkip) => Ok(MissedRunPolicy::Skip),
         Ok(proto::MissedRunPolicy::MissedRunCatchUpOnce) => Ok(MissedRunPolicy::CatchUpOnce),
-        Err(_) => Err(Status::invalid_argument(format!(
+        Err(_) => Err(status::invalid_argument(format!(
             "missed_run_policy {value} is not one of MISSED_RUN_SKIP (0), MISSED_RUN_CATCH_UP_ONCE (1)"
         ))),
     }
@@ -754,7 +745,7 @@ fn schedule(state: &ScheduleState) -> proto::Schedule {
 }
 
 fn summary_row(row: &str) -> Result<proto::WorkflowSummary, Status> {
-    let row: serde_json::Value = serde_json::from_str(row).map_err(|e| Status::internal(e.to_string()))?;
+    let row: serde_json::Value = serde_json::from_str(row).map_err(|e| status::internal(e.to_string()))?;
     let text = |name: &str| row[name].as_str().unwrap_or_default().to_owned();
     let count = |name: &str| row[name].as_u64().unwrap_or(0) as u32;
     Ok(proto::WorkflowSummary {

@@ -4,6 +4,7 @@
 //! sqlx, tonic or async-nats. Everything here is a pure function of its
 //! inputs, so it is tested with plain unit tests (given/when/then).
 
+pub mod error;
 pub mod limits;
 pub mod stream;
 pub mod subject;
@@ -11,6 +12,7 @@ pub mod target;
 pub mod types;
 pub mod workflow;
 
+pub use error::{Code, OperationError};
 pub use limits::Limits;
 pub use stream::{
     AppendError, ContiguityViolation, ExistingEvent, IdempotencyOutcome, StreamState, VersionedEvent,

@@ -48,6 +48,19 @@ pub enum AppendError {
     VersionOverflow { stream_id: StreamId, version: u64 },
 }
 
+impl AppendError {
+    pub fn code(&self) -> crate::Code {
+        use crate::Code;
+        match self {
+            // The stream is not in the state the append expects.
+            AppendError::WrongExpectedVersion { .. } | AppendError::VersionOverflow { .. } => {
+                Code::FailedPrecondition
+            }
+            AppendError::EventIdReused { .. } | AppendError::PartialReplay { .. } => Code::AlreadyExists,
+        }
+    }
+}
+
 fn describe_actual(actual: Option<u64>) -> String {
     match actual {
         None => "does not exist".to_owned(),

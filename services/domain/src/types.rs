@@ -18,6 +18,13 @@ pub struct ValidationError {
 }
 
 impl ValidationError {
+    /// A value that does not validate is the request's fault.
+    pub fn code(&self) -> crate::Code {
+        crate::Code::InvalidArgument
+    }
+}
+
+impl ValidationError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         ValidationError {
             field: field.into(),

@@ -646,6 +646,7 @@ fn type_name(param_type: domain::workflow::ParamType) -> &'static str {
         ParamType::Boolean => "boolean",
         ParamType::Array => "array",
         ParamType::Object => "object",
+        ParamType::Any => "any JSON value",
     }
 }
 
@@ -790,7 +791,51 @@ fn excerpt(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use domain::workflow::catalogue::{AGENTS, declared};
+    use domain::workflow::catalogue::{AGENTS, PROBE};
+    use domain::workflow::{OperationSpec, ParamSpec, ParamType};
+
+    fn spec(params: &[(&str, ParamType, bool)]) -> OperationSpec {
+        let mut spec = OperationSpec::default();
+        for &(name, param_type, required) in params {
+            spec.params
+                .insert(name.to_owned(), ParamSpec { param_type, required });
+        }
+        spec
+    }
+
+    /// A catalogue as the agents' operations make one (the server derives
+    /// the real one; this crate does not know the agents): probes, a few
+    /// operations with parameters of each kind, one without.
+    fn declared() -> Catalogue {
+        use ParamType::{Any, Boolean, Integer, Object, String as Text};
+        let database = ("database", Text, false);
+        let probes = AGENTS.iter().fold(Catalogue::default(), |c, agent| {
+            c.with(agent, PROBE, spec(&[database, ("simulate", Object, false)]))
+        });
+        probes
+            .with("backup", "create", spec(&[database, ("kind", Text, false)]))
+            .with(
+                "backup",
+                "restore_pitr",
+                spec(&[database, ("target_time", Text, true), ("port", Integer, false)]),
+            )
+            .with(
+                "schema",
+                "apply",
+                spec(&[
+                    database,
+                    ("migration", Text, false),
+                    ("definition", Any, false),
+                    ("complete", Boolean, false),
+                ]),
+            )
+            .with(
+                "schema",
+                "rollback",
+                spec(&[database, ("migration", Text, false)]),
+            )
+            .with("cache", "stats", OperationSpec::default())
+    }
 
     fn chat(content: &str) -> Vec<u8> {
         serde_json::to_vec(&json!({
@@ -838,12 +883,11 @@ mod tests {
                 listed += 1;
             }
         }
-        // 8 probes and the 33 other operations of catalogue.rs.
-        assert_eq!(listed, 41);
+        // 8 probes and the 5 other operations of the catalogue.
+        assert_eq!(listed, 13);
         for line in [
             "- schema.apply:",
             "- backup.restore_pitr:",
-            "- sync.sync:",
             "- cache.stats: no parameters",
         ] {
             assert!(prompt.contains(line), "{line}");

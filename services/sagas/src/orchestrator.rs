@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use domain::OperationError;
 use domain::workflow::{
     Clock, Plan, Priority, StopRequest, TaskCommand, TaskKind, WorkflowCommand, WorkflowEvent, WorkflowState,
 };
@@ -708,7 +709,7 @@ impl Orchestrator {
     pub async fn finish(
         &self,
         command: &TaskCommand,
-        outcome: Result<Value, String>,
+        outcome: Result<Value, OperationError>,
     ) -> Result<Executed, SagaError> {
         let workflow_id = parse_workflow_id(&command.workflow_id)?;
         let (task_id, attempt) = (command.task_id.clone(), command.attempt);
@@ -726,7 +727,7 @@ impl Orchestrator {
             (TaskKind::Compensate, outcome) => WorkflowCommand::CompensationFinished {
                 task_id,
                 ok: outcome.is_ok(),
-                error: outcome.err(),
+                error: outcome.err().map(|e| e.message),
             },
         };
         self.record(workflow_id, recorded).await

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use domain::workflow::schedule::{self, ScheduleCommand, ScheduleError, ScheduleEvent, ScheduleState};
 use domain::workflow::{Clock, WorkflowCommand, WorkflowError, WorkflowEvent, WorkflowState};
 use domain::{
-    AppendError, AppendRequest, EventData, EventType, ExpectedVersion, Limits, ProposedEvent, StreamAppend,
-    StreamId, ValidationError,
+    AppendError, AppendRequest, Code, EventData, EventType, ExpectedVersion, Limits, ProposedEvent,
+    StreamAppend, StreamId, ValidationError,
 };
 use event_store::{Appender, Direction, ReadStreamQuery, Reader, StoreError};
 use serde_json::Value;
@@ -64,6 +64,23 @@ pub enum SagaError {
 }
 
 impl SagaError {
+    pub fn code(&self) -> Code {
+        match self {
+            SagaError::Workflow(e) => e.code(),
+            SagaError::Schedule(e) => e.code(),
+            SagaError::NotFound { .. } => Code::NotFound,
+            SagaError::IdempotencyConflict { .. } => Code::AlreadyExists,
+            SagaError::Unhealthy { .. } | SagaError::Refused(_) => Code::FailedPrecondition,
+            SagaError::NotServed { .. } => Code::Unimplemented,
+            SagaError::Contention { .. } => Code::Conflict,
+            SagaError::Invalid(_) => Code::InvalidArgument,
+            SagaError::Store(e) => e.code(),
+            SagaError::Database(e) => event_store::database_code(e),
+            SagaError::Nats(_) | SagaError::Unavailable(_) => Code::Unavailable,
+            SagaError::Corrupt { .. } => Code::Internal,
+        }
+    }
+
     pub fn workflow_not_found(workflow_id: Uuid) -> SagaError {
         SagaError::NotFound {
             kind: "workflow",

@@ -60,6 +60,10 @@ pub struct RunningServer {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub pool: PgPool,
+    /// What plans are validated against: every agent's operations.
+    pub catalogue: domain::workflow::Catalogue,
+    /// The agents of this server and what they serve.
+    pub directory: agents::Directory,
     stop: watch::Sender<bool>,
     tasks: JoinSet<Result<(), String>>,
     committers: Vec<JoinHandle<()>>,
@@ -145,6 +149,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         }
         None => None,
     };
+    // Every compiled-in agent's operations: what plans are validated
+    // against is what is served (an agent that is not ready is caught by
+    // the health gate when a workflow starts).
+    let swarm = swarm(&appender, &reader, &config);
+    let catalogue = agents::catalogue(&swarm);
     let workflows = WorkflowsService::new(
         orchestrator.clone(),
         llm,
@@ -152,13 +161,14 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         reader.clone(),
         commits.clone(),
         projections.clone(),
+        catalogue.clone(),
         config.limits,
     )
     .into_server();
     let agents_ready = directory.watch_all_ready();
     let agents_runtime = agents::AgentsRuntime::new(
         orchestrator.clone(),
-        directory,
+        directory.clone(),
         appender.clone(),
         config.limits,
         agents::Dependencies {
@@ -169,18 +179,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         config.relay.clone(),
         config.agents.clone(),
         uuid::Uuid::new_v4().to_string(),
-        swarm(
-            schema::migration::Migrator::new(
-                schema::migration::HistoryStore::new(appender.clone(), reader.clone(), config.limits),
-                config.schema.clone(),
-            ),
-            query::journal::Journal::new(appender.clone(), reader.clone(), config.limits),
-            config.query.clone(),
-            backup::engine::Backups::new(
-                config.backup.clone(),
-                backup::engine::CatalogueStore::new(appender.clone(), reader.clone(), config.limits),
-            ),
-        ),
+        swarm,
     );
     let event_store = EventStoreService::new(appender, reader, commits.clone(), config.limits).into_server();
 
@@ -278,22 +277,42 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         grpc_addr,
         http_addr,
         pool,
+        catalogue,
+        directory,
         stop,
         tasks,
         committers,
     })
 }
 
+/// The catalogue of every compiled-in agent for what runs without a
+/// server (the planners' tests, tools): built from the agents' operations
+/// as a server builds it, over a pool that never connects. Needs a Tokio
+/// runtime (the event store's committers are started, and stay idle).
+pub fn catalogue(config: &Config) -> Result<domain::workflow::Catalogue, StartError> {
+    let pool = PgPoolOptions::new()
+        .connect_lazy(&config.database_url)
+        .map_err(StartError::Database)?;
+    let (appender, _committers) = Appender::start(pool.clone(), config.append);
+    let reader = Reader::new(pool, config.read);
+    Ok(agents::catalogue(&swarm(&appender, &reader, config)))
+}
+
 /// Every agent with the operations built so far: `probe` on each, and the
 /// schema, query and backup agents' own.
-fn swarm(
-    migrator: schema::migration::Migrator,
-    journal: query::journal::Journal,
-    query_config: query::agent::QueryAgentConfig,
-    backups: backup::engine::Backups,
-) -> Vec<agents::AgentSpec> {
+fn swarm(appender: &Appender, reader: &Reader, config: &Config) -> Vec<agents::AgentSpec> {
+    let migrator = schema::migration::Migrator::new(
+        schema::migration::HistoryStore::new(appender.clone(), reader.clone(), config.limits),
+        config.schema.clone(),
+    );
+    let journal = query::journal::Journal::new(appender.clone(), reader.clone(), config.limits);
+    let query_config = config.query.clone();
+    let backups = backup::engine::Backups::new(
+        config.backup.clone(),
+        backup::engine::CatalogueStore::new(appender.clone(), reader.clone(), config.limits),
+    );
     let mut swarm = agents::AgentsRuntime::swarm();
-    let mut add = |agent: &str, operations: Vec<(&'static str, Arc<dyn agents::Operation>)>| {
+    let mut add = |agent: &str, operations: Vec<(&'static str, Arc<dyn agents::Served>)>| {
         if let Some(spec) = swarm.iter_mut().find(|s| s.name == agent) {
             for (operation, implementation) in operations {
                 spec.operations.insert(operation.to_owned(), implementation);
@@ -448,3 +467,6 @@ impl RunningServer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod catalogue_tests;

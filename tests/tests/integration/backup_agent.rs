@@ -303,7 +303,7 @@ async fn a_logical_backup_is_encrypted_verified_and_restores_into_a_new_database
         ),
         (
             json!({"database": "app", "tables": [""]}),
-            "must list table names",
+            "parameter 'tables' of backup.create: must be a non-empty string",
         ),
         (
             json!({"database": "app", "kind": "physical", "tables": ["accounts"]}),

@@ -6,7 +6,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use domain::workflow::catalogue::declared;
 use sagas::{LlmConfig, LlmError, LlmPlanner};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -201,6 +200,16 @@ fn config(base_url: &str) -> LlmConfig {
         timeout_ms: 5_000,
         response_bytes_max: 64 * 1024,
     }
+}
+
+/// The catalogue a server derives from its agents' operations.
+fn declared() -> domain::workflow::Catalogue {
+    let config = server::Config::from_settings(server::Settings {
+        database_url: Some("postgres://dbswarm@127.0.0.1:1/never_connected".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    server::catalogue(&config).unwrap()
 }
 
 async fn plan_with(config: LlmConfig) -> Result<domain::workflow::Plan, LlmError> {
@@ -630,11 +639,24 @@ async fn execute_plans_with_the_llm_and_falls_back_to_the_rules() {
     assert_eq!(plan["tasks"][1]["params"]["migration"], "add_user_roles");
     // Its nonsense is refused and the rules plan instead
     let fallback = client
-        .execute(dry("check integrity of orders"))
+        .execute(dry("back up the database app"))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(fallback.planner, "rules");
+    // What the rules plan but no agent serves is refused, naming what is served
+    let unserved = client
+        .execute(dry("check integrity of orders"))
+        .await
+        .unwrap_err();
+    assert_eq!(unserved.code(), tonic::Code::InvalidArgument);
+    assert!(
+        unserved
+            .message()
+            .contains("integrity.check, which no agent serves"),
+        "{}",
+        unserved.message()
+    );
     // Neither understands: both reasons, never the key
     let neither = client.execute(dry("make everything faster")).await.unwrap_err();
     assert_eq!(neither.code(), tonic::Code::InvalidArgument);

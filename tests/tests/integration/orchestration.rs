@@ -233,6 +233,14 @@ async fn a_flaky_task_is_retried_a_failing_one_compensates_and_a_slow_one_times_
     let events = workflow_events(&pool, &workflow.workflow_id).await;
     assert_eq!(count(&events, "TaskFailed", "flaky"), 2);
     assert_eq!(count(&events, "TaskRetried", "flaky"), 2);
+    // A simulated failure is a dependency that did not answer: retryable
+    assert!(
+        events
+            .iter()
+            .filter(|(t, _, _)| t == "TaskFailed")
+            .all(|(_, data, _)| data["code"] == "unavailable"),
+        "{events:?}"
+    );
     let retried: Vec<u64> = events
         .iter()
         .filter(|(t, _, _)| t == "TaskRetried")
@@ -280,8 +288,85 @@ async fn a_flaky_task_is_retried_a_failing_one_compensates_and_a_slow_one_times_
         "{}",
         workflow.tasks[0].error
     );
+    assert_eq!(workflow.tasks[0].error_code, "timeout");
+
+    // Given tasks with retries left whose failures another attempt cannot
+    // fix: one refused by the agent, one with a mistyped parameter
+    for (id, simulate, code, named) in [
+        (
+            "refused",
+            json!({"fail": true, "code": "invalid_argument"}),
+            "invalid_argument",
+            "simulated failure",
+        ),
+        ("typo", json!({"dely_ms": 5}), "invalid_argument", "dely_ms"),
+        (
+            "missing",
+            json!({"fail": true, "code": "not_found"}),
+            "not_found",
+            "simulated failure",
+        ),
+    ] {
+        let mut task = probe(id, "query", &[], simulate);
+        task["retries"] = json!(3);
+        let workflow = execute_and_wait(&mut client, &json!({"name": id, "tasks": [task]})).await;
+        // Then each fails at once, its code in the event and the answers
+        assert_eq!(workflow.status, "failed", "{}", workflow.summary);
+        assert_eq!(workflow.tasks[0].attempt, 1, "{id}");
+        assert_eq!(workflow.tasks[0].error_code, code, "{id}");
+        assert_eq!(workflow.error_code, code, "{id}");
+        assert!(
+            workflow.tasks[0].error.contains(named),
+            "{id}: {}",
+            workflow.tasks[0].error
+        );
+        let events = workflow_events(&pool, &workflow.workflow_id).await;
+        assert_eq!(count(&events, "TaskFailed", id), 1, "{id}");
+        assert_eq!(count(&events, "TaskRetried", id), 0, "{id}");
+        let failed = events.iter().find(|(t, _, _)| t == "TaskFailed").unwrap();
+        assert_eq!(failed.1["code"], code, "{id}");
+        let got = client
+            .get(proto::WorkflowRequest {
+                workflow_id: workflow.workflow_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.tasks[0].error_code, code, "{id}");
+    }
 
     pool.close().await;
+    server.stop().await;
+    db.drop_database().await;
+}
+
+/// The catalogue plans are validated against is derived from the agents'
+/// operations: every operation in it is served by this server's agents.
+#[tokio::test]
+async fn every_operation_in_the_catalogue_is_served() {
+    use sagas::{AgentDirectory, Availability};
+    let db = TestDb::create().await;
+    let server = TestServer::start(with_workflows(settings_for(&db))).await;
+    let catalogue = &server.running.catalogue;
+    let mut operations = 0;
+    for agent in catalogue.agents() {
+        for operation in catalogue.operations(agent) {
+            let availability = server.running.directory.availability(agent, operation);
+            assert!(
+                !matches!(availability, Availability::NotServed),
+                "{agent}.{operation} is in the catalogue but not served"
+            );
+            operations += 1;
+        }
+    }
+    assert!(operations > domain::workflow::catalogue::AGENTS.len());
+    // and what is not served is not in it
+    assert!(catalogue.operation("integrity", "check").is_none());
+    assert!(matches!(
+        server.running.directory.availability("integrity", "check"),
+        Availability::NotServed
+    ));
+
     server.stop().await;
     db.drop_database().await;
 }
@@ -439,16 +524,19 @@ async fn bad_plans_and_requests_are_refused_with_the_problem_named() {
     assert_eq!(plan["tasks"][0]["agent"], "backup");
     assert_eq!(plan["tasks"][1]["operation"], "apply");
     assert_eq!(plan["tasks"][1]["params"]["migration"], "add_user_roles");
-    // An operation no agent serves yet is refused before anything runs
+    // An operation no agent implements is refused at validation, naming
+    // what the agent has (the catalogue is derived from the operations)
     let unserved = client
         .execute(execute_request(&json!({"name": "check", "tasks": [
             {"id": "check", "agent": "integrity", "operation": "check"}
         ]})))
         .await
         .unwrap_err();
-    assert_eq!(unserved.code(), Code::Unimplemented, "{unserved:?}");
+    assert_eq!(unserved.code(), Code::InvalidArgument, "{unserved:?}");
     assert!(
-        unserved.message().contains("integrity.check"),
+        unserved
+            .message()
+            .contains("agent 'integrity' has no operation 'check' (it has: probe)"),
         "{}",
         unserved.message()
     );

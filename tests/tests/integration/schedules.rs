@@ -190,7 +190,7 @@ async fn bad_schedules_are_refused_with_the_problem_named() {
     nightly.cron = "@daily".into();
     nightly.missed_run_policy = proto::MissedRunPolicy::MissedRunCatchUpOnce as i32;
     nightly.request = Some(proto::create_schedule_request::Request::Operation(
-        "check integrity of orders".into(),
+        "back up the database".into(),
     ));
     let created = client
         .create_schedule(nightly.clone())

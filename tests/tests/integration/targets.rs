@@ -119,7 +119,7 @@ async fn a_target_is_registered_masked_probed_by_an_agent_and_removed() {
         &format!("postgres://{role}:{password}@127.0.0.1:{port}/x"),
     )
     .await;
-    assert_eq!(unreachable.code(), Code::FailedPrecondition);
+    assert_eq!(unreachable.code(), Code::Unavailable);
     assert!(
         unreachable
             .message()

@@ -5,15 +5,16 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use agents::params::{optional_text, text};
-use agents::{OpFuture, Operation, TaskContext};
+use agents::params::{TargetParams, Text, to_json};
+use agents::{OpFuture, Operation, Served, TaskContext};
 use chrono::{DateTime, Utc};
+use domain::{Code, OperationError};
 use event_store::clock::now_ms;
-use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde::Deserialize;
+use serde_json::{Value, json};
 
 use crate::catalogue::{BackupKind, CatalogueCommand, Entry};
-use crate::engine::{BackupError, Backups, CreateRequest, Target};
+use crate::engine::{Backups, CreateRequest, Target};
 use crate::physical::{PitrRequest, restore_pitr};
 use crate::restore_test::test_restore;
 use crate::retention::{self, Policy};
@@ -25,7 +26,7 @@ pub const AGENT: &str = "backup";
 const TABLES_MAX: usize = 1_000;
 
 /// `(operation, implementation)` of every operation of the backup agent.
-pub fn operations(backups: Backups) -> Vec<(&'static str, Arc<dyn Operation>)> {
+pub fn operations(backups: Backups) -> Vec<(&'static str, Arc<dyn Served>)> {
     let backups = Arc::new(backups);
     vec![
         ("create", Arc::new(Create(backups.clone()))),
@@ -39,53 +40,78 @@ pub fn operations(backups: Backups) -> Vec<(&'static str, Arc<dyn Operation>)> {
     ]
 }
 
-async fn target(task: &TaskContext) -> Result<Target, String> {
-    let (name, pool, url) = task.target(AGENT).await?;
+async fn target(task: &TaskContext, database: &Option<Text>) -> Result<Target, OperationError> {
+    let (name, pool, url) = task.target(AGENT, database.as_deref()).await?;
     Ok(Target { name, pool, url })
 }
 
-fn to_json<T: Serialize>(value: &T) -> Result<Value, String> {
-    serde_json::to_value(value).map_err(|e| e.to_string())
-}
-
-fn message(error: BackupError) -> String {
-    error.to_string()
-}
-
-fn names(params: &Map<String, Value>, name: &str) -> Result<Vec<String>, String> {
-    match params.get(name) {
-        None | Some(Value::Null) => Ok(vec![]),
-        Some(Value::Array(items)) if items.len() > TABLES_MAX => Err(format!(
+/// Table names of a parameter, at most [`TABLES_MAX`].
+fn names(name: &str, tables: Option<Vec<Text>>) -> Result<Vec<String>, OperationError> {
+    let tables = tables.unwrap_or_default();
+    if tables.len() > TABLES_MAX {
+        return Err(OperationError::invalid_argument(format!(
             "parameter '{name}' names {} tables; at most {TABLES_MAX}",
-            items.len()
-        )),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|item| match item {
-                Value::String(s) if !s.is_empty() => Ok(s.clone()),
-                other => Err(format!("parameter '{name}' must list table names, not {other}")),
-            })
-            .collect(),
-        Some(other) => Err(format!(
-            "parameter '{name}' must be an array of table names, not {other}"
-        )),
+            tables.len()
+        )));
     }
+    Ok(tables.into_iter().map(String::from).collect())
 }
 
-fn optional_u32(params: &Map<String, Value>, name: &str) -> Result<Option<u32>, String> {
-    match params.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => value
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .map(Some)
-            .ok_or_else(|| {
-                format!(
-                    "parameter '{name}' must be a whole number from 0 to {}, not {value}",
-                    u32::MAX
-                )
-            }),
-    }
+/// `backup.create`'s.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateParams {
+    pub database: Option<Text>,
+    /// `logical` (default) or `physical`.
+    pub kind: Option<Text>,
+    pub tables: Option<Vec<Text>>,
+    pub checksum_tables: Option<Vec<Text>>,
+}
+
+/// The target and, optionally, one backup (default: the latest).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupParams {
+    pub database: Option<Text>,
+    pub backup_id: Option<Text>,
+}
+
+/// `backup.restore`'s.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreParams {
+    pub database: Option<Text>,
+    pub backup_id: Option<Text>,
+    pub into_database: Option<Text>,
+}
+
+/// `backup.restore_pitr`'s.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestorePitrParams {
+    pub database: Option<Text>,
+    /// RFC 3339.
+    pub target_time: Text,
+    pub backup_id: Option<Text>,
+    pub data_directory: Option<Text>,
+    pub port: Option<u32>,
+}
+
+/// `backup.apply_retention`'s.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionParams {
+    pub database: Option<Text>,
+    pub keep_full: Option<u32>,
+    pub window_days: Option<u32>,
+}
+
+/// `backup.delete`'s.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteParams {
+    pub database: Option<Text>,
+    pub backup_id: Text,
 }
 
 /// An RFC 3339 time (`2026-11-26T14:30:00Z`, or with an offset).
@@ -109,20 +135,21 @@ fn listed(entry: &Entry) -> Value {
 struct Create(Arc<Backups>);
 
 impl Operation for Create {
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    type Params = CreateParams;
+
+    fn run<'a>(&'a self, task: &'a TaskContext, params: CreateParams) -> OpFuture<'a> {
         Box::pin(async move {
-            let params = &task.command.params;
-            let kind = match optional_text(params, "kind")? {
-                Some(kind) => BackupKind::parse(kind)?,
+            let kind = match params.kind.as_deref() {
+                Some(kind) => BackupKind::parse(kind).map_err(OperationError::invalid_argument)?,
                 None => BackupKind::Logical,
             };
             let request = CreateRequest {
                 kind,
-                tables: names(params, "tables")?,
-                checksum_tables: names(params, "checksum_tables")?,
+                tables: names("tables", params.tables)?,
+                checksum_tables: names("checksum_tables", params.checksum_tables)?,
             };
-            let target = target(task).await?;
-            let manifest = self.0.create(&target, &request, task).await.map_err(message)?;
+            let target = target(task, &params.database).await?;
+            let manifest = self.0.create(&target, &request, task).await?;
             Ok(json!({
                 "backup_id": manifest.backup_id,
                 "kind": manifest.kind,
@@ -143,17 +170,18 @@ impl Operation for Create {
 struct Verify(Arc<Backups>);
 
 impl Operation for Verify {
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    type Params = BackupParams;
+
+    fn run<'a>(&'a self, task: &'a TaskContext, params: BackupParams) -> OpFuture<'a> {
         Box::pin(async move {
-            let backup_id = optional_text(&task.command.params, "backup_id")?;
-            let (name, _, _) = task.target(AGENT).await?;
-            let verification = self.0.verify(&name, backup_id).await.map_err(message)?;
+            let (name, _, _) = task.target(AGENT, params.database.as_deref()).await?;
+            let verification = self.0.verify(&name, params.backup_id.as_deref()).await?;
             if !verification.passed {
-                return Err(format!(
+                return Err(OperationError::internal(format!(
                     "backup {} fails verification: {}",
                     verification.backup_id,
                     verification.problems.join("; ")
-                ));
+                )));
             }
             to_json(&verification)
         })
@@ -163,17 +191,20 @@ impl Operation for Verify {
 struct Restore(Arc<Backups>);
 
 impl Operation for Restore {
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    type Params = RestoreParams;
+
+    fn run<'a>(&'a self, task: &'a TaskContext, params: RestoreParams) -> OpFuture<'a> {
         Box::pin(async move {
-            let params = &task.command.params;
-            let backup_id = optional_text(params, "backup_id")?;
-            let into = optional_text(params, "into_database")?;
-            let target = target(task).await?;
+            let target = target(task, &params.database).await?;
             let restored = self
                 .0
-                .restore(&target, backup_id, into, task)
-                .await
-                .map_err(message)?;
+                .restore(
+                    &target,
+                    params.backup_id.as_deref(),
+                    params.into_database.as_deref(),
+                    task,
+                )
+                .await?;
             to_json(&restored)
         })
     }
@@ -182,29 +213,28 @@ impl Operation for Restore {
 struct RestorePitr(Arc<Backups>);
 
 impl Operation for RestorePitr {
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    type Params = RestorePitrParams;
+
+    fn run<'a>(&'a self, task: &'a TaskContext, params: RestorePitrParams) -> OpFuture<'a> {
         Box::pin(async move {
-            let params = &task.command.params;
-            let target_time = parse_time("target_time", text(params, "target_time")?)?;
-            let port = match optional_u32(params, "port")? {
+            let target_time =
+                parse_time("target_time", &params.target_time).map_err(OperationError::invalid_argument)?;
+            let port = match params.port {
                 None => None,
-                Some(port) => Some(
-                    u16::try_from(port)
-                        .ok()
-                        .filter(|p| *p >= 1024)
-                        .ok_or_else(|| format!("parameter 'port' must be from 1024 to 65535, not {port}"))?,
-                ),
+                Some(port) => Some(u16::try_from(port).ok().filter(|p| *p >= 1024).ok_or_else(|| {
+                    OperationError::invalid_argument(format!(
+                        "parameter 'port' must be from 1024 to 65535, not {port}"
+                    ))
+                })?),
             };
             let request = PitrRequest {
-                backup_id: optional_text(params, "backup_id")?.map(str::to_owned),
+                backup_id: params.backup_id.map(String::from),
                 target_time: Some(target_time),
-                data_directory: optional_text(params, "data_directory")?.map(PathBuf::from),
+                data_directory: params.data_directory.map(|d| PathBuf::from(String::from(d))),
                 port,
             };
-            let target = target(task).await?;
-            let restored = restore_pitr(&self.0, &target, &request, task)
-                .await
-                .map_err(message)?;
+            let target = target(task, &params.database).await?;
+            let restored = restore_pitr(&self.0, &target, &request, task).await?;
             to_json(&restored)
         })
     }
@@ -213,19 +243,18 @@ impl Operation for RestorePitr {
 struct TestRestore(Arc<Backups>);
 
 impl Operation for TestRestore {
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    type Params = BackupParams;
+
+    fn run<'a>(&'a self, task: &'a TaskContext, params: BackupParams) -> OpFuture<'a> {
         Box::pin(async move {
-            let backup_id = optional_text(&task.command.params, "backup_id")?;
-            let target = target(task).await?;
-            let test = test_restore(&self.0, &target, backup_id, task)
-                .await
-                .map_err(message)?;
+            let target = target(task, &params.database).await?;
+            let test = test_restore(&self.0, &target, params.backup_id.as_deref(), task).await?;
             if !test.passed {
-                return Err(format!(
+                return Err(OperationError::internal(format!(
                     "restore test of backup {} failed: {}",
                     test.backup_id,
                     test.problems.join("; ")
-                ));
+                )));
             }
             to_json(&test)
         })
@@ -235,10 +264,12 @@ impl Operation for TestRestore {
 struct List(Arc<Backups>);
 
 impl Operation for List {
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    type Params = TargetParams;
+
+    fn run<'a>(&'a self, task: &'a TaskContext, params: TargetParams) -> OpFuture<'a> {
         Box::pin(async move {
-            let (name, _, _) = task.target(AGENT).await?;
-            let catalogue = self.0.catalogue(&name).await.map_err(message)?;
+            let (name, _, _) = task.target(AGENT, params.database.as_deref()).await?;
+            let catalogue = self.0.catalogue(&name).await?;
             let backups: Vec<Value> = catalogue.backups.values().map(listed).collect();
             Ok(json!({
                 "database": name,
@@ -252,15 +283,14 @@ impl Operation for List {
 struct ApplyRetention(Arc<Backups>);
 
 impl Operation for ApplyRetention {
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    type Params = RetentionParams;
+
+    fn run<'a>(&'a self, task: &'a TaskContext, params: RetentionParams) -> OpFuture<'a> {
         Box::pin(async move {
-            let params = &task.command.params;
-            let policy = Policy::new(
-                optional_u32(params, "keep_full")?,
-                optional_u32(params, "window_days")?,
-            )?;
-            let (name, _, _) = task.target(AGENT).await?;
-            let applied = retention::apply(&self.0, &name, policy).await.map_err(message)?;
+            let policy = Policy::new(params.keep_full, params.window_days)
+                .map_err(OperationError::invalid_argument)?;
+            let (name, _, _) = task.target(AGENT, params.database.as_deref()).await?;
+            let applied = retention::apply(&self.0, &name, policy).await?;
             to_json(&applied)
         })
     }
@@ -269,20 +299,20 @@ impl Operation for ApplyRetention {
 struct Delete(Arc<Backups>);
 
 impl Operation for Delete {
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    type Params = DeleteParams;
+
+    fn run<'a>(&'a self, task: &'a TaskContext, params: DeleteParams) -> OpFuture<'a> {
         Box::pin(async move {
-            let backup_id = text(&task.command.params, "backup_id")?;
-            let (name, _, _) = task.target(AGENT).await?;
+            let (name, _, _) = task.target(AGENT, params.database.as_deref()).await?;
             let entry = self
                 .0
-                .completed_backup(&name, Some(backup_id), None)
-                .await
-                .map_err(message)?;
+                .completed_backup(&name, Some(&*params.backup_id), None)
+                .await?;
             self.0
                 .repository()
                 .delete_backup(&name, &entry.backup_id)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| OperationError::new(Code::Internal, e.to_string()))?;
             self.0
                 .record(
                     &name,
@@ -292,8 +322,7 @@ impl Operation for Delete {
                         at_ms: now_ms() as i64,
                     },
                 )
-                .await
-                .map_err(message)?;
+                .await?;
             Ok(json!({"deleted": entry.backup_id}))
         })
     }

@@ -113,6 +113,27 @@ pub enum BackupError {
     Io(String),
 }
 
+impl BackupError {
+    pub fn code(&self) -> domain::Code {
+        use domain::Code;
+        match self {
+            BackupError::NoKey | BackupError::Refused(_) => Code::FailedPrecondition,
+            BackupError::Catalogue(e) => e.code(),
+            BackupError::Database(e) => agents::database_code(e),
+            BackupError::Repository(_)
+            | BackupError::Crypto { .. }
+            | BackupError::Tool(_)
+            | BackupError::Io(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<BackupError> for domain::OperationError {
+    fn from(e: BackupError) -> domain::OperationError {
+        domain::OperationError::new(e.code(), e.to_string())
+    }
+}
+
 pub use agents::{NoProgress, ProgressSink, Target};
 
 /// The catalogue as an aggregate of the sagas' store.

@@ -5,11 +5,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use agents::params::{flag, optional_text, text as text_param};
-use agents::{OpFuture, Operation, TaskContext};
+use agents::params::{TargetParams, Text, to_json};
+use agents::{OpFuture, Operation, Served, TaskContext, database_error};
+use domain::OperationError;
 use event_store::clock::now_ms;
-use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde::Deserialize;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::advisor::{AdvisorConfig, WorkloadStatement, candidates_of, choose, evaluate, writes_per_table};
@@ -78,7 +79,7 @@ struct Shared {
 }
 
 /// `(operation, implementation)` of every operation of the query agent.
-pub fn operations(journal: Journal, config: QueryAgentConfig) -> Vec<(&'static str, Arc<dyn Operation>)> {
+pub fn operations(journal: Journal, config: QueryAgentConfig) -> Vec<(&'static str, Arc<dyn Served>)> {
     let shared = Arc::new(Shared { journal, config });
     vec![
         ("analyze", Arc::new(Analyze(shared.clone()))),
@@ -90,26 +91,52 @@ pub fn operations(journal: Journal, config: QueryAgentConfig) -> Vec<(&'static s
     ]
 }
 
-fn to_json<T: Serialize>(value: &T) -> Result<Value, String> {
-    serde_json::to_value(value).map_err(|e| e.to_string())
+/// The target and, optionally, the one table to look at.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableParams {
+    pub database: Option<Text>,
+    pub table: Option<Text>,
+}
+
+/// `query.explain`'s.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainParams {
+    pub database: Option<Text>,
+    pub sql: Text,
+    #[serde(default)]
+    pub analyze: bool,
+}
+
+/// `query.create_index`'s.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateIndexParams {
+    pub database: Option<Text>,
+    pub table: Text,
+    pub columns: Vec<String>,
+    pub name: Option<Text>,
+    /// How long to measure after the build (default: the agent's window).
+    pub measure_ms: Option<u64>,
 }
 
 /// The workload, creating pg_stat_statements in the target when the
 /// server preloads it but the database has not created it yet.
-async fn snapshot(pool: &PgPool) -> Result<WorkloadSnapshot, String> {
+async fn snapshot(pool: &PgPool) -> Result<WorkloadSnapshot, OperationError> {
     match read_snapshot(pool, now_ms()).await {
         Err(WorkloadError::Unavailable(_)) => {
             sqlx::raw_sql(CREATE_PG_STAT_STATEMENTS)
                 .execute(pool)
                 .await
                 .map_err(|e| {
-                    format!(
+                    OperationError::failed_precondition(format!(
                         "pg_stat_statements is not available and cannot be created ({e}); add it to shared_preload_libraries, restart PostgreSQL and run CREATE EXTENSION pg_stat_statements"
-                    )
+                    ))
                 })?;
-            read_snapshot(pool, now_ms()).await.map_err(|e| e.to_string())
+            Ok(read_snapshot(pool, now_ms()).await?)
         }
-        other => other.map_err(|e| e.to_string()),
+        other => Ok(other?),
     }
 }
 
@@ -201,12 +228,12 @@ struct TableFacts {
     planner_rows: f64,
 }
 
-async fn table_statistics(pool: &PgPool) -> Result<Vec<TableFacts>, String> {
+async fn table_statistics(pool: &PgPool) -> Result<Vec<TableFacts>, OperationError> {
     let rows: Vec<(String, f64, f64, f64, bool)> = sqlx::query_as(TABLE_STATISTICS)
         .bind(TABLES_MAX)
         .fetch_all(pool)
         .await
-        .map_err(|e| format!("cannot read table statistics: {e}"))?;
+        .map_err(|e| database_error(&e, format!("cannot read table statistics: {e}")))?;
     Ok(rows
         .into_iter()
         .map(
@@ -224,8 +251,8 @@ async fn table_statistics(pool: &PgPool) -> Result<Vec<TableFacts>, String> {
 }
 
 /// Indexed columns, as `schema.table.column`.
-async fn indexed_columns(pool: &PgPool) -> Result<Vec<String>, String> {
-    let indexes = read_indexes(pool).await.map_err(|e| e.to_string())?;
+async fn indexed_columns(pool: &PgPool) -> Result<Vec<String>, OperationError> {
+    let indexes = read_indexes(pool).await?;
     let mut columns: Vec<String> = indexes
         .into_iter()
         .flat_map(|i| {
@@ -257,20 +284,22 @@ fn is_indexed(indexed: &[String], column: &str) -> bool {
 struct Analyze(Arc<Shared>);
 
 impl Operation for Analyze {
+    type Params = TableParams;
+
     fn read_only(&self) -> bool {
         true
     }
 
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    fn run<'a>(&'a self, task: &'a TaskContext, params: TableParams) -> OpFuture<'a> {
         Box::pin(async move {
             let shared = &self.0;
-            let params = &task.command.params;
-            let table = optional_text(params, "table")?;
-            let (database, pool, url) = task.target(AGENT).await?;
+            let table = params.table.as_deref();
+            let (database, pool, url) = task.target(AGENT, params.database.as_deref()).await?;
             let scrub = |e: String| url.scrub(&e);
-            let snapshot = snapshot(&pool).await.map_err(scrub)?;
-            let indexed = indexed_columns(&pool).await.map_err(scrub)?;
-            let tables = table_statistics(&pool).await.map_err(scrub)?;
+            let scrubbed = |e: OperationError| e.map_message(|m| url.scrub(m));
+            let snapshot = snapshot(&pool).await.map_err(scrubbed)?;
+            let indexed = indexed_columns(&pool).await.map_err(scrubbed)?;
+            let tables = table_statistics(&pool).await.map_err(scrubbed)?;
             let rows = table_rows(&tables);
             let is_indexed = |column: &str| is_indexed(&indexed, column);
             let total_ms: f64 = snapshot.statements.iter().map(|s| s.total_exec_ms).sum();
@@ -313,11 +342,7 @@ impl Operation for Analyze {
             let stats: Vec<TableStats> = tables.into_iter().map(|t| t.stats).collect();
             let stale = stale_statistics(&stats, &shared.config.thresholds);
             let recorded = RecordedSnapshot { snapshot, plans };
-            shared
-                .journal
-                .record_snapshot(&database, &recorded)
-                .await
-                .map_err(|e| e.to_string())?;
+            shared.journal.record_snapshot(&database, &recorded).await?;
             Ok(json!({
                 "database": database,
                 "statements_in_workload": recorded.snapshot.statements.len(),
@@ -334,22 +359,25 @@ impl Operation for Analyze {
 struct Explain(Arc<Shared>);
 
 impl Operation for Explain {
+    type Params = ExplainParams;
+
     fn read_only(&self) -> bool {
         true
     }
 
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    fn run<'a>(&'a self, task: &'a TaskContext, params: ExplainParams) -> OpFuture<'a> {
         Box::pin(async move {
-            let params = &task.command.params;
-            let sql = text_param(params, "sql")?;
-            let analyze = flag(params, "analyze")?;
-            let (database, pool, url) = task.target(AGENT).await?;
+            let sql = &*params.sql;
+            let analyze = params.analyze;
+            let (database, pool, url) = task.target(AGENT, params.database.as_deref()).await?;
             // PostgreSQL judges the statement first: its errors are the precise ones.
-            let tables = table_statistics(&pool).await.map_err(|e| url.scrub(&e))?;
+            let scrubbed = |e: OperationError| e.map_message(|m| url.scrub(m));
+            let tables = table_statistics(&pool).await.map_err(scrubbed)?;
+            // What PostgreSQL refuses to explain is the statement's fault.
             let (plan, analysis) = explained(&self.0.config, &pool, sql, analyze, &table_rows(&tables))
                 .await
-                .map_err(|e| url.scrub(&e))?;
-            let indexed = indexed_columns(&pool).await.map_err(|e| url.scrub(&e))?;
+                .map_err(|e| OperationError::invalid_argument(url.scrub(&e)))?;
+            let indexed = indexed_columns(&pool).await.map_err(scrubbed)?;
             // SQL PostgreSQL accepts that the hint parser cannot read gets no hints, said so.
             let (hints, hints_error) = match rewrite_hints(sql, &|column: &str| is_indexed(&indexed, column))
             {
@@ -374,24 +402,22 @@ impl Operation for Explain {
 struct DetectRegressions(Arc<Shared>);
 
 impl Operation for DetectRegressions {
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    type Params = TargetParams;
+
+    fn run<'a>(&'a self, task: &'a TaskContext, params: TargetParams) -> OpFuture<'a> {
         Box::pin(async move {
             let shared = &self.0;
-            let (database, pool, url) = task.target(AGENT).await?;
-            let journal_error = |e: crate::journal::JournalError| e.to_string();
+            let (database, pool, url) = task.target(AGENT, params.database.as_deref()).await?;
             let earlier = shared
                 .journal
                 .recent_snapshots(&database, shared.config.baseline_snapshots + 1)
+                .await?;
+            let now = snapshot(&pool)
                 .await
-                .map_err(journal_error)?;
-            let now = snapshot(&pool).await.map_err(|e| url.scrub(&e))?;
+                .map_err(|e| e.map_message(|m| url.scrub(m)))?;
             let plans = plans_of(shared, &pool, &now).await;
             let current = RecordedSnapshot { snapshot: now, plans };
-            shared
-                .journal
-                .record_snapshot(&database, &current)
-                .await
-                .map_err(journal_error)?;
+            shared.journal.record_snapshot(&database, &current).await?;
             let (Some(first), Some(last)) = (earlier.first(), earlier.last()) else {
                 return Ok(
                     json!({"database": database, "regressions": [], "note": "first snapshot recorded; regressions need two more"}),
@@ -415,11 +441,7 @@ impl Operation for DetectRegressions {
                     recent_from_ms: recent.from_ms,
                     recent_to_ms: recent.to_ms,
                 };
-                shared
-                    .journal
-                    .record_regression(&database, &event)
-                    .await
-                    .map_err(journal_error)?;
+                shared.journal.record_regression(&database, &event).await?;
                 recorded.push(event);
             }
             Ok(json!({
@@ -439,14 +461,18 @@ impl Operation for DetectRegressions {
 struct UnusedIndexes;
 
 impl Operation for UnusedIndexes {
+    type Params = TargetParams;
+
     fn read_only(&self) -> bool {
         true
     }
 
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    fn run<'a>(&'a self, task: &'a TaskContext, params: TargetParams) -> OpFuture<'a> {
         Box::pin(async move {
-            let (database, pool, url) = task.target(AGENT).await?;
-            let indexes = read_indexes(&pool).await.map_err(|e| url.scrub(&e.to_string()))?;
+            let (database, pool, url) = task.target(AGENT, params.database.as_deref()).await?;
+            let indexes = read_indexes(&pool)
+                .await
+                .map_err(|e| OperationError::new(e.code(), url.scrub(&e.to_string())))?;
             let mut answer = to_json(&report(&indexes))?;
             answer["database"] = json!(database);
             Ok(answer)
@@ -455,12 +481,12 @@ impl Operation for UnusedIndexes {
 }
 
 /// The catalog the candidate finder resolves columns with.
-async fn catalog(pool: &PgPool) -> Result<Catalog, String> {
+async fn catalog(pool: &PgPool) -> Result<Catalog, OperationError> {
     let rows: Vec<(String, Vec<String>)> = sqlx::query_as(USER_COLUMNS)
         .bind(TABLES_MAX)
         .fetch_all(pool)
         .await
-        .map_err(|e| format!("cannot read the target's tables: {e}"))?;
+        .map_err(|e| database_error(&e, format!("cannot read the target's tables: {e}")))?;
     Ok(Catalog::new(rows.into_iter().collect()))
 }
 
@@ -474,18 +500,18 @@ async fn catalog(pool: &PgPool) -> Result<Catalog, String> {
 struct RecommendIndexes(Arc<Shared>);
 
 impl Operation for RecommendIndexes {
+    type Params = TableParams;
+
     fn read_only(&self) -> bool {
         true
     }
 
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    fn run<'a>(&'a self, task: &'a TaskContext, params: TableParams) -> OpFuture<'a> {
         Box::pin(async move {
-            let params = &task.command.params;
-            let table = optional_text(params, "table")?;
-            let (database, pool, url) = task.target(AGENT).await?;
-            let mut answer = advise(&pool, &self.0.config, table)
+            let (database, pool, url) = task.target(AGENT, params.database.as_deref()).await?;
+            let mut answer = advise(&pool, &self.0.config, params.table.as_deref())
                 .await
-                .map_err(|e| url.scrub(&e))?;
+                .map_err(|e| e.map_message(|m| url.scrub(m)))?;
             answer["database"] = json!(database);
             Ok(answer)
         })
@@ -498,7 +524,7 @@ async fn plan_advice(
     pool: &PgPool,
     config: &QueryAgentConfig,
     statements: &[WorkloadStatement],
-) -> Result<Value, String> {
+) -> Result<Value, OperationError> {
     let rows = table_rows(&table_statistics(pool).await?);
     let mut advice = Vec::new();
     for statement in statements {
@@ -513,7 +539,11 @@ async fn plan_advice(
 
 /// The index advice over the workload of the database `pool` connects to
 /// (what `query.recommend_indexes` answers), optionally only for `table`.
-pub async fn advise(pool: &PgPool, config: &QueryAgentConfig, table: Option<&str>) -> Result<Value, String> {
+pub async fn advise(
+    pool: &PgPool,
+    config: &QueryAgentConfig,
+    table: Option<&str>,
+) -> Result<Value, OperationError> {
     let snapshot = snapshot(pool).await?;
     let all: Vec<WorkloadStatement> = snapshot
         .statements
@@ -533,8 +563,7 @@ pub async fn advise(pool: &PgPool, config: &QueryAgentConfig, table: Option<&str
         .collect();
     let catalog = catalog(pool).await?;
     let existing: Vec<ExistingIndex> = read_indexes(pool)
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .into_iter()
         .filter(|i| i.is_valid && i.plain_btree)
         .map(|i| ExistingIndex {
@@ -560,7 +589,10 @@ pub async fn advise(pool: &PgPool, config: &QueryAgentConfig, table: Option<&str
         analyze: false,
         statement_timeout_ms: config.statement_timeout_ms,
     };
-    let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| database_error(&e, e.to_string()))?;
     // Hypothetical indexes live in the session: it is not pooled again.
     conn.close_on_drop();
     let (baseline, evaluations) = match evaluate(&mut conn, &statements, &candidates, options).await {
@@ -578,7 +610,7 @@ pub async fn advise(pool: &PgPool, config: &QueryAgentConfig, table: Option<&str
                 "candidates": candidates.keys().collect::<Vec<_>>(),
             }));
         }
-        Err(error) => return Err(error.to_string()),
+        Err(error) => return Err(OperationError::internal(error.to_string())),
     };
     let not_explained: Vec<&str> = statements
         .iter()
@@ -609,8 +641,8 @@ const MEASURE_MS_MAX: u64 = 3_600_000;
 struct CreateIndex(Arc<Shared>);
 
 impl CreateIndex {
-    fn spec(params: &Map<String, Value>, catalog: &Catalog) -> Result<IndexSpec, String> {
-        let table = text_param(params, "table")?;
+    fn spec(params: &CreateIndexParams, catalog: &Catalog) -> Result<IndexSpec, OperationError> {
+        let table = &*params.table;
         let table = if table.contains('.') {
             table.to_owned()
         } else {
@@ -619,27 +651,26 @@ impl CreateIndex {
         let known = catalog
             .tables
             .get(&table)
-            .ok_or_else(|| format!("there is no table {table}"))?;
-        let columns: Vec<String> = match params.get("columns") {
-            Some(Value::Array(items)) if !items.is_empty() && items.len() <= 32 => items
-                .iter()
-                .map(|c| match c {
-                    Value::String(c) if known.contains(c) => Ok(c.clone()),
-                    Value::String(c) => Err(format!("table {table} has no column {c}")),
-                    other => Err(format!("'columns' must hold column names, not {other}")),
-                })
-                .collect::<Result<_, _>>()?,
-            Some(_) => return Err("'columns' must be a list of 1 to 32 column names".into()),
-            None => return Err("needs parameter 'columns'".into()),
-        };
-        let name = match optional_text(params, "name")? {
-            Some(name) => name.to_owned(),
+            .ok_or_else(|| OperationError::not_found(format!("there is no table {table}")))?;
+        if params.columns.is_empty() || params.columns.len() > 32 {
+            return Err(OperationError::invalid_argument(
+                "'columns' must be a list of 1 to 32 column names",
+            ));
+        }
+        if let Some(c) = params.columns.iter().find(|c| !known.contains(*c)) {
+            return Err(OperationError::not_found(format!(
+                "table {table} has no column {c}"
+            )));
+        }
+        let columns = params.columns.clone();
+        let name = match &params.name {
+            Some(name) => name.to_string(),
             None => default_name(&table, &columns),
         };
         if name.len() > 63 || name.contains('"') {
-            return Err(format!(
+            return Err(OperationError::invalid_argument(format!(
                 "index name '{name}' must be at most 63 bytes, without '\"'"
-            ));
+            )));
         }
         Ok(IndexSpec { table, columns, name })
     }
@@ -647,42 +678,40 @@ impl CreateIndex {
 
 /// Parameter `measure_ms`: how long the index's statements are measured
 /// after the build (`default_ms` when not given).
-fn measure_window_ms(params: &Map<String, Value>, default_ms: u64) -> Result<u64, String> {
-    match params.get("measure_ms") {
+fn measure_window_ms(measure_ms: Option<u64>, default_ms: u64) -> Result<u64, OperationError> {
+    match measure_ms {
         None => Ok(default_ms),
-        Some(Value::Number(n)) if n.as_u64().is_some_and(|ms| ms <= MEASURE_MS_MAX) => {
-            Ok(n.as_u64().unwrap_or(0))
-        }
-        Some(other) => Err(format!(
+        Some(ms) if ms <= MEASURE_MS_MAX => Ok(ms),
+        Some(other) => Err(OperationError::invalid_argument(format!(
             "parameter 'measure_ms' must be 0 to {MEASURE_MS_MAX}, not {other}"
-        )),
+        ))),
     }
 }
 
 impl Operation for CreateIndex {
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    type Params = CreateIndexParams;
+
+    fn run<'a>(&'a self, task: &'a TaskContext, params: CreateIndexParams) -> OpFuture<'a> {
         Box::pin(async move {
             let shared = &self.0;
-            let params = &task.command.params;
-            let window_ms = measure_window_ms(params, shared.config.measure_window_ms)?;
-            let (database, pool, url) = task.target(AGENT).await?;
+            let window_ms = measure_window_ms(params.measure_ms, shared.config.measure_window_ms)?;
+            let (database, pool, url) = task.target(AGENT, params.database.as_deref()).await?;
             let scrub = |e: String| url.scrub(&e);
-            let catalog = catalog(&pool).await.map_err(scrub)?;
-            let index = Self::spec(params, &catalog)?;
+            let scrubbed = |e: OperationError| e.map_message(|m| url.scrub(m));
+            let catalog = catalog(&pool).await.map_err(scrubbed)?;
+            let index = Self::spec(&params, &catalog)?;
             if crate::create::valid(&pool, &index)
                 .await
                 .map_err(|e| scrub(e.to_string()))?
                 == Some(true)
             {
-                return Err(format!("index {}.{} already exists", index.schema(), index.name));
+                return Err(OperationError::new(
+                    domain::Code::AlreadyExists,
+                    format!("index {}.{} already exists", index.schema(), index.name),
+                ));
             }
-            let earlier = shared
-                .journal
-                .recent_snapshots(&database, 1)
-                .await
-                .map_err(|e| e.to_string())?
-                .pop();
-            let at_build = snapshot(&pool).await.map_err(scrub)?;
+            let earlier = shared.journal.recent_snapshots(&database, 1).await?.pop();
+            let at_build = snapshot(&pool).await.map_err(scrubbed)?;
             let meant_for = statements_for(&index, &at_build, &catalog);
             task.progress(10.0, format!("building {}", index.create_sql()))
                 .await;
@@ -692,8 +721,8 @@ impl Operation for CreateIndex {
             task.progress(50.0, format!("measuring its statements for {window_ms} ms"))
                 .await;
             tokio::time::sleep(std::time::Duration::from_millis(window_ms)).await;
-            let after = snapshot(&pool).await.map_err(scrub)?;
-            let tables = table_statistics(&pool).await.map_err(scrub)?;
+            let after = snapshot(&pool).await.map_err(scrubbed)?;
+            let tables = table_statistics(&pool).await.map_err(scrubbed)?;
             let rows = table_rows(&tables);
             let mut uses = std::collections::BTreeSet::new();
             for statement in after.statements.iter().filter(|s| meant_for.contains(&s.queryid)) {
@@ -734,8 +763,7 @@ impl Operation for CreateIndex {
             shared
                 .journal
                 .record_index_outcome(&database, verdict.keep, outcome.clone())
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             let plans = plans_of(shared, &pool, &after).await;
             shared
                 .journal
@@ -746,8 +774,7 @@ impl Operation for CreateIndex {
                         plans,
                     },
                 )
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             Ok(outcome)
         })
     }

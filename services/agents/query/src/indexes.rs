@@ -57,6 +57,21 @@ pub enum IndexError {
     Database(#[from] sqlx::Error),
 }
 
+impl IndexError {
+    pub fn code(&self) -> domain::Code {
+        match self {
+            IndexError::TooMany => domain::Code::FailedPrecondition,
+            IndexError::Database(e) => agents::database_code(e),
+        }
+    }
+}
+
+impl From<IndexError> for domain::OperationError {
+    fn from(e: IndexError) -> domain::OperationError {
+        domain::OperationError::new(e.code(), e.to_string())
+    }
+}
+
 pub async fn read_indexes(pool: &PgPool) -> Result<Vec<IndexUsage>, IndexError> {
     let rows: Vec<IndexUsage> = sqlx::query_as(INDEX_USAGE)
         .bind(INDEXES_MAX)

@@ -53,6 +53,16 @@ pub enum JournalError {
     Json(#[from] serde_json::Error),
 }
 
+impl From<JournalError> for domain::OperationError {
+    fn from(e: JournalError) -> domain::OperationError {
+        let code = match &e {
+            JournalError::Store(e) => e.code(),
+            JournalError::Invalid(_) | JournalError::Json(_) => domain::Code::Internal,
+        };
+        domain::OperationError::new(code, e.to_string())
+    }
+}
+
 #[derive(Clone)]
 pub struct Journal {
     appender: Appender,

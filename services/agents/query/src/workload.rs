@@ -67,6 +67,16 @@ pub enum WorkloadError {
     Database(#[from] sqlx::Error),
 }
 
+impl From<WorkloadError> for domain::OperationError {
+    fn from(e: WorkloadError) -> domain::OperationError {
+        let code = match &e {
+            WorkloadError::Unavailable(_) => domain::Code::FailedPrecondition,
+            WorkloadError::Database(e) => agents::database_code(e),
+        };
+        domain::OperationError::new(code, e.to_string())
+    }
+}
+
 /// Reads the database's statements (the most time-consuming first).
 pub async fn read_snapshot(pool: &PgPool, taken_at_ms: u64) -> Result<WorkloadSnapshot, WorkloadError> {
     let info: (i64, String) = sqlx::query_as(SNAPSHOT_INFO)

@@ -33,7 +33,11 @@ pub mod sql;
 mod targets;
 
 pub use directory::{AgentStatus, Directory};
-pub use probe::Probe;
+pub use event_store::database_code;
+pub use probe::{Probe, ProbeParams};
 pub use progress::{NoProgress, ProgressSink};
-pub use runtime::{AgentSpec, AgentsConfig, AgentsRuntime, Dependencies, OpFuture, Operation, TaskContext};
+pub use runtime::{
+    AgentSpec, AgentsConfig, AgentsRuntime, Dependencies, OpFuture, Operation, Served, TaskContext,
+    catalogue, database_error, target_error,
+};
 pub use targets::{Target, TargetDatabase, Targets, TargetsConfig, TargetsError};

@@ -1,34 +1,62 @@
-//! Reading a task's parameters, with the errors every operation gives for
-//! a missing or mistyped one (the task fails with that text).
+//! Parameter types shared by the operations' parameter structs (each
+//! operation reads its parameters into a struct of its own, see
+//! [`crate::Operation::Params`]).
 
-use serde_json::{Map, Value};
+use serde::{Deserialize, Serialize};
 
-/// A required non-blank string.
-pub fn text<'a>(params: &'a Map<String, Value>, name: &str) -> Result<&'a str, String> {
-    match params.get(name) {
-        Some(Value::String(text)) if !text.trim().is_empty() => Ok(text),
-        Some(other) => Err(format!(
-            "parameter '{name}' must be a non-empty string, not {other}"
-        )),
-        None => Err(format!("needs parameter '{name}'")),
+/// A non-blank string: a name where an empty one makes no sense.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Text(String);
+
+impl TryFrom<String> for Text {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Text, String> {
+        if text.trim().is_empty() {
+            return Err("must be a non-empty string".to_owned());
+        }
+        Ok(Text(text))
     }
 }
 
-/// An optional non-blank string.
-pub fn optional_text<'a>(params: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, String> {
-    match params.get(name) {
-        None => Ok(None),
-        Some(_) => text(params, name).map(Some),
+impl From<Text> for String {
+    fn from(text: Text) -> String {
+        text.0
     }
 }
 
-/// An optional boolean, false when absent.
-pub fn flag(params: &Map<String, Value>, name: &str) -> Result<bool, String> {
-    match params.get(name) {
-        None => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(other) => Err(format!("parameter '{name}' must be true or false, not {other}")),
+impl std::ops::Deref for Text {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
     }
+}
+
+impl AsRef<str> for Text {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The parameters of an operation that takes only its target database
+/// (optional when exactly one target is registered).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetParams {
+    pub database: Option<Text>,
+}
+
+/// An operation's result as the task records it.
+pub fn to_json<T: Serialize>(value: &T) -> Result<serde_json::Value, domain::OperationError> {
+    serde_json::to_value(value).map_err(|e| domain::OperationError::internal(e.to_string()))
 }
 
 #[cfg(test)]
@@ -36,19 +64,38 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Params {
+        table: Text,
+        #[serde(default)]
+        analyze: bool,
+    }
+
     #[test]
-    fn missing_blank_and_mistyped_parameters_are_named() {
-        let params = json!({"a": "x", "blank": " ", "n": 1, "b": true})
-            .as_object()
-            .cloned()
-            .unwrap();
-        assert_eq!(text(&params, "a"), Ok("x"));
-        assert_eq!(text(&params, "z").unwrap_err(), "needs parameter 'z'");
-        assert!(text(&params, "blank").unwrap_err().contains("non-empty string"));
-        assert_eq!(optional_text(&params, "z"), Ok(None));
-        assert!(optional_text(&params, "n").is_err());
-        assert_eq!(flag(&params, "b"), Ok(true));
-        assert_eq!(flag(&params, "z"), Ok(false));
-        assert!(flag(&params, "a").unwrap_err().contains("true or false"));
+    fn missing_blank_and_mistyped_parameters_are_refused() {
+        let read = |v: serde_json::Value| serde_json::from_value::<Params>(v);
+        let ok = read(json!({"table": "x"})).unwrap();
+        assert_eq!(&*ok.table, "x");
+        assert!(!ok.analyze);
+        assert!(
+            read(json!({}))
+                .unwrap_err()
+                .to_string()
+                .contains("missing field `table`")
+        );
+        assert!(
+            read(json!({"table": " "}))
+                .unwrap_err()
+                .to_string()
+                .contains("non-empty string")
+        );
+        assert!(read(json!({"table": "x", "analyze": "yes"})).is_err());
+        assert!(
+            read(json!({"table": "x", "other": 1}))
+                .unwrap_err()
+                .to_string()
+                .contains("unknown field")
+        );
     }
 }

@@ -11,15 +11,18 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::{self, AckKind};
-use domain::workflow::{Priority, StopRequest, TaskCommand, TaskKind};
+use domain::workflow::derive::operation_spec;
+use domain::workflow::{Catalogue, OperationSpec, Priority, StopRequest, TaskCommand, TaskKind};
 use domain::{
-    AppendRequest, EventData, EventType, ExpectedVersion, Limits, ProposedEvent, StreamAppend, StreamId,
+    AppendRequest, Code, EventData, EventType, ExpectedVersion, Limits, OperationError, ProposedEvent,
+    StreamAppend, StreamId,
 };
 use event_store::Appender;
 use event_store::clock::now_ms;
 use event_store::relay::{self, RelayConfig};
 use futures_util::StreamExt;
 use sagas::{Orchestrator, STOP_SUBJECT};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
@@ -83,11 +86,18 @@ pub struct Dependencies {
     pub targets: crate::targets::Targets,
 }
 
-pub type OpFuture<'a> = Pin<Box<dyn Future<Output = Result<Value, String>> + Send + 'a>>;
+pub type OpFuture<'a> = Pin<Box<dyn Future<Output = Result<Value, OperationError>> + Send + 'a>>;
 
-/// One operation of an agent. An `Err` is the task's failure message.
+/// One operation of an agent. An `Err` is the task's failure: its code
+/// decides whether the orchestrator tries again.
 pub trait Operation: Send + Sync {
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a>;
+    /// What the operation takes, read once from the task's parameters by
+    /// the runtime before `run` (a plain struct, `deny_unknown_fields`;
+    /// optional fields `Option` or `#[serde(default)]`). The catalogue
+    /// plans are validated against is derived from it.
+    type Params: DeserializeOwned + Send + 'static;
+
+    fn run<'a>(&'a self, task: &'a TaskContext, params: Self::Params) -> OpFuture<'a>;
 
     /// True when the operation changes nothing (it reads and reports):
     /// such an operation may start before its start is recorded, since
@@ -95,6 +105,121 @@ pub trait Operation: Send + Sync {
     fn read_only(&self) -> bool {
         false
     }
+}
+
+/// An [`Operation`] whatever its parameters: what the runtime holds.
+pub trait Served: Send + Sync {
+    /// Reads the task's parameters, then runs the operation.
+    fn serve<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a>;
+    fn read_only(&self) -> bool;
+    /// What the operation takes (derived from its `Params`).
+    fn spec(&self) -> OperationSpec;
+}
+
+impl<O: Operation> Served for O {
+    fn serve<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+        match read_params::<O::Params>(&task.command) {
+            Ok(params) => self.run(task, params),
+            Err(error) => Box::pin(async move { Err(error) }),
+        }
+    }
+
+    fn read_only(&self) -> bool {
+        Operation::read_only(self)
+    }
+
+    fn spec(&self) -> OperationSpec {
+        operation_spec::<O::Params>()
+    }
+}
+
+/// The command's parameters as `P`; what does not fit is an
+/// `InvalidArgument` naming the parameter.
+fn read_params<P: DeserializeOwned>(command: &TaskCommand) -> Result<P, OperationError> {
+    let what = format!("{}.{}", command.agent, command.operation);
+    let problems = operation_spec::<P>().problems(&what, &command.params);
+    if !problems.is_empty() {
+        return Err(OperationError::invalid_argument(problems.join("; ")));
+    }
+    let current = std::cell::RefCell::new(None);
+    P::deserialize(Params {
+        params: &command.params,
+        current: &current,
+    })
+    .map_err(|e| {
+        let message = match current.borrow().as_deref() {
+            Some(name) => format!("parameter '{name}' of {what}: {e}"),
+            None => format!("the parameters of {what}: {e}"),
+        };
+        OperationError::invalid_argument(message)
+    })
+}
+
+/// A task's parameters as a deserializer that remembers the parameter it
+/// is reading, so that a value that does not fit is named.
+struct Params<'a> {
+    params: &'a serde_json::Map<String, Value>,
+    current: &'a std::cell::RefCell<Option<String>>,
+}
+
+impl<'de> serde::Deserializer<'de> for Params<'_> {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        visitor.visit_map(ParamsAccess {
+            entries: self.params.iter(),
+            value: None,
+            current: self.current,
+        })
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option
+        unit unit_struct newtype_struct seq tuple tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+struct ParamsAccess<'a> {
+    entries: serde_json::map::Iter<'a>,
+    value: Option<&'a Value>,
+    current: &'a std::cell::RefCell<Option<String>>,
+}
+
+impl<'de> serde::de::MapAccess<'de> for ParamsAccess<'_> {
+    type Error = serde_json::Error;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        let Some((name, value)) = self.entries.next() else {
+            *self.current.borrow_mut() = None;
+            return Ok(None);
+        };
+        *self.current.borrow_mut() = Some(name.clone());
+        self.value = Some(value);
+        seed.deserialize(serde::de::value::StrDeserializer::new(name))
+            .map(Some)
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
+        let value = self.value.take().cloned().unwrap_or(Value::Null);
+        seed.deserialize(value)
+    }
+}
+
+/// Every operation of `agents` by agent and name, with what it takes: the
+/// catalogue plans are validated against.
+pub fn catalogue(agents: &[AgentSpec]) -> Catalogue {
+    agents.iter().fold(Catalogue::default(), |catalogue, agent| {
+        agent
+            .operations
+            .iter()
+            .fold(catalogue, |c, (name, op)| c.with(&agent.name, name, op.spec()))
+    })
 }
 
 /// What an operation sees of the task it works on.
@@ -113,21 +238,26 @@ impl TaskContext {
     pub async fn target(
         &self,
         agent: &str,
-    ) -> Result<(String, PgPool, domain::target::ConnectionUrl), String> {
+        database: Option<&str>,
+    ) -> Result<(String, PgPool, domain::target::ConnectionUrl), OperationError> {
         let named;
-        let name = match self.command.params.get("database") {
-            Some(_) => crate::params::text(&self.command.params, "database")?,
+        let name = match database {
+            Some(name) => name,
             None => {
-                let registered = self.deps.targets.list().await.map_err(|e| e.to_string())?;
+                let registered = self.deps.targets.list().await.map_err(target_error)?;
                 named = match registered.as_slice() {
                     [only] => only.name.clone(),
-                    [] => return Err("needs parameter 'database'; no target database is registered".into()),
+                    [] => {
+                        return Err(OperationError::invalid_argument(
+                            "needs parameter 'database'; no target database is registered",
+                        ));
+                    }
                     many => {
                         let names: Vec<&str> = many.iter().map(|t| t.name.as_str()).collect();
-                        return Err(format!(
+                        return Err(OperationError::invalid_argument(format!(
                             "needs parameter 'database': the registered ones are {}",
                             names.join(", ")
-                        ));
+                        )));
                     }
                 };
                 &named
@@ -138,7 +268,7 @@ impl TaskContext {
             .targets
             .pool_for(agent, name)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(target_error)?;
         Ok((name.to_owned(), pool, url))
     }
 
@@ -163,10 +293,22 @@ impl TaskContext {
     }
 }
 
+/// A database error met by an operation, described by `message` (scrubbed
+/// of any connection URL by the caller): `Unavailable` when the connection
+/// was lost, else `Internal` ([`event_store::database_code`]).
+pub fn database_error(e: &sqlx::Error, message: impl Into<String>) -> OperationError {
+    OperationError::new(event_store::database_code(e), message)
+}
+
+/// A target that cannot be had, as an operation's failure (its code).
+pub fn target_error(e: crate::TargetsError) -> OperationError {
+    OperationError::new(e.code(), e.to_string())
+}
+
 /// An agent's name and operations.
 pub struct AgentSpec {
     pub name: String,
-    pub operations: BTreeMap<String, Arc<dyn Operation>>,
+    pub operations: BTreeMap<String, Arc<dyn Served>>,
 }
 
 /// Runs all agents until stopped.
@@ -239,7 +381,7 @@ impl AgentsRuntime {
         domain::workflow::catalogue::AGENTS
             .iter()
             .map(|name| {
-                let mut operations: BTreeMap<String, Arc<dyn Operation>> = BTreeMap::new();
+                let mut operations: BTreeMap<String, Arc<dyn Served>> = BTreeMap::new();
                 operations.insert(
                     domain::workflow::catalogue::PROBE.to_owned(),
                     Arc::new(crate::probe::Probe {
@@ -401,7 +543,7 @@ fn rank(priority: Priority) -> u8 {
 /// One agent's queue, shared by its fetcher and workers.
 struct Agent {
     name: String,
-    operations: BTreeMap<String, Arc<dyn Operation>>,
+    operations: BTreeMap<String, Arc<dyn Served>>,
     queue: Mutex<BinaryHeap<Queued>>,
     queued: Notify,
     /// True while the agent is healthy: workers take tasks only then.
@@ -688,7 +830,10 @@ async fn begin_and_run(
     command: &TaskCommand,
     key: &(String, String),
     redelivered: bool,
-) -> (Result<bool, sagas::SagaError>, Option<Result<Value, String>>) {
+) -> (
+    Result<bool, sagas::SagaError>,
+    Option<Result<Value, OperationError>>,
+) {
     let operation = agent.operations.get(&command.operation).cloned();
     let (stop_tx, stopped) = watch::channel(false);
     let running = RunningTask {
@@ -738,10 +883,10 @@ async fn begin_and_run(
 async fn run_attempt(
     shared: &Shared,
     agent: &Agent,
-    operation: Option<&dyn Operation>,
+    operation: Option<&dyn Served>,
     command: &TaskCommand,
     mut stopped: watch::Receiver<bool>,
-) -> Option<Result<Value, String>> {
+) -> Option<Result<Value, OperationError>> {
     let started = Instant::now();
     let context = TaskContext {
         command: command.clone(),
@@ -751,14 +896,17 @@ async fn run_attempt(
         last_progress: Mutex::new(None),
     };
     let run: OpFuture<'_> = match operation {
-        Some(operation) => operation.run(&context),
+        Some(operation) => operation.serve(&context),
         None => {
             let served: Vec<&str> = agent.operations.keys().map(String::as_str).collect();
-            let error = format!(
-                "agent {} does not serve operation {} (it serves: {})",
-                agent.name,
-                command.operation,
-                served.join(", ")
+            let error = OperationError::new(
+                Code::Unimplemented,
+                format!(
+                    "agent {} does not serve operation {} (it serves: {})",
+                    agent.name,
+                    command.operation,
+                    served.join(", ")
+                ),
             );
             Box::pin(async move { Err(error) })
         }
@@ -768,10 +916,10 @@ async fn run_attempt(
     // A stop sender gone (no pattern match) only disables its branch.
     tokio::select! {
         outcome = run => Some(outcome),
-        _ = tokio::time::sleep_until(deadline) => Some(Err(format!(
+        _ = tokio::time::sleep_until(deadline) => Some(Err(OperationError::timeout(format!(
             "exceeded its timeout (deadline passed after {} ms)",
             started.elapsed().as_millis()
-        ))),
+        )))),
         Ok(()) = stopped.changed() => None,
     }
 }
@@ -932,4 +1080,64 @@ async fn route_stop_requests(shared: Arc<Shared>, mut stop: watch::Receiver<bool
 /// Resolves once `stop` turns true (or its sender is gone).
 async fn stopping(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::Text;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Params {
+        database: Option<Text>,
+        tables: Option<Vec<Text>>,
+        #[serde(default)]
+        analyze: bool,
+    }
+
+    fn command(params: Value) -> TaskCommand {
+        TaskCommand {
+            workflow_id: "w".into(),
+            task_id: "t".into(),
+            agent: "backup".into(),
+            operation: "create".into(),
+            kind: TaskKind::Run,
+            attempt: 1,
+            priority: Priority::Normal,
+            params: params.as_object().cloned().unwrap_or_default(),
+            deadline_ms: 0,
+        }
+    }
+
+    #[test]
+    fn parameters_that_do_not_fit_are_invalid_arguments_naming_the_parameter() {
+        // Given: parameters read into the operation's type
+        let read = |params: Value| read_params::<Params>(&command(params));
+        // Then: what fits is read
+        let ok = read(json!({"database": "app", "tables": ["a"], "analyze": true})).unwrap();
+        assert_eq!(ok.database.as_deref(), Some("app"));
+        // and what does not is an InvalidArgument naming the parameter
+        for (params, named) in [
+            (
+                json!({"tables": [""]}),
+                "parameter 'tables' of backup.create: must be a non-empty string",
+            ),
+            (
+                json!({"analyze": "yes"}),
+                "parameter 'analyze' of backup.create must be Boolean",
+            ),
+            (json!({"typo": 1}), "backup.create has no parameter 'typo'"),
+            (
+                json!({"database": " "}),
+                "parameter 'database' of backup.create: must be a non-empty string",
+            ),
+        ] {
+            let error = read(params.clone()).unwrap_err();
+            assert_eq!(error.code, Code::InvalidArgument, "{params}");
+            assert!(error.message.contains(named), "{params}: {}", error.message);
+        }
+    }
 }

@@ -71,6 +71,22 @@ pub enum TargetsError {
     Validation(#[from] ValidationError),
 }
 
+impl TargetsError {
+    pub fn code(&self) -> domain::Code {
+        use domain::Code;
+        match self {
+            TargetsError::Invalid(_) | TargetsError::DescriptionTooLong(_) | TargetsError::Validation(_) => {
+                Code::InvalidArgument
+            }
+            TargetsError::AlreadyRegistered { .. } => Code::AlreadyExists,
+            TargetsError::NotFound(_) => Code::NotFound,
+            TargetsError::Unreachable { .. } => Code::Unavailable,
+            TargetsError::Store(e) => e.code(),
+            TargetsError::Database(e) => event_store::database_code(e),
+        }
+    }
+}
+
 /// A registered target as shown to people: no secret in it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TargetDatabase {

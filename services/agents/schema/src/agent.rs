@@ -5,8 +5,10 @@
 
 use std::sync::Arc;
 
-use agents::params::{flag, optional_text, text as text_param};
-use agents::{OpFuture, Operation, TaskContext};
+use agents::params::{TargetParams, Text, to_json};
+use agents::{OpFuture, Operation, Served, TaskContext};
+use domain::{Code, OperationError};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::dependencies::dependents;
@@ -18,7 +20,7 @@ use crate::migration::{Migrator, Target};
 pub const AGENT: &str = "schema";
 
 /// `(operation, implementation)` of every operation of the schema agent.
-pub fn operations(migrator: Migrator) -> Vec<(&'static str, Arc<dyn Operation>)> {
+pub fn operations(migrator: Migrator) -> Vec<(&'static str, Arc<dyn Served>)> {
     let migrator = Arc::new(migrator);
     vec![
         ("dependencies", Arc::new(Dependencies)),
@@ -56,23 +58,73 @@ pub fn operations(migrator: Migrator) -> Vec<(&'static str, Arc<dyn Operation>)>
     ]
 }
 
-async fn target(task: &TaskContext) -> Result<Target, String> {
-    let name = text_param(&task.command.params, "database")?;
-    let (pool, url) = task
-        .deps
-        .targets
-        .pool_for(AGENT, name)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(Target {
-        name: name.to_owned(),
-        pool,
-        url,
-    })
+async fn target(task: &TaskContext, database: Option<&Text>) -> Result<Target, OperationError> {
+    let (name, pool, url) = task.target(AGENT, database.map(|d| &**d)).await?;
+    Ok(Target { name, pool, url })
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, String> {
-    serde_json::to_value(value).map_err(|e| e.to_string())
+/// A failure reading the target's catalog: its connection is the likely cause.
+fn catalog_error(
+    url: &domain::target::ConnectionUrl,
+    e: impl std::fmt::Display,
+    code: Code,
+) -> OperationError {
+    OperationError::new(code, url.scrub(&e.to_string()))
+}
+
+/// The parameters of the migration operations: the target, and the
+/// migration by name (from the directory) or as its definition.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationParams {
+    pub database: Option<Text>,
+    pub migration: Option<Text>,
+    /// An object, or its JSON/YAML text.
+    pub definition: Option<Value>,
+}
+
+impl MigrationParams {
+    fn migration(&self, migrator: &Migrator) -> Result<crate::migration::Migration, OperationError> {
+        Ok(migrator.resolve(self.migration.as_deref(), self.definition.as_ref())?)
+    }
+}
+
+/// `schema.apply`'s: a migration, and whether to contract it too.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyParams {
+    pub database: Option<Text>,
+    pub migration: Option<Text>,
+    pub definition: Option<Value>,
+    #[serde(default)]
+    pub complete: bool,
+}
+
+/// The target and, optionally, the migration in progress by name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedParams {
+    pub database: Option<Text>,
+    pub migration: Option<Text>,
+}
+
+/// `schema.dependencies`'.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DependenciesParams {
+    pub database: Option<Text>,
+    /// `table`, `schema.table` or `schema.table.column`.
+    pub object: Text,
+}
+
+/// `schema.lint`'s: SQL, or a migration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LintParams {
+    pub database: Option<Text>,
+    pub sql: Option<Text>,
+    pub migration: Option<Text>,
+    pub definition: Option<Value>,
 }
 
 /// `schema.plan {database, migration | definition}`: every statement of
@@ -83,22 +135,17 @@ pub struct Plan {
 }
 
 impl Operation for Plan {
+    type Params = MigrationParams;
+
     fn read_only(&self) -> bool {
         true
     }
 
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    fn run<'a>(&'a self, task: &'a TaskContext, params: MigrationParams) -> OpFuture<'a> {
         Box::pin(async move {
-            let migration = self
-                .migrator
-                .from_params(&task.command.params)
-                .map_err(|e| e.to_string())?;
-            let target = target(task).await?;
-            let report = self
-                .migrator
-                .plan(&target, migration)
-                .await
-                .map_err(|e| e.to_string())?;
+            let migration = params.migration(&self.migrator)?;
+            let target = target(task, params.database.as_ref()).await?;
+            let report = self.migrator.plan(&target, migration).await?;
             to_json(&report)
         })
     }
@@ -112,17 +159,18 @@ pub struct Apply {
 }
 
 impl Operation for Apply {
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    type Params = ApplyParams;
+
+    fn run<'a>(&'a self, task: &'a TaskContext, params: ApplyParams) -> OpFuture<'a> {
         Box::pin(async move {
-            let params = &task.command.params;
-            let migration = self.migrator.from_params(params).map_err(|e| e.to_string())?;
-            let complete = flag(params, "complete")?;
-            let target = target(task).await?;
+            let migration = self
+                .migrator
+                .resolve(params.migration.as_deref(), params.definition.as_ref())?;
+            let target = target(task, params.database.as_ref()).await?;
             let report = self
                 .migrator
-                .apply(&target, migration, complete, task)
-                .await
-                .map_err(|e| e.to_string())?;
+                .apply(&target, migration, params.complete, task)
+                .await?;
             to_json(&report)
         })
     }
@@ -135,15 +183,15 @@ pub struct Complete {
 }
 
 impl Operation for Complete {
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    type Params = NamedParams;
+
+    fn run<'a>(&'a self, task: &'a TaskContext, params: NamedParams) -> OpFuture<'a> {
         Box::pin(async move {
-            let name = optional_text(&task.command.params, "migration")?;
-            let target = target(task).await?;
+            let target = target(task, params.database.as_ref()).await?;
             let report = self
                 .migrator
-                .complete(&target, name)
-                .await
-                .map_err(|e| e.to_string())?;
+                .complete(&target, params.migration.as_deref())
+                .await?;
             to_json(&report)
         })
     }
@@ -156,15 +204,15 @@ pub struct Rollback {
 }
 
 impl Operation for Rollback {
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    type Params = NamedParams;
+
+    fn run<'a>(&'a self, task: &'a TaskContext, params: NamedParams) -> OpFuture<'a> {
         Box::pin(async move {
-            let name = optional_text(&task.command.params, "migration")?;
-            let target = target(task).await?;
+            let target = target(task, params.database.as_ref()).await?;
             let report = self
                 .migrator
-                .rollback(&target, name)
-                .await
-                .map_err(|e| e.to_string())?;
+                .rollback(&target, params.migration.as_deref())
+                .await?;
             to_json(&report)
         })
     }
@@ -177,14 +225,16 @@ pub struct Status {
 }
 
 impl Operation for Status {
+    type Params = TargetParams;
+
     fn read_only(&self) -> bool {
         true
     }
 
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    fn run<'a>(&'a self, task: &'a TaskContext, params: TargetParams) -> OpFuture<'a> {
         Box::pin(async move {
-            let target = target(task).await?;
-            let report = self.migrator.status(&target).await.map_err(|e| e.to_string())?;
+            let target = target(task, params.database.as_ref()).await?;
+            let report = self.migrator.status(&target).await?;
             to_json(&report)
         })
     }
@@ -195,25 +245,24 @@ impl Operation for Status {
 pub struct Dependencies;
 
 impl Operation for Dependencies {
+    type Params = DependenciesParams;
+
     fn read_only(&self) -> bool {
         true
     }
 
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    fn run<'a>(&'a self, task: &'a TaskContext, params: DependenciesParams) -> OpFuture<'a> {
         Box::pin(async move {
-            let params = &task.command.params;
-            let database = text_param(params, "database")?;
-            let object = text_param(params, "object")?;
-            let (schema, table, column) = parse_object(object)?;
-            let (pool, url) = task
-                .deps
-                .targets
-                .pool_for(AGENT, database)
-                .await
-                .map_err(|e| e.to_string())?;
-            let found = dependents(&pool, schema, table, column)
-                .await
-                .map_err(|e| url.scrub(&e.to_string()))?;
+            let object = &*params.object;
+            let (schema, table, column) = parse_object(object).map_err(OperationError::invalid_argument)?;
+            let (database, pool, url) = task.target(AGENT, params.database.as_deref()).await?;
+            let found = dependents(&pool, schema, table, column).await.map_err(|e| {
+                let code = match &e {
+                    crate::dependencies::DependencyError::Database(e) => agents::database_code(e),
+                    _ => Code::NotFound,
+                };
+                catalog_error(&url, e, code)
+            })?;
             Ok(json!({"database": database, "object": object, "dependents": found}))
         })
     }
@@ -233,18 +282,20 @@ pub struct Lint {
 const HAZARDS_NAMED_MAX: usize = 10;
 
 impl Operation for Lint {
+    type Params = LintParams;
+
     fn read_only(&self) -> bool {
         true
     }
 
-    fn run<'a>(&'a self, task: &'a TaskContext) -> OpFuture<'a> {
+    fn run<'a>(&'a self, task: &'a TaskContext, params: LintParams) -> OpFuture<'a> {
         Box::pin(async move {
-            let params = &task.command.params;
-            let database = text_param(params, "database")?;
-            let sql = match params.get("sql") {
-                Some(_) => text_param(params, "sql")?.to_owned(),
-                None if params.contains_key("migration") || params.contains_key("definition") => {
-                    let migration = self.migrator.from_params(params).map_err(|e| e.to_string())?;
+            let sql = match &params.sql {
+                Some(sql) => sql.to_string(),
+                None if params.migration.is_some() || params.definition.is_some() => {
+                    let migration = self
+                        .migrator
+                        .resolve(params.migration.as_deref(), params.definition.as_ref())?;
                     let scripts: Vec<&str> = migration
                         .operations
                         .iter()
@@ -254,23 +305,28 @@ impl Operation for Lint {
                         })
                         .collect();
                     if scripts.is_empty() {
-                        return Err(format!(
+                        return Err(OperationError::invalid_argument(format!(
                             "migration '{}' has no sql operations to lint; its structured operations are safe by construction (see schema.plan)",
                             migration.name
-                        ));
+                        )));
                     }
                     scripts.join(";\n")
                 }
-                None => return Err("needs parameter 'sql', 'migration' or 'definition'".into()),
+                None => {
+                    return Err(OperationError::invalid_argument(
+                        "needs parameter 'sql', 'migration' or 'definition'",
+                    ));
+                }
             };
-            let (pool, url) = task
-                .deps
-                .targets
-                .pool_for(AGENT, database)
-                .await
-                .map_err(|e| e.to_string())?;
-            let facts = read_facts(&pool).await.map_err(|e| url.scrub(&e.to_string()))?;
-            let report = lint(&sql, &facts).map_err(|e| e.to_string())?;
+            let (_, pool, url) = task.target(AGENT, params.database.as_deref()).await?;
+            let facts = read_facts(&pool).await.map_err(|e| {
+                let code = match &e {
+                    crate::facts::FactsError::Database(e) => agents::database_code(e),
+                    crate::facts::FactsError::TooLarge(_) => Code::FailedPrecondition,
+                };
+                catalog_error(&url, e, code)
+            })?;
+            let report = lint(&sql, &facts).map_err(|e| OperationError::invalid_argument(e.to_string()))?;
             let blocking: Vec<String> = report
                 .findings()
                 .filter(|(_, finding)| finding.severity == Severity::Blocking)
@@ -282,18 +338,18 @@ impl Operation for Lint {
                 })
                 .collect();
             if blocking.is_empty() {
-                return serde_json::to_value(&report).map_err(|e| e.to_string());
+                return to_json(&report);
             }
             let named: Vec<&str> = blocking
                 .iter()
                 .take(HAZARDS_NAMED_MAX)
                 .map(String::as_str)
                 .collect();
-            Err(format!(
+            Err(OperationError::failed_precondition(format!(
                 "lint found {} blocking hazard(s): {}",
                 blocking.len(),
                 named.join("; ")
-            ))
+            )))
         })
     }
 }

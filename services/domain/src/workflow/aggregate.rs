@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::plan::Plan;
+use crate::error::{Code, OperationError};
 
 /// First retry delay; doubled per attempt, at most [`RETRY_BACKOFF_MS_MAX`].
 pub const RETRY_BACKOFF_MS_BASE: u64 = 500;
@@ -87,6 +88,10 @@ pub struct TaskFailed {
     #[serde(flatten)]
     pub attempt: TaskAttempt,
     pub error: String,
+    /// What kind of failure (it decides whether the task is retried). An
+    /// event stored before codes existed reads as `internal`.
+    #[serde(default)]
+    pub code: Code,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -250,6 +255,9 @@ pub struct TaskState {
     pub due_ms: Option<u64>,
     pub result: Option<Value>,
     pub error: Option<String>,
+    /// The code of the last failure, with `error`.
+    #[serde(default)]
+    pub error_code: Option<Code>,
     pub compensation: CompensationStatus,
 }
 
@@ -269,6 +277,10 @@ pub struct WorkflowState {
     /// Indices of succeeded tasks, in the order they succeeded.
     pub completed_order: Vec<usize>,
     pub error: Option<String>,
+    /// The code of the failure that made the workflow fail (none when it
+    /// was cancelled or has not failed).
+    #[serde(default)]
+    pub error_code: Option<Code>,
     /// The task whose failure turned the workflow Failing.
     pub failing_task: Option<String>,
     pub tasks_compensated: u32,
@@ -298,10 +310,12 @@ pub enum WorkflowCommand {
         attempt: u32,
         result: Value,
     },
+    /// An attempt failed; it is retried (retries left) only when the
+    /// error's code is retryable.
     TaskFailed {
         task_id: String,
         attempt: u32,
-        error: String,
+        error: OperationError,
     },
     CompensationFinished {
         task_id: String,
@@ -337,6 +351,17 @@ pub enum WorkflowError {
         workflow_id: String,
         status: WorkflowStatus,
     },
+}
+
+impl WorkflowError {
+    pub fn code(&self) -> Code {
+        match self {
+            WorkflowError::AlreadyStarted(_) => Code::AlreadyExists,
+            WorkflowError::NotStarted => Code::NotFound,
+            WorkflowError::UnknownTask { .. } => Code::InvalidArgument,
+            WorkflowError::Finished { .. } => Code::FailedPrecondition,
+        }
+    }
 }
 
 /// The retry delay before `next_attempt` (2, 3, ...): exponential, capped,
@@ -399,6 +424,62 @@ fn primary_events(
     let Some(plan) = &state.plan else {
         return Err(WorkflowError::NotStarted);
     };
+    match command {
+        WorkflowCommand::Tick => Ok(tick(state, plan, clock)),
+        WorkflowCommand::Cancel { reason } => {
+            if state.status.is_final() {
+                return Err(WorkflowError::Finished {
+                    workflow_id: state.workflow_id.clone(),
+                    status: state.status,
+                });
+            }
+            let running_tasks = state
+                .tasks
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.is_active())
+                .map(|(i, _)| plan.tasks[i].id.clone())
+                .collect();
+            Ok(vec![WorkflowEvent::WorkflowCancelled(WorkflowCancelled {
+                workflow_id: state.workflow_id.clone(),
+                reason,
+                running_tasks,
+            })])
+        }
+        WorkflowCommand::CompensationFinished { task_id, ok, error } => {
+            let Some((i, _)) = plan.task(&task_id) else {
+                return Err(WorkflowError::UnknownTask {
+                    workflow_id: state.workflow_id.clone(),
+                    task_id,
+                });
+            };
+            if state.tasks[i].compensation != CompensationStatus::Running {
+                return Ok(vec![]);
+            }
+            Ok(vec![WorkflowEvent::CompensationDone(CompensationDone {
+                workflow_id: state.workflow_id.clone(),
+                task_id,
+                agent: plan.tasks[i].agent.clone(),
+                ok,
+                error: if ok {
+                    None
+                } else {
+                    error.or(Some("compensation failed".into()))
+                },
+            })])
+        }
+        command => outcome_events(state, plan, command, clock),
+    }
+}
+
+/// The events of what an agent reported about a task's attempt: its
+/// start, progress, outcome.
+fn outcome_events(
+    state: &WorkflowState,
+    plan: &Plan,
+    command: WorkflowCommand,
+    clock: Clock,
+) -> Result<Vec<WorkflowEvent>, WorkflowError> {
     let task_index = |task_id: &str| {
         plan.task(task_id)
             .map(|(i, _)| i)
@@ -420,7 +501,10 @@ fn primary_events(
         task.attempt == attempt && task.is_active() && !state.status.is_final()
     };
     let events = match command {
-        WorkflowCommand::Start { .. } => unreachable!("handled above"),
+        WorkflowCommand::Start { .. }
+        | WorkflowCommand::Tick
+        | WorkflowCommand::Cancel { .. }
+        | WorkflowCommand::CompensationFinished { .. } => unreachable!("decided by primary_events"),
         WorkflowCommand::TaskStarted { task_id, attempt } => {
             let i = task_index(&task_id)?;
             if current(i, attempt) && state.tasks[i].status == TaskStatus::Scheduled {
@@ -468,64 +552,36 @@ fn primary_events(
         } => {
             let i = task_index(&task_id)?;
             if current(i, attempt) {
+                let code = error.code;
                 let mut events = vec![WorkflowEvent::TaskFailed(TaskFailed {
                     attempt: attempt_of(i, attempt),
-                    error,
+                    error: error.message,
+                    code,
                 })];
-                events.extend(retry(state, plan, i, attempt, clock));
+                events.extend(retry(state, plan, i, attempt, code, clock));
                 events
             } else {
                 vec![]
             }
         }
-        WorkflowCommand::CompensationFinished { task_id, ok, error } => {
-            let i = task_index(&task_id)?;
-            if state.tasks[i].compensation == CompensationStatus::Running {
-                vec![WorkflowEvent::CompensationDone(CompensationDone {
-                    workflow_id: state.workflow_id.clone(),
-                    task_id,
-                    agent: plan.tasks[i].agent.clone(),
-                    ok,
-                    error: if ok {
-                        None
-                    } else {
-                        error.or(Some("compensation failed".into()))
-                    },
-                })]
-            } else {
-                vec![]
-            }
-        }
-        WorkflowCommand::Tick => tick(state, plan, clock),
-        WorkflowCommand::Cancel { reason } => {
-            if state.status.is_final() {
-                return Err(WorkflowError::Finished {
-                    workflow_id: state.workflow_id.clone(),
-                    status: state.status,
-                });
-            }
-            let running_tasks = state
-                .tasks
-                .iter()
-                .enumerate()
-                .filter(|(_, t)| t.is_active())
-                .map(|(i, _)| plan.tasks[i].id.clone())
-                .collect();
-            vec![WorkflowEvent::WorkflowCancelled(WorkflowCancelled {
-                workflow_id: state.workflow_id.clone(),
-                reason,
-                running_tasks,
-            })]
-        }
     };
     Ok(events)
 }
 
-/// After a failed or timed-out attempt: another attempt when retries are
-/// left and the workflow is still running.
-fn retry(state: &WorkflowState, plan: &Plan, i: usize, attempt: u32, clock: Clock) -> Option<WorkflowEvent> {
+/// After a failed or timed-out attempt: another attempt when the failure's
+/// code is retryable ([`Code::retryable`]: another attempt may succeed),
+/// retries are left and the workflow is still running. A failure that is
+/// not retryable (a bad parameter, a missing object) fails the task at once.
+fn retry(
+    state: &WorkflowState,
+    plan: &Plan,
+    i: usize,
+    attempt: u32,
+    code: Code,
+    clock: Clock,
+) -> Option<WorkflowEvent> {
     let task = &plan.tasks[i];
-    if state.status != WorkflowStatus::Running || attempt > task.retries {
+    if !code.retryable() || state.status != WorkflowStatus::Running || attempt > task.retries {
         return None;
     }
     let next_attempt = attempt + 1;
@@ -554,7 +610,7 @@ fn tick(state: &WorkflowState, plan: &Plan, clock: Clock) -> Vec<WorkflowEvent> 
                 attempt: task.attempt,
             };
             events.push(WorkflowEvent::TaskTimedOut(attempt));
-            events.extend(retry(state, plan, i, task.attempt, clock));
+            events.extend(retry(state, plan, i, task.attempt, Code::Timeout, clock));
         }
         if task.compensation == CompensationStatus::Running
             && task.deadline_ms.is_some_and(|d| d <= clock.now_ms)
@@ -689,10 +745,12 @@ pub fn evolve(mut state: WorkflowState, event: &WorkflowEvent) -> WorkflowState 
                 state.completed_order.push(i);
             }
         }
-        WorkflowEvent::TaskFailed(e) => state = attempt_failed(state, &e.attempt.task_id, e.error.clone()),
+        WorkflowEvent::TaskFailed(e) => {
+            state = attempt_failed(state, &e.attempt.task_id, e.error.clone(), e.code);
+        }
         WorkflowEvent::TaskTimedOut(e) => {
             let error = format!("attempt {} timed out", e.attempt);
-            state = attempt_failed(state, &e.task_id, error);
+            state = attempt_failed(state, &e.task_id, error, Code::Timeout);
         }
         WorkflowEvent::TaskRetried(e) => {
             if let Some(i) = index(&state, &e.task_id) {
@@ -705,6 +763,7 @@ pub fn evolve(mut state: WorkflowState, event: &WorkflowEvent) -> WorkflowState 
             if state.status == WorkflowStatus::Failing && state.error_task_retried(&e.task_id) {
                 state.status = WorkflowStatus::Running;
                 state.error = None;
+                state.error_code = None;
                 state.failing_task = None;
             }
         }
@@ -734,6 +793,7 @@ pub fn evolve(mut state: WorkflowState, event: &WorkflowEvent) -> WorkflowState 
         WorkflowEvent::WorkflowCancelled(e) => {
             state.status = WorkflowStatus::Cancelled;
             state.error = Some(format!("cancelled: {}", e.reason));
+            state.error_code = None;
         }
     }
     state
@@ -742,7 +802,7 @@ pub fn evolve(mut state: WorkflowState, event: &WorkflowEvent) -> WorkflowState 
 /// An attempt failed or timed out. Whether it is final is known only from
 /// the next event (a `TaskRetried` follows at once when it is not), so the
 /// workflow turns Failing here and back to Running on the retry.
-fn attempt_failed(mut state: WorkflowState, task_id: &str, error: String) -> WorkflowState {
+fn attempt_failed(mut state: WorkflowState, task_id: &str, error: String, code: Code) -> WorkflowState {
     let Some(i) = state.plan.as_ref().and_then(|p| p.task(task_id)).map(|(i, _)| i) else {
         return state;
     };
@@ -750,9 +810,11 @@ fn attempt_failed(mut state: WorkflowState, task_id: &str, error: String) -> Wor
     task.status = TaskStatus::Failed;
     task.deadline_ms = None;
     task.error = Some(error.clone());
+    task.error_code = Some(code);
     if state.status == WorkflowStatus::Running {
         state.status = WorkflowStatus::Failing;
         state.error = Some(format!("task '{task_id}' failed: {error}"));
+        state.error_code = Some(code);
         state.failing_task = Some(task_id.to_owned());
     }
     state

@@ -5,6 +5,7 @@
 
 pub mod aggregate;
 pub mod catalogue;
+pub mod derive;
 pub mod plan;
 pub mod planner;
 pub mod schedule;
@@ -15,5 +16,5 @@ pub use aggregate::{
     WorkflowState, WorkflowStatus, decide, evolve,
 };
 pub use plan::{Catalogue, OperationSpec, ParamSpec, ParamType, Plan, PlanError, PlanSpec, Task, TaskSpec};
-pub use planner::{PlannerError, plan_request};
+pub use planner::{PlannerError, plan_request, plan_served};
 pub use task::{StopRequest, TaskCommand, TaskKind};

@@ -31,11 +31,14 @@ pub enum ParamType {
     Boolean,
     Array,
     Object,
+    /// Any JSON value (e.g. an object or its text).
+    Any,
 }
 
 impl ParamType {
     fn accepts(self, value: &Value) -> bool {
         match self {
+            ParamType::Any => true,
             ParamType::String => value.is_string(),
             ParamType::Integer => value.is_i64() || value.is_u64(),
             ParamType::Number => value.is_number(),
@@ -60,6 +63,41 @@ pub struct ParamSpec {
 pub struct OperationSpec {
     #[serde(default)]
     pub params: BTreeMap<String, ParamSpec>,
+}
+
+impl OperationSpec {
+    /// What is wrong with `params` for this operation (`what`, e.g.
+    /// `backup.create`): parameters missing, of the wrong JSON type, unknown.
+    pub fn problems(&self, what: &str, params: &Map<String, Value>) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (name, param) in &self.params {
+            match params.get(name) {
+                None if param.required => problems.push(format!(
+                    "{what} needs parameter '{name}' ({:?})",
+                    param.param_type
+                )),
+                Some(value) if !param.param_type.accepts(value) => problems.push(format!(
+                    "parameter '{name}' of {what} must be {:?}, not {value}",
+                    param.param_type
+                )),
+                _ => {}
+            }
+        }
+        for name in params.keys() {
+            if !self.params.contains_key(name) {
+                let known: Vec<&str> = self.params.keys().map(String::as_str).collect();
+                problems.push(format!(
+                    "{what} has no parameter '{name}' (it takes: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ));
+            }
+        }
+        problems
+    }
 }
 
 /// Agents and their operations, as the agents declare them.
@@ -171,6 +209,13 @@ pub struct PlanError {
     pub problems: Vec<String>,
 }
 
+impl PlanError {
+    /// A plan that does not validate is the request's fault.
+    pub fn code(&self) -> crate::Code {
+        crate::Code::InvalidArgument
+    }
+}
+
 impl fmt::Display for PlanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "invalid plan: {}", self.problems.join("; "))
@@ -236,77 +281,11 @@ impl Plan {
                 problems.push(format!("task id '{}' is used twice", task.id));
             }
         }
-        let mut tasks = Vec::with_capacity(spec.tasks.len());
-        for task in &spec.tasks {
-            let context = format!("task '{}'", task.id);
-            check_operation(
-                &context,
-                catalogue,
-                &task.agent,
-                &task.operation,
-                &task.params,
-                &mut problems,
-            );
-            let compensation = task.compensation.clone().map(|c| {
-                let spec = catalogue.operation(&task.agent, &c.operation);
-                inherit_params(c, &task.params, spec)
-            });
-            if let Some(compensation) = &compensation {
-                check_operation(
-                    &format!("{context} compensation"),
-                    catalogue,
-                    &task.agent,
-                    &compensation.operation,
-                    &compensation.params,
-                    &mut problems,
-                );
-            }
-            let mut dependencies = Vec::new();
-            for dependency in &task.dependencies {
-                match index.get(dependency.as_str()) {
-                    Some(_) if *dependency == task.id => {
-                        problems.push(format!("{context} depends on itself"));
-                    }
-                    Some(&d) if dependencies.contains(&d) => {
-                        problems.push(format!("{context} lists dependency '{dependency}' twice"));
-                    }
-                    Some(&d) => dependencies.push(d),
-                    None => problems.push(format!(
-                        "{context} depends on '{dependency}', which is not in the plan"
-                    )),
-                }
-            }
-            let timeout_ms = match &task.timeout {
-                None => TIMEOUT_MS_DEFAULT,
-                Some(value) => match parse_timeout_ms(value) {
-                    Ok(ms) if (TIMEOUT_MS_MIN..=TIMEOUT_MS_MAX).contains(&ms) => ms,
-                    Ok(ms) => {
-                        problems.push(format!(
-                            "{context}: timeout {ms} ms is outside {TIMEOUT_MS_MIN} ms..24 h"
-                        ));
-                        TIMEOUT_MS_DEFAULT
-                    }
-                    Err(why) => {
-                        problems.push(format!("{context}: {why}"));
-                        TIMEOUT_MS_DEFAULT
-                    }
-                },
-            };
-            let retries = task.retries.unwrap_or(0);
-            if retries > RETRIES_MAX {
-                problems.push(format!("{context}: {retries} retries; at most {RETRIES_MAX}"));
-            }
-            tasks.push(Task {
-                id: task.id.clone(),
-                agent: task.agent.clone(),
-                operation: task.operation.clone(),
-                params: task.params.clone(),
-                dependencies,
-                timeout_ms,
-                retries,
-                compensation,
-            });
-        }
+        let tasks: Vec<Task> = spec
+            .tasks
+            .iter()
+            .map(|task| validate_task(task, &index, catalogue, &mut problems))
+            .collect();
         if let Some(cycle) = find_cycle(&tasks) {
             let names: Vec<&str> = cycle.iter().map(|&i| tasks[i].id.as_str()).collect();
             problems.push(format!("the dependencies form a cycle: {}", names.join(" -> ")));
@@ -354,6 +333,84 @@ impl Task {
     }
 }
 
+/// One task of a plan checked against the catalogue and the plan's task
+/// ids (`index`), its problems added to `problems`.
+fn validate_task(
+    task: &TaskSpec,
+    index: &HashMap<&str, usize>,
+    catalogue: &Catalogue,
+    problems: &mut Vec<String>,
+) -> Task {
+    let context = format!("task '{}'", task.id);
+    check_operation(
+        &context,
+        catalogue,
+        &task.agent,
+        &task.operation,
+        &task.params,
+        problems,
+    );
+    let compensation = task.compensation.clone().map(|c| {
+        let spec = catalogue.operation(&task.agent, &c.operation);
+        inherit_params(c, &task.params, spec)
+    });
+    if let Some(compensation) = &compensation {
+        check_operation(
+            &format!("{context} compensation"),
+            catalogue,
+            &task.agent,
+            &compensation.operation,
+            &compensation.params,
+            problems,
+        );
+    }
+    let mut dependencies = Vec::new();
+    for dependency in &task.dependencies {
+        match index.get(dependency.as_str()) {
+            Some(_) if *dependency == task.id => {
+                problems.push(format!("{context} depends on itself"));
+            }
+            Some(&d) if dependencies.contains(&d) => {
+                problems.push(format!("{context} lists dependency '{dependency}' twice"));
+            }
+            Some(&d) => dependencies.push(d),
+            None => problems.push(format!(
+                "{context} depends on '{dependency}', which is not in the plan"
+            )),
+        }
+    }
+    let timeout_ms = match &task.timeout {
+        None => TIMEOUT_MS_DEFAULT,
+        Some(value) => match parse_timeout_ms(value) {
+            Ok(ms) if (TIMEOUT_MS_MIN..=TIMEOUT_MS_MAX).contains(&ms) => ms,
+            Ok(ms) => {
+                problems.push(format!(
+                    "{context}: timeout {ms} ms is outside {TIMEOUT_MS_MIN} ms..24 h"
+                ));
+                TIMEOUT_MS_DEFAULT
+            }
+            Err(why) => {
+                problems.push(format!("{context}: {why}"));
+                TIMEOUT_MS_DEFAULT
+            }
+        },
+    };
+    let retries = task.retries.unwrap_or(0);
+    if retries > RETRIES_MAX {
+        problems.push(format!("{context}: {retries} retries; at most {RETRIES_MAX}"));
+    }
+    Task {
+        id: task.id.clone(),
+        agent: task.agent.clone(),
+        operation: task.operation.clone(),
+        params: task.params.clone(),
+        dependencies,
+        timeout_ms,
+        retries,
+        compensation,
+    }
+}
+
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= TASK_ID_BYTES_MAX
@@ -385,32 +442,12 @@ fn check_operation(
         ));
         return;
     };
-    for (name, param) in &spec.params {
-        match params.get(name) {
-            None if param.required => problems.push(format!(
-                "{context}: {agent}.{operation} needs parameter '{name}' ({:?})",
-                param.param_type
-            )),
-            Some(value) if !param.param_type.accepts(value) => problems.push(format!(
-                "{context}: parameter '{name}' of {agent}.{operation} must be {:?}, not {value}",
-                param.param_type
-            )),
-            _ => {}
-        }
-    }
-    for name in params.keys() {
-        if !spec.params.contains_key(name) {
-            let known: Vec<&str> = spec.params.keys().map(String::as_str).collect();
-            problems.push(format!(
-                "{context}: {agent}.{operation} has no parameter '{name}' (it takes: {})",
-                if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                }
-            ));
-        }
-    }
+    let what = format!("{agent}.{operation}");
+    problems.extend(
+        spec.problems(&what, params)
+            .into_iter()
+            .map(|problem| format!("{context}: {problem}")),
+    );
 }
 
 /// A plan's text is bounded before it is parsed.

@@ -12,7 +12,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::plan::{PlanSpec, TaskSpec};
+use super::plan::{Catalogue, PlanSpec, TaskSpec};
 
 pub const REQUEST_BYTES_MAX: usize = 2000;
 
@@ -39,6 +39,41 @@ pub enum PlannerError {
     Empty,
     #[error("the request is {0} bytes; at most {REQUEST_BYTES_MAX}")]
     TooLong(usize),
+    #[error("\"{step}\" needs {operation}, which no agent serves; the operations served are: {served}")]
+    NotServed {
+        step: String,
+        operation: String,
+        served: String,
+    },
+}
+
+impl PlannerError {
+    /// What the planner cannot plan is the request's to change.
+    pub fn code(&self) -> crate::Code {
+        crate::Code::InvalidArgument
+    }
+}
+
+/// [`plan_request`], refused when it needs an operation that `catalogue`
+/// (what the agents serve) does not have.
+pub fn plan_served(request: &str, catalogue: &Catalogue) -> Result<PlanSpec, PlannerError> {
+    let spec = plan_request(request)?;
+    if let Some(task) = spec
+        .tasks
+        .iter()
+        .find(|t| catalogue.operation(&t.agent, &t.operation).is_none())
+    {
+        let served: Vec<String> = catalogue
+            .agents()
+            .flat_map(|agent| catalogue.operations(agent).map(move |op| format!("{agent}.{op}")))
+            .collect();
+        return Err(PlannerError::NotServed {
+            step: request.to_owned(),
+            operation: format!("{}.{}", task.agent, task.operation),
+            served: served.join(", "),
+        });
+    }
+    Ok(spec)
 }
 
 /// Turns `request` into a plan (to be validated against the catalogue like

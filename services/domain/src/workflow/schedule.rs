@@ -294,6 +294,31 @@ pub enum ScheduleError {
     NoNextRun { cron: String, after: String },
 }
 
+impl ScheduleError {
+    pub fn code(&self) -> crate::Code {
+        use crate::Code;
+        match self {
+            ScheduleError::AlreadyExists(_) => Code::AlreadyExists,
+            ScheduleError::NotCreated | ScheduleError::Deleted(_) => Code::NotFound,
+            ScheduleError::InvalidId(_)
+            | ScheduleError::MissingName
+            | ScheduleError::InvalidName(_)
+            | ScheduleError::Cron(_)
+            | ScheduleError::NoNextRun { .. } => Code::InvalidArgument,
+        }
+    }
+
+    /// The request field a refused argument is in, for those that are one.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            ScheduleError::InvalidId(_) => Some("schedule_id"),
+            ScheduleError::MissingName | ScheduleError::InvalidName(_) => Some("name"),
+            ScheduleError::Cron(_) | ScheduleError::NoNextRun { .. } => Some("cron"),
+            _ => None,
+        }
+    }
+}
+
 pub fn decide(
     state: &ScheduleState,
     command: ScheduleCommand,

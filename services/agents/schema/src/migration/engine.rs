@@ -175,6 +175,36 @@ pub enum MigrationError {
     NothingInProgress { target: String },
 }
 
+impl MigrationError {
+    pub fn code(&self) -> domain::Code {
+        use domain::Code;
+        match self {
+            MigrationError::Definition(_) | MigrationError::Script { .. } => Code::InvalidArgument,
+            MigrationError::Plan { .. }
+            | MigrationError::Lint { .. }
+            | MigrationError::Refused(_)
+            | MigrationError::NoDirectory
+            | MigrationError::NothingInProgress { .. } => Code::FailedPrecondition,
+            // Another change holds the target: a later attempt may get it.
+            MigrationError::Busy { .. } => Code::Conflict,
+            MigrationError::Exec { error, .. } => match error {
+                ExecError::LockNotGranted { .. } => Code::Conflict,
+                ExecError::Failed { .. } => Code::Internal,
+            },
+            MigrationError::Target { .. } => Code::Unavailable,
+            MigrationError::History(e) => e.code(),
+            MigrationError::NotFound { .. } => Code::NotFound,
+            MigrationError::Failed { .. } | MigrationError::Io { .. } => Code::Internal,
+        }
+    }
+}
+
+impl From<MigrationError> for domain::OperationError {
+    fn from(e: MigrationError) -> domain::OperationError {
+        domain::OperationError::new(e.code(), e.to_string())
+    }
+}
+
 impl From<SagaError> for MigrationError {
     fn from(error: SagaError) -> MigrationError {
         match error {
@@ -281,9 +311,14 @@ impl Migrator {
 
     /// The migration a task's parameters name: `definition` (an object,
     /// or JSON/YAML text) or `migration` (a name in the directory).
-    pub fn from_params(&self, params: &serde_json::Map<String, Value>) -> Result<Migration, MigrationError> {
-        let name = params.get("migration").and_then(Value::as_str);
-        let migration = match params.get("definition") {
+    /// The migration named `name` (from the directory), or given as
+    /// `definition` (an object, or JSON/YAML text; named `name` if both).
+    pub fn resolve(
+        &self,
+        name: Option<&str>,
+        definition: Option<&Value>,
+    ) -> Result<Migration, MigrationError> {
+        let migration = match definition {
             Some(Value::String(text)) => Migration::parse(text, Format::Yaml, name)?,
             Some(value @ Value::Object(_)) => Migration::from_value(value.clone())?,
             Some(other) => {

@@ -99,12 +99,79 @@ fn succeed(task: &str, attempt: u32) -> WorkflowCommand {
     }
 }
 
+/// A failure another attempt may get past (a dependency did not answer).
 fn fail(task: &str, attempt: u32) -> WorkflowCommand {
+    fail_with(task, attempt, Code::Unavailable)
+}
+
+fn fail_with(task: &str, attempt: u32, code: Code) -> WorkflowCommand {
     WorkflowCommand::TaskFailed {
         task_id: task.into(),
         attempt,
-        error: format!("{task} broke"),
+        error: OperationError::new(code, format!("{task} broke")),
     }
+}
+
+#[test]
+fn a_task_failing_with_a_code_that_is_not_retryable_fails_at_once_despite_retries_left() {
+    for code in [
+        Code::InvalidArgument,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::FailedPrecondition,
+        Code::Internal,
+    ] {
+        // Given: a migration with 2 retries, its backup done
+        let mut history = start(migration_plan(2, 0));
+        when(&mut history, succeed("backup", 1), at(T0));
+        // When: the migration fails with a code another attempt cannot get past
+        let failed = when(&mut history, fail_with("migrate", 1, code), at(T0 + 10));
+        // Then: no retry; the task and the workflow carry the code
+        assert_eq!(
+            types(&failed),
+            ["TaskFailed migrate #1", "CompensationStarted backup"],
+            "{code}"
+        );
+        let state = given(&history);
+        assert_eq!(state.tasks[1].error_code, Some(code));
+        assert_eq!(state.error_code, Some(code));
+        let WorkflowEvent::TaskFailed(event) = &failed[0] else {
+            panic!()
+        };
+        assert_eq!(event.code, code);
+    }
+}
+
+#[test]
+fn a_task_failing_with_a_retryable_code_is_retried() {
+    for code in [Code::Unavailable, Code::Timeout, Code::Conflict] {
+        // Given: a migration with a retry, its backup done
+        let mut history = start(migration_plan(1, 0));
+        when(&mut history, succeed("backup", 1), at(T0));
+        // When: it fails with a retryable code
+        let failed = when(&mut history, fail_with("migrate", 1, code), at(T0 + 10));
+        // Then: it is retried and the workflow keeps running
+        assert_eq!(
+            types(&failed),
+            ["TaskFailed migrate #1", "TaskRetried migrate #2"]
+        );
+        assert_eq!(given(&history).status, WorkflowStatus::Running);
+        assert_eq!(given(&history).error_code, None);
+    }
+}
+
+#[test]
+fn a_failure_stored_before_codes_existed_reads_as_internal() {
+    // Given: a TaskFailed event as stored before it had a code
+    let stored = json!({"workflow_id": "w", "task_id": "t", "agent": "a", "attempt": 1, "error": "boom"});
+    // When: it is read back
+    let event = WorkflowEvent::from_stored("TaskFailed", stored).unwrap();
+    // Then: its code is internal (not retryable)
+    let WorkflowEvent::TaskFailed(failed) = event else {
+        panic!()
+    };
+    assert_eq!(failed.code, Code::Internal);
+    assert_eq!(failed.error, "boom");
 }
 
 #[test]
@@ -391,7 +458,7 @@ fn a_state_waits_on_the_commands_of_its_running_attempts_and_is_due_at_the_earli
         WorkflowCommand::TaskFailed {
             task_id: "migrate".into(),
             attempt: 1,
-            error: "lock timeout".into(),
+            error: OperationError::unavailable("lock timeout"),
         },
         at(T0 + 200),
     );
