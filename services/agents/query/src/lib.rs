@@ -1,4 +1,4 @@
-//! The query optimization agent (DESIGN.md section 8, issue 7).
+//! The query optimization agent.
 //!
 //! Pure parts: [`plan_analysis`] reads EXPLAIN (FORMAT JSON) plans and
 //! names what is slow in them, with rewrite hints from the SQL;

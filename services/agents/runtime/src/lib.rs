@@ -1,4 +1,4 @@
-//! The agents' common runtime (DESIGN.md section 8): every agent of the
+//! The agents' common runtime: every agent of the
 //! swarm runs here with the same lifecycle, limits and bookkeeping, and
 //! differs only in the operations it serves.
 //!
@@ -16,6 +16,19 @@
 //! the orchestrator whether its attempt is still current (`begin`), which
 //! makes a duplicate delivery a no-op; the outcome goes back through the
 //! orchestrator, which matches it by attempt, so it is recorded once.
+//! A read-only operation (such as `probe`) starts while its start is being
+//! recorded; any other only once recorded, so a stale command never runs.
+//! Every command a server holds, queued or running, has its ack extended
+//! every third of `agent_ack_wait_ms`: a crashed server's commands are
+//! redelivered to another within it, while commands waiting in a busy
+//! server's queue never are (each redelivery spends one of `max_deliver`).
+//!
+//! Operations are typed: each declares its parameters as a `Deserialize`
+//! struct (unknown fields refused), read once before it runs (a misfit is
+//! an `invalid_argument` failure naming the parameter), and fails with a
+//! `domain::OperationError` carrying a closed code. [`catalogue`] derives,
+//! from the operations every compiled-in agent serves, the catalogue plans
+//! are validated against, so the two cannot disagree.
 //!
 //! What the agents share besides the runtime has one home each here:
 //! [`sql`], identifiers as PostgreSQL reads them; [`pg`], the PostgreSQL

@@ -1,6 +1,6 @@
-//! The schema agent's pure parts (DESIGN.md section 8, issue 6).
+//! The schema agent: migrations that never take the application down.
 //!
-//! [`lint`] assesses a migration before anything runs on a target: for every
+//! [`lint`](mod@lint) assesses a migration before anything runs on a target: for every
 //! statement the PostgreSQL lock it takes and on which tables, whether it
 //! rewrites or scans a table, how many rows and bytes that touches (from
 //! [`CatalogFacts`] the IO side reads from the target's catalog), and

@@ -1,5 +1,5 @@
 //! The migration linter: lint / impact assessment of every statement of a
-//! migration before anything runs (issue 6), in the manner of squawk.
+//! migration before anything runs, in the manner of squawk.
 //!
 //! [`lint`] parses the migration with PostgreSQL's own parser (libpg_query,
 //! through `pg_query`: every statement PostgreSQL accepts is linted, and

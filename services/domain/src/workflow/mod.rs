@@ -1,4 +1,4 @@
-//! Workflows (issue 5): plans validated against the agents' catalogue, the
+//! Workflows: plans validated against the agents' catalogue, the
 //! workflow aggregate, the task commands agents receive, and the
 //! rule-based planner. Pure: the orchestrator that sends task commands and
 //! records results lives at the edge (crate `sagas`).
