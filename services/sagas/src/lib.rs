@@ -15,6 +15,5 @@ pub use orchestrator::{
 };
 pub use scheduler::{NewSchedule, SCHEDULER_LOCK_KEY, ScheduleExecuted, Scheduler, SchedulerConfig};
 pub use store::{
-    Aggregate, AggregateStore, CONFLICT_ATTEMPTS_MAX, Executed, SagaError, Schedule, ScheduleStore, Workflow,
-    WorkflowExecuted, WorkflowStore, tagged_event_data, tagged_event_from_stored, workflow_stream,
+    SagaError, Schedule, ScheduleStore, Workflow, WorkflowExecuted, WorkflowStore, workflow_stream,
 };

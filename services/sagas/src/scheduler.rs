@@ -14,13 +14,14 @@ use std::time::Duration;
 
 use domain::workflow::schedule::{MissedRunPolicy, ScheduleCommand, ScheduleEvent, ScheduleState};
 use domain::workflow::{Plan, Priority};
+use event_store::Executed;
 use event_store::clock::now_ms;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::orchestrator::{Orchestrator, StartRequest, WorkflowIdentity};
-use crate::store::{Executed, SagaError, ScheduleStore};
+use crate::store::{SagaError, ScheduleStore};
 
 const SCHEDULE_INSERT: &str = include_str!("sql/schedule_insert.sql");
 const SCHEDULE_UPDATE: &str = include_str!("sql/schedule_update.sql");
