@@ -10,6 +10,7 @@ mod append;
 pub mod clock;
 pub mod consumer;
 mod error;
+pub mod leader;
 mod read;
 pub mod relay;
 pub mod snapshot;

@@ -24,10 +24,11 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use domain::EventData;
 use domain::subject::token;
+use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 
+use crate::leader;
 use crate::read::{EventRow, READ_ALL};
 use crate::{AllPosition, RecordedEvent};
 
@@ -298,28 +299,29 @@ pub async fn run_relay(
     js: jetstream::Context,
     config: RelayConfig,
     leading: Arc<AtomicBool>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    loop {
-        let stop_requested = *stop.borrow();
-        if stop_requested {
-            break;
-        }
-        let led = lead(&pool, &js, &config, &leading, &mut stop).await;
-        leading.store(false, Ordering::SeqCst);
-        match led {
-            Ok(()) => backoff.reset(),
-            Err(error) => {
-                metrics::counter!("dbswarm_relay_errors_total").increment(1);
-                tracing::warn!(%error, "relay failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff.next()) => {}
-                    _ = stopping(&mut stop) => {}
+    let (pool, js, config, leading_now) = (&pool, &js, &config, &leading);
+    leader::run_terms(
+        stop,
+        move |mut stop| async move { lead(pool, js, config, leading_now, &mut stop).await },
+        |led| {
+            leading.store(false, Ordering::SeqCst);
+            match led {
+                Ok(()) => {
+                    backoff.reset();
+                    Duration::ZERO
+                }
+                Err(error) => {
+                    metrics::counter!("dbswarm_relay_errors_total").increment(1);
+                    tracing::warn!(%error, "relay failed; retrying");
+                    backoff.next()
                 }
             }
-        }
-    }
+        },
+    )
+    .await;
     metrics::gauge!("dbswarm_relay_leader").set(0.0);
 }
 
@@ -333,21 +335,10 @@ async fn lead(
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), RelayError> {
     let poll = Duration::from_millis(config.poll_interval_ms);
-    let mut lock_conn = PgConnection::connect_with(&pool.connect_options()).await?;
-    loop {
-        let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(RELAY_LOCK_KEY)
-            .fetch_one(&mut lock_conn)
-            .await?;
-        if acquired {
-            break;
-        }
-        metrics::gauge!("dbswarm_relay_leader").set(0.0);
-        tokio::select! {
-            _ = tokio::time::sleep(poll) => {}
-            _ = stopping(stop) => return Ok(()),
-        }
-    }
+    let waiting = || metrics::gauge!("dbswarm_relay_leader").set(0.0);
+    let Some(mut leadership) = leader::acquire(pool, RELAY_LOCK_KEY, poll, stop, waiting).await? else {
+        return Ok(());
+    };
     metrics::gauge!("dbswarm_relay_leader").set(1.0);
     leading.store(true, Ordering::SeqCst);
     tracing::info!("relay leadership acquired");
@@ -377,8 +368,7 @@ async fn lead(
         if last_report.elapsed() >= poll {
             report_lag(pool, checkpoint).await?;
             report_horizon(pool, config).await?;
-            // The lock lives as long as this connection: check it is alive.
-            sqlx::query("SELECT 1").execute(&mut lock_conn).await?;
+            leadership.check().await?;
             last_report = Instant::now();
         }
         // Sleep until a commit, the checkpoint is due, or the slow poll.
@@ -394,11 +384,11 @@ async fn lead(
                 while listener.next_buffered().is_some() {}
             }
             _ = tokio::time::sleep(wait) => {}
-            _ = stopping(stop) => {
+            _ = leader::stopping(stop) => {
                 if checkpoint != stored {
                     store_checkpoint(pool, checkpoint).await?;
                 }
-                let _ = lock_conn.close().await;
+                leadership.release().await;
                 return Ok(());
             }
         }
@@ -771,11 +761,6 @@ async fn report_horizon(pool: &PgPool, config: &RelayConfig) -> Result<(), Relay
         );
     }
     Ok(())
-}
-
-/// Resolves when `stop` turns true (or its sender is gone).
-async fn stopping(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 struct Backoff {
