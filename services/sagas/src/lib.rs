@@ -11,7 +11,7 @@ mod store;
 pub use llm::{LlmConfig, LlmError, LlmPlanner};
 pub use orchestrator::{
     AgentDirectory, Availability, DRIVER_LOCK_KEY, Orchestrator, OrchestratorConfig, STOP_SUBJECT,
-    StartRequest, Started, WorkflowIdentity, clock,
+    StartRequest, Started, WorkflowIdentity,
 };
 pub use scheduler::{NewSchedule, SCHEDULER_LOCK_KEY, ScheduleExecuted, Scheduler, SchedulerConfig};
 pub use store::{

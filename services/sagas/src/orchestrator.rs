@@ -26,9 +26,9 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use domain::workflow::{
-    Clock, Plan, Priority, StopRequest, TaskCommand, TaskKind, WorkflowCommand, WorkflowEvent, WorkflowState,
+    Plan, Priority, StopRequest, TaskCommand, TaskKind, WorkflowCommand, WorkflowEvent, WorkflowState,
 };
-use event_store::clock::now_ms;
+use event_store::clock::{now_ms, workflow_clock};
 use event_store::leader;
 use event_store::relay::{self, RelayConfig};
 use futures_util::StreamExt;
@@ -183,15 +183,6 @@ struct Inner {
 
 type Waiters = HashMap<Uuid, Vec<oneshot::Sender<(WorkflowState, u64)>>>;
 
-/// The clock decisions use: now, and a fresh jitter in [0, 1).
-pub fn clock() -> Clock {
-    let random = Uuid::new_v4().as_u64_pair().0 >> 11;
-    Clock {
-        now_ms: now_ms(),
-        jitter: random as f64 / (1u64 << 53) as f64,
-    }
-}
-
 fn priority_rank(priority: Priority) -> i16 {
     match priority {
         Priority::Low => 0,
@@ -345,7 +336,7 @@ impl Orchestrator {
         let executed = self
             .inner
             .store
-            .execute(&workflow_id.to_string(), command, clock)
+            .execute(&workflow_id.to_string(), command, workflow_clock)
             .await?;
         if !executed.events.is_empty() {
             let sent = self.dispatch(&executed).await;
@@ -527,7 +518,7 @@ impl Orchestrator {
         let executed = self
             .inner
             .store
-            .execute(&workflow_id.to_string(), WorkflowCommand::Tick, clock)
+            .execute(&workflow_id.to_string(), WorkflowCommand::Tick, workflow_clock)
             .await;
         let executed = match executed {
             Err(SagaError::NotFound { .. }) => {
