@@ -3,12 +3,10 @@
 //! the orchestrator that runs them (task commands to agents, outcomes
 //! back, the driver that times out, retries and resumes after a crash).
 
-pub mod llm;
 mod orchestrator;
 mod scheduler;
 mod store;
 
-pub use llm::{LlmConfig, LlmError, LlmPlanner};
 pub use orchestrator::{
     AgentDirectory, Availability, DRIVER_LOCK_KEY, Orchestrator, OrchestratorConfig, STOP_SUBJECT,
     StartRequest, Started, WorkflowIdentity,

@@ -12,11 +12,11 @@ use backup::engine::BackupConfig;
 use domain::Limits;
 use event_store::relay::RelayConfig;
 use event_store::{AppendConfig, ReadConfig};
+use llm_planner::{LlmConfig, LlmPlanner};
 use projections::RuntimeConfig;
 use projections::cache::CacheConfig;
 use query::agent::QueryAgentConfig;
 use sagas::OrchestratorConfig;
-use sagas::llm::{LlmConfig, LlmPlanner};
 use schema::migration::{MigrationConfig, Timeouts};
 use serde::Deserialize;
 
@@ -913,10 +913,10 @@ fn planner_llm_config(s: &Settings) -> Result<Option<LlmConfig>, ConfigError> {
         timeout_ms: positive(
             "planner_llm_timeout_ms",
             s.planner_llm_timeout_ms,
-            sagas::llm::TIMEOUT_MS_DEFAULT,
+            llm_planner::TIMEOUT_MS_DEFAULT,
             600_000,
         )?,
-        response_bytes_max: sagas::llm::RESPONSE_BYTES_MAX_DEFAULT,
+        response_bytes_max: llm_planner::RESPONSE_BYTES_MAX_DEFAULT,
     };
     // Checked now (URL, key, TLS roots) so that a mistake stops the start.
     LlmPlanner::new(config.clone()).map_err(|e| invalid("planner_llm_base_url", e.to_string()))?;

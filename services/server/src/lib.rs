@@ -141,7 +141,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     );
     let llm = match &config.planner_llm {
         Some(llm) => {
-            Some(sagas::llm::LlmPlanner::new(llm.clone()).map_err(|e| StartError::Planner(e.to_string()))?)
+            Some(llm_planner::LlmPlanner::new(llm.clone()).map_err(|e| StartError::Planner(e.to_string()))?)
         }
         None => None,
     };
