@@ -147,18 +147,6 @@ impl RelayConfig {
         format!("{}.notify.{}", self.subject_prefix, token(severity))
     }
 
-    fn tasks_stream_config(&self) -> stream::Config {
-        stream::Config {
-            name: self.tasks_stream_name.clone(),
-            subjects: vec![format!("{}.task.>", self.subject_prefix)],
-            storage: stream::StorageType::File,
-            retention: stream::RetentionPolicy::WorkQueue,
-            num_replicas: self.stream_replicas,
-            duplicate_window: Duration::from_secs(self.duplicate_window_s),
-            ..Default::default()
-        }
-    }
-
     fn stream_config(&self) -> stream::Config {
         stream::Config {
             name: self.stream_name.clone(),
@@ -232,26 +220,6 @@ pub async fn ensure_events_stream(js: &jetstream::Context, config: &RelayConfig)
     if changed {
         tracing::info!(stream = %config.stream_name, "updating JetStream stream limits");
         js.update_stream(wanted).await.map_err(jetstream_error)?;
-    }
-    Ok(())
-}
-
-/// Creates the agents' work-queue stream, or checks an existing one: its
-/// retention and subjects cannot change in place, so a difference is refused.
-pub async fn ensure_tasks_stream(js: &jetstream::Context, config: &RelayConfig) -> Result<(), RelayError> {
-    let wanted = config.tasks_stream_config();
-    let mut stream = js
-        .get_or_create_stream(wanted.clone())
-        .await
-        .map_err(jetstream_error)?;
-    let actual = stream.info().await.map_err(jetstream_error)?.config.clone();
-    if actual.retention != wanted.retention || actual.subjects != wanted.subjects {
-        return Err(RelayError::StreamMismatch {
-            stream: config.tasks_stream_name.clone(),
-            field: "retention/subjects",
-            actual: format!("{:?} {:?}", actual.retention, actual.subjects),
-            wanted: format!("{:?} {:?}", wanted.retention, wanted.subjects),
-        });
     }
     Ok(())
 }
@@ -343,7 +311,6 @@ async fn lead(
     leading.store(true, Ordering::SeqCst);
     tracing::info!("relay leadership acquired");
     ensure_events_stream(js, config).await?;
-    ensure_tasks_stream(js, config).await?;
 
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(EVENTS_CHANNEL).await?;
@@ -926,7 +893,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn stream_configs_capture_their_subjects() {
+    fn the_events_stream_config_captures_its_subjects() {
         let config = RelayConfig {
             subject_prefix: "p".into(),
             stream_max_age_s: 60,
@@ -939,9 +906,6 @@ pub(crate) mod tests {
         );
         assert_eq!(events.max_age, Duration::from_secs(60));
         assert_eq!(events.duplicate_window, Duration::from_secs(120));
-        let tasks = config.tasks_stream_config();
-        assert_eq!(tasks.subjects, vec!["p.task.>".to_owned()]);
-        assert_eq!(tasks.retention, stream::RetentionPolicy::WorkQueue);
     }
 
     #[test]

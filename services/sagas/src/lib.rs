@@ -6,6 +6,7 @@
 mod orchestrator;
 mod scheduler;
 mod store;
+mod tasks;
 
 pub use orchestrator::{
     AgentDirectory, Availability, DRIVER_LOCK_KEY, Orchestrator, OrchestratorConfig, STOP_SUBJECT,
@@ -15,3 +16,4 @@ pub use scheduler::{NewSchedule, SCHEDULER_LOCK_KEY, ScheduleExecuted, Scheduler
 pub use store::{
     SagaError, Schedule, ScheduleStore, Workflow, WorkflowExecuted, WorkflowStore, workflow_stream,
 };
+pub use tasks::ensure_tasks_stream;

@@ -38,6 +38,7 @@ use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use crate::store::{SagaError, WorkflowExecuted as Executed, WorkflowStore};
+use crate::tasks::ensure_tasks_stream;
 
 const RUN_INSERT: &str = include_str!("sql/run_insert.sql");
 const RUN_UPDATE: &str = include_str!("sql/run_update.sql");
@@ -544,7 +545,7 @@ impl Orchestrator {
     /// Runs the driver until `stop` turns true: waits to hold the driver
     /// lock, resumes every unfinished workflow, then visits due ones.
     pub async fn run_driver(self, stop: watch::Receiver<bool>) {
-        if let Err(error) = relay::ensure_tasks_stream(&self.inner.js, &self.inner.subjects).await {
+        if let Err(error) = ensure_tasks_stream(&self.inner.js, &self.inner.subjects).await {
             tracing::warn!(%error, "cannot check the tasks stream; the driver tries again as it runs");
         }
         let poll = Duration::from_millis(self.inner.config.leader_poll_ms);
@@ -572,6 +573,11 @@ impl Orchestrator {
             return Ok(());
         };
         metrics::gauge!("dbswarm_workflow_driver").set(1.0);
+        // The leader makes sure of the tasks stream again (as the relay's
+        // leader did while it created it): the check at start may have failed.
+        if let Err(error) = ensure_tasks_stream(&self.inner.js, &self.inner.subjects).await {
+            tracing::warn!(%error, "cannot check the tasks stream; commands are sent anyway");
+        }
         tracing::info!("workflow driver: resuming unfinished workflows");
         let resumed = self.resume_all().await?;
         tracing::info!(resumed, "workflow driver: resumed");

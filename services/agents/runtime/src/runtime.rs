@@ -17,9 +17,9 @@ use domain::{
 };
 use event_store::Appender;
 use event_store::clock::now_ms;
-use event_store::relay::{self, RelayConfig};
+use event_store::relay::RelayConfig;
 use futures_util::StreamExt;
-use sagas::{Orchestrator, STOP_SUBJECT};
+use sagas::{Orchestrator, STOP_SUBJECT, ensure_tasks_stream};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
@@ -487,7 +487,7 @@ async fn become_ready(
     agent: &Agent,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, String> {
     check_dependencies(&shared.deps, shared.config.health_timeout_ms).await?;
-    relay::ensure_tasks_stream(&shared.js, &shared.subjects)
+    ensure_tasks_stream(&shared.js, &shared.subjects)
         .await
         .map_err(|e| e.to_string())?;
     let stream = shared
