@@ -14,8 +14,7 @@ use backup::physical::{FetchError, PitrRequest};
 use backup::repository::Repository;
 use backup::retention::Policy;
 
-use crate::ServeArgs;
-use crate::cli::{self, StderrProgress};
+use crate::cli::{self, RunArgs, StderrProgress};
 
 #[derive(clap::Subcommand)]
 pub enum BackupCommand {
@@ -124,18 +123,6 @@ pub enum BackupCommand {
         /// Where to write it (%p).
         destination: PathBuf,
     },
-}
-
-#[derive(clap::Args)]
-pub struct RunArgs {
-    /// The target database, by the name it was registered under (Admin.RegisterDatabase).
-    #[arg(long, value_name = "NAME")]
-    database: String,
-    /// Print the result as JSON instead of text.
-    #[arg(long)]
-    json: bool,
-    #[command(flatten)]
-    own: Box<ServeArgs>,
 }
 
 #[derive(clap::Args)]

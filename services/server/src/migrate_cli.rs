@@ -11,20 +11,7 @@ use schema::migration::{
     HistoryStore, Migration, MigrationError, Migrator, PlanReport, RunReport, StatusReport, Target, load_file,
 };
 
-use crate::ServeArgs;
-use crate::cli::{self, StderrProgress, print};
-
-#[derive(clap::Args)]
-pub struct RunArgs {
-    /// The target database, by the name it was registered under (Admin.RegisterDatabase).
-    #[arg(long, value_name = "NAME")]
-    database: String,
-    /// Print the result as JSON instead of text.
-    #[arg(long)]
-    json: bool,
-    #[command(flatten)]
-    own: Box<ServeArgs>,
-}
+use crate::cli::{self, RunArgs, StderrProgress, print};
 
 #[derive(clap::Args)]
 pub struct MigrationArg {
