@@ -645,45 +645,7 @@ impl TryFrom<DefinitionSpec> for Definition {
                 key.column_type.name()
             ));
         }
-        if spec.handlers.is_empty() {
-            problems.push("no handlers: name at least one event type".to_owned());
-        }
-        if spec.handlers.len() > HANDLERS_MAX {
-            problems.push(format!(
-                "{} handlers; at most {HANDLERS_MAX}",
-                spec.handlers.len()
-            ));
-        }
-        let mut handlers = HashMap::new();
-        let mut any_type = None;
-        for (event_type, handler_spec) in &spec.handlers {
-            if event_type.is_empty() || event_type.len() > 200 || event_type.chars().any(char::is_control) {
-                problems.push(format!(
-                    "handler for event type '{event_type}': not a valid event type"
-                ));
-                continue;
-            }
-            let context = format!("handler '{event_type}'");
-            if let Some(handler) = validate_handler(
-                &context,
-                handler_spec,
-                &key,
-                &columns,
-                &default_key,
-                &mut problems,
-            ) {
-                if event_type == ANY_EVENT_TYPE {
-                    any_type = Some(handler);
-                } else {
-                    handlers.insert(event_type.clone(), handler);
-                }
-            }
-        }
-        if any_type.is_some() && !handlers.is_empty() {
-            problems.push(
-                "a '*' handler takes every event type; it cannot be combined with other handlers".to_owned(),
-            );
-        }
+        let (handlers, any_type) = validate_handlers(&spec, &key, &columns, &default_key, &mut problems);
         if spec.indexes.len() > INDEXES_MAX {
             problems.push(format!("{} indexes; at most {INDEXES_MAX}", spec.indexes.len()));
         }
@@ -707,6 +669,49 @@ impl TryFrom<DefinitionSpec> for Definition {
             indexes,
         })
     }
+}
+
+/// Every handler of `spec`, by event type, and the `*` handler if any.
+fn validate_handlers(
+    spec: &DefinitionSpec,
+    key: &Column,
+    columns: &[Column],
+    default_key: &Option<Path>,
+    problems: &mut Vec<String>,
+) -> (HashMap<String, Handler>, Option<Handler>) {
+    if spec.handlers.is_empty() {
+        problems.push("no handlers: name at least one event type".to_owned());
+    }
+    if spec.handlers.len() > HANDLERS_MAX {
+        problems.push(format!(
+            "{} handlers; at most {HANDLERS_MAX}",
+            spec.handlers.len()
+        ));
+    }
+    let mut handlers = HashMap::new();
+    let mut any_type = None;
+    for (event_type, handler_spec) in &spec.handlers {
+        if event_type.is_empty() || event_type.len() > 200 || event_type.chars().any(char::is_control) {
+            problems.push(format!(
+                "handler for event type '{event_type}': not a valid event type"
+            ));
+            continue;
+        }
+        let context = format!("handler '{event_type}'");
+        if let Some(handler) = validate_handler(&context, handler_spec, key, columns, default_key, problems) {
+            if event_type == ANY_EVENT_TYPE {
+                any_type = Some(handler);
+            } else {
+                handlers.insert(event_type.clone(), handler);
+            }
+        }
+    }
+    if any_type.is_some() && !handlers.is_empty() {
+        problems.push(
+            "a '*' handler takes every event type; it cannot be combined with other handlers".to_owned(),
+        );
+    }
+    (handlers, any_type)
 }
 
 fn validate_handler(
