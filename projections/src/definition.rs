@@ -746,63 +746,7 @@ fn validate_handler(
         ));
     }
     let mut resolve = |what: &str, entries: &BTreeMap<String, ValueSpec>, numeric_only: bool| {
-        let mut resolved = Vec::new();
-        for (name, value) in entries {
-            if *name == key.name {
-                problems.push(format!(
-                    "{context}: {what} '{name}': the key column is set from the key path only"
-                ));
-                continue;
-            }
-            let Some(index) = columns.iter().position(|c| c.name == *name) else {
-                problems.push(format!("{context}: {what} '{name}': no such column"));
-                continue;
-            };
-            let column = &columns[index];
-            if numeric_only && !column.column_type.is_numeric() {
-                problems.push(format!(
-                    "{context}: increment '{name}': column is {}, increments need integer, numeric or double",
-                    column.column_type.name()
-                ));
-                continue;
-            }
-            let source = match value {
-                ValueSpec::Path(text) => match Path::parse(text) {
-                    Ok(path) => {
-                        if let Some(t) = path.static_type()
-                            && !column.column_type.accepts(t)
-                        {
-                            problems.push(format!(
-                                "{context}: {what} '{name}': {text} gives {} but the column is {}",
-                                t.name(),
-                                column.column_type.name()
-                            ));
-                            continue;
-                        }
-                        Source::Path(path)
-                    }
-                    Err(why) => {
-                        problems.push(format!("{context}: {what} '{name}': {why}"));
-                        continue;
-                    }
-                },
-                ValueSpec::Const(c) => match convert(column.column_type, &c.value) {
-                    Ok(value) => {
-                        if numeric_only && value.is_none() {
-                            problems.push(format!("{context}: increment '{name}': the constant is null"));
-                            continue;
-                        }
-                        Source::Const(value)
-                    }
-                    Err(why) => {
-                        problems.push(format!("{context}: {what} '{name}': constant {}: {why}", c.value));
-                        continue;
-                    }
-                },
-            };
-            resolved.push((index, source));
-        }
-        resolved
+        resolve_values(context, what, entries, numeric_only, key, columns, problems)
     };
     let set = resolve("set", &spec.set, false);
     let set_on_insert = resolve("set_on_insert", &spec.set_on_insert, false);
@@ -867,6 +811,76 @@ fn validate_handler(
         key: key_path?,
         action,
     })
+}
+
+/// The columns a handler's `set`, `set_on_insert` or `increment` writes,
+/// and what from.
+fn resolve_values(
+    context: &str,
+    what: &str,
+    entries: &BTreeMap<String, ValueSpec>,
+    numeric_only: bool,
+    key: &Column,
+    columns: &[Column],
+    problems: &mut Vec<String>,
+) -> Vec<(usize, Source)> {
+    let mut resolved = Vec::new();
+    for (name, value) in entries {
+        if *name == key.name {
+            problems.push(format!(
+                "{context}: {what} '{name}': the key column is set from the key path only"
+            ));
+            continue;
+        }
+        let Some(index) = columns.iter().position(|c| c.name == *name) else {
+            problems.push(format!("{context}: {what} '{name}': no such column"));
+            continue;
+        };
+        let column = &columns[index];
+        if numeric_only && !column.column_type.is_numeric() {
+            problems.push(format!(
+                "{context}: increment '{name}': column is {}, increments need integer, numeric or double",
+                column.column_type.name()
+            ));
+            continue;
+        }
+        let source = match value {
+            ValueSpec::Path(text) => match Path::parse(text) {
+                Ok(path) => {
+                    if let Some(t) = path.static_type()
+                        && !column.column_type.accepts(t)
+                    {
+                        problems.push(format!(
+                            "{context}: {what} '{name}': {text} gives {} but the column is {}",
+                            t.name(),
+                            column.column_type.name()
+                        ));
+                        continue;
+                    }
+                    Source::Path(path)
+                }
+                Err(why) => {
+                    problems.push(format!("{context}: {what} '{name}': {why}"));
+                    continue;
+                }
+            },
+            ValueSpec::Const(c) => match convert(column.column_type, &c.value) {
+                Ok(value) => {
+                    if numeric_only && value.is_none() {
+                        problems.push(format!("{context}: increment '{name}': the constant is null"));
+                        continue;
+                    }
+                    Source::Const(value)
+                }
+                Err(why) => {
+                    problems.push(format!("{context}: {what} '{name}': constant {}: {why}", c.value));
+                    continue;
+                }
+            },
+        };
+        resolved.push((index, source));
+    }
+    resolved
 }
 
 // ------------------------------------------------------------ values
