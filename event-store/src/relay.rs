@@ -24,10 +24,11 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use domain::EventData;
 use domain::subject::token;
+use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 
+use crate::leader;
 use crate::read::{EventRow, READ_ALL};
 use crate::{AllPosition, RecordedEvent};
 
@@ -146,18 +147,6 @@ impl RelayConfig {
         format!("{}.notify.{}", self.subject_prefix, token(severity))
     }
 
-    fn tasks_stream_config(&self) -> stream::Config {
-        stream::Config {
-            name: self.tasks_stream_name.clone(),
-            subjects: vec![format!("{}.task.>", self.subject_prefix)],
-            storage: stream::StorageType::File,
-            retention: stream::RetentionPolicy::WorkQueue,
-            num_replicas: self.stream_replicas,
-            duplicate_window: Duration::from_secs(self.duplicate_window_s),
-            ..Default::default()
-        }
-    }
-
     fn stream_config(&self) -> stream::Config {
         stream::Config {
             name: self.stream_name.clone(),
@@ -247,26 +236,6 @@ pub async fn ensure_events_stream(js: &jetstream::Context, config: &RelayConfig)
     Ok(())
 }
 
-/// Creates the agents' work-queue stream, or checks an existing one: its
-/// retention and subjects cannot change in place, so a difference is refused.
-pub async fn ensure_tasks_stream(js: &jetstream::Context, config: &RelayConfig) -> Result<(), RelayError> {
-    let wanted = config.tasks_stream_config();
-    let mut stream = js
-        .get_or_create_stream(wanted.clone())
-        .await
-        .map_err(jetstream_error)?;
-    let actual = stream.info().await.map_err(jetstream_error)?.config.clone();
-    if actual.retention != wanted.retention || actual.subjects != wanted.subjects {
-        return Err(RelayError::StreamMismatch {
-            stream: config.tasks_stream_name.clone(),
-            field: "retention/subjects",
-            actual: format!("{:?} {:?}", actual.retention, actual.subjects),
-            wanted: format!("{:?} {:?}", wanted.retention, wanted.subjects),
-        });
-    }
-    Ok(())
-}
-
 /// Sends a command to an agent on `<prefix>.task.<agent>.<operation>`,
 /// once: `message_id` identifies the command, so a resend within the
 /// duplicate window is dropped. Returns false for such a duplicate.
@@ -310,28 +279,29 @@ pub async fn run_relay(
     js: jetstream::Context,
     config: RelayConfig,
     leading: Arc<AtomicBool>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    loop {
-        let stop_requested = *stop.borrow();
-        if stop_requested {
-            break;
-        }
-        let led = lead(&pool, &js, &config, &leading, &mut stop).await;
-        leading.store(false, Ordering::SeqCst);
-        match led {
-            Ok(()) => backoff.reset(),
-            Err(error) => {
-                metrics::counter!("dbswarm_relay_errors_total").increment(1);
-                tracing::warn!(%error, "relay failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff.next()) => {}
-                    _ = stopping(&mut stop) => {}
+    let (pool, js, config, leading_now) = (&pool, &js, &config, &leading);
+    leader::run_terms(
+        stop,
+        move |mut stop| async move { lead(pool, js, config, leading_now, &mut stop).await },
+        |led| {
+            leading.store(false, Ordering::SeqCst);
+            match led {
+                Ok(()) => {
+                    backoff.reset();
+                    Duration::ZERO
+                }
+                Err(error) => {
+                    metrics::counter!("dbswarm_relay_errors_total").increment(1);
+                    tracing::warn!(%error, "relay failed; retrying");
+                    backoff.next()
                 }
             }
-        }
-    }
+        },
+    )
+    .await;
     metrics::gauge!("dbswarm_relay_leader").set(0.0);
 }
 
@@ -345,26 +315,14 @@ async fn lead(
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), RelayError> {
     let poll = Duration::from_millis(config.poll_interval_ms);
-    let mut lock_conn = PgConnection::connect_with(&pool.connect_options()).await?;
-    loop {
-        let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(RELAY_LOCK_KEY)
-            .fetch_one(&mut lock_conn)
-            .await?;
-        if acquired {
-            break;
-        }
-        metrics::gauge!("dbswarm_relay_leader").set(0.0);
-        tokio::select! {
-            _ = tokio::time::sleep(poll) => {}
-            _ = stopping(stop) => return Ok(()),
-        }
-    }
+    let waiting = || metrics::gauge!("dbswarm_relay_leader").set(0.0);
+    let Some(mut leadership) = leader::acquire(pool, RELAY_LOCK_KEY, poll, stop, waiting).await? else {
+        return Ok(());
+    };
     metrics::gauge!("dbswarm_relay_leader").set(1.0);
     leading.store(true, Ordering::SeqCst);
     tracing::info!("relay leadership acquired");
     ensure_events_stream(js, config).await?;
-    ensure_tasks_stream(js, config).await?;
 
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(EVENTS_CHANNEL).await?;
@@ -389,8 +347,7 @@ async fn lead(
         if last_report.elapsed() >= poll {
             report_lag(pool, checkpoint).await?;
             report_horizon(pool, config).await?;
-            // The lock lives as long as this connection: check it is alive.
-            sqlx::query("SELECT 1").execute(&mut lock_conn).await?;
+            leadership.check().await?;
             last_report = Instant::now();
         }
         // Sleep until a commit, the checkpoint is due, or the slow poll.
@@ -406,11 +363,11 @@ async fn lead(
                 while listener.next_buffered().is_some() {}
             }
             _ = tokio::time::sleep(wait) => {}
-            _ = stopping(stop) => {
+            _ = leader::stopping(stop) => {
                 if checkpoint != stored {
                     store_checkpoint(pool, checkpoint).await?;
                 }
-                let _ = lock_conn.close().await;
+                leadership.release().await;
                 return Ok(());
             }
         }
@@ -785,11 +742,6 @@ async fn report_horizon(pool: &PgPool, config: &RelayConfig) -> Result<(), Relay
     Ok(())
 }
 
-/// Resolves when `stop` turns true (or its sender is gone).
-async fn stopping(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
 struct Backoff {
     initial: Duration,
     max: Duration,
@@ -953,7 +905,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn stream_configs_capture_their_subjects() {
+    fn the_events_stream_config_captures_its_subjects() {
         let config = RelayConfig {
             subject_prefix: "p".into(),
             stream_max_age_s: 60,
@@ -966,9 +918,6 @@ pub(crate) mod tests {
         );
         assert_eq!(events.max_age, Duration::from_secs(60));
         assert_eq!(events.duplicate_window, Duration::from_secs(120));
-        let tasks = config.tasks_stream_config();
-        assert_eq!(tasks.subjects, vec!["p.task.>".to_owned()]);
-        assert_eq!(tasks.retention, stream::RetentionPolicy::WorkQueue);
     }
 
     #[test]

@@ -645,45 +645,7 @@ impl TryFrom<DefinitionSpec> for Definition {
                 key.column_type.name()
             ));
         }
-        if spec.handlers.is_empty() {
-            problems.push("no handlers: name at least one event type".to_owned());
-        }
-        if spec.handlers.len() > HANDLERS_MAX {
-            problems.push(format!(
-                "{} handlers; at most {HANDLERS_MAX}",
-                spec.handlers.len()
-            ));
-        }
-        let mut handlers = HashMap::new();
-        let mut any_type = None;
-        for (event_type, handler_spec) in &spec.handlers {
-            if event_type.is_empty() || event_type.len() > 200 || event_type.chars().any(char::is_control) {
-                problems.push(format!(
-                    "handler for event type '{event_type}': not a valid event type"
-                ));
-                continue;
-            }
-            let context = format!("handler '{event_type}'");
-            if let Some(handler) = validate_handler(
-                &context,
-                handler_spec,
-                &key,
-                &columns,
-                &default_key,
-                &mut problems,
-            ) {
-                if event_type == ANY_EVENT_TYPE {
-                    any_type = Some(handler);
-                } else {
-                    handlers.insert(event_type.clone(), handler);
-                }
-            }
-        }
-        if any_type.is_some() && !handlers.is_empty() {
-            problems.push(
-                "a '*' handler takes every event type; it cannot be combined with other handlers".to_owned(),
-            );
-        }
+        let (handlers, any_type) = validate_handlers(&spec, &key, &columns, &default_key, &mut problems);
         if spec.indexes.len() > INDEXES_MAX {
             problems.push(format!("{} indexes; at most {INDEXES_MAX}", spec.indexes.len()));
         }
@@ -707,6 +669,49 @@ impl TryFrom<DefinitionSpec> for Definition {
             indexes,
         })
     }
+}
+
+/// Every handler of `spec`, by event type, and the `*` handler if any.
+fn validate_handlers(
+    spec: &DefinitionSpec,
+    key: &Column,
+    columns: &[Column],
+    default_key: &Option<Path>,
+    problems: &mut Vec<String>,
+) -> (HashMap<String, Handler>, Option<Handler>) {
+    if spec.handlers.is_empty() {
+        problems.push("no handlers: name at least one event type".to_owned());
+    }
+    if spec.handlers.len() > HANDLERS_MAX {
+        problems.push(format!(
+            "{} handlers; at most {HANDLERS_MAX}",
+            spec.handlers.len()
+        ));
+    }
+    let mut handlers = HashMap::new();
+    let mut any_type = None;
+    for (event_type, handler_spec) in &spec.handlers {
+        if event_type.is_empty() || event_type.len() > 200 || event_type.chars().any(char::is_control) {
+            problems.push(format!(
+                "handler for event type '{event_type}': not a valid event type"
+            ));
+            continue;
+        }
+        let context = format!("handler '{event_type}'");
+        if let Some(handler) = validate_handler(&context, handler_spec, key, columns, default_key, problems) {
+            if event_type == ANY_EVENT_TYPE {
+                any_type = Some(handler);
+            } else {
+                handlers.insert(event_type.clone(), handler);
+            }
+        }
+    }
+    if any_type.is_some() && !handlers.is_empty() {
+        problems.push(
+            "a '*' handler takes every event type; it cannot be combined with other handlers".to_owned(),
+        );
+    }
+    (handlers, any_type)
 }
 
 fn validate_handler(
@@ -741,63 +746,7 @@ fn validate_handler(
         ));
     }
     let mut resolve = |what: &str, entries: &BTreeMap<String, ValueSpec>, numeric_only: bool| {
-        let mut resolved = Vec::new();
-        for (name, value) in entries {
-            if *name == key.name {
-                problems.push(format!(
-                    "{context}: {what} '{name}': the key column is set from the key path only"
-                ));
-                continue;
-            }
-            let Some(index) = columns.iter().position(|c| c.name == *name) else {
-                problems.push(format!("{context}: {what} '{name}': no such column"));
-                continue;
-            };
-            let column = &columns[index];
-            if numeric_only && !column.column_type.is_numeric() {
-                problems.push(format!(
-                    "{context}: increment '{name}': column is {}, increments need integer, numeric or double",
-                    column.column_type.name()
-                ));
-                continue;
-            }
-            let source = match value {
-                ValueSpec::Path(text) => match Path::parse(text) {
-                    Ok(path) => {
-                        if let Some(t) = path.static_type()
-                            && !column.column_type.accepts(t)
-                        {
-                            problems.push(format!(
-                                "{context}: {what} '{name}': {text} gives {} but the column is {}",
-                                t.name(),
-                                column.column_type.name()
-                            ));
-                            continue;
-                        }
-                        Source::Path(path)
-                    }
-                    Err(why) => {
-                        problems.push(format!("{context}: {what} '{name}': {why}"));
-                        continue;
-                    }
-                },
-                ValueSpec::Const(c) => match convert(column.column_type, &c.value) {
-                    Ok(value) => {
-                        if numeric_only && value.is_none() {
-                            problems.push(format!("{context}: increment '{name}': the constant is null"));
-                            continue;
-                        }
-                        Source::Const(value)
-                    }
-                    Err(why) => {
-                        problems.push(format!("{context}: {what} '{name}': constant {}: {why}", c.value));
-                        continue;
-                    }
-                },
-            };
-            resolved.push((index, source));
-        }
-        resolved
+        resolve_values(context, what, entries, numeric_only, key, columns, problems)
     };
     let set = resolve("set", &spec.set, false);
     let set_on_insert = resolve("set_on_insert", &spec.set_on_insert, false);
@@ -862,6 +811,76 @@ fn validate_handler(
         key: key_path?,
         action,
     })
+}
+
+/// The columns a handler's `set`, `set_on_insert` or `increment` writes,
+/// and what from.
+fn resolve_values(
+    context: &str,
+    what: &str,
+    entries: &BTreeMap<String, ValueSpec>,
+    numeric_only: bool,
+    key: &Column,
+    columns: &[Column],
+    problems: &mut Vec<String>,
+) -> Vec<(usize, Source)> {
+    let mut resolved = Vec::new();
+    for (name, value) in entries {
+        if *name == key.name {
+            problems.push(format!(
+                "{context}: {what} '{name}': the key column is set from the key path only"
+            ));
+            continue;
+        }
+        let Some(index) = columns.iter().position(|c| c.name == *name) else {
+            problems.push(format!("{context}: {what} '{name}': no such column"));
+            continue;
+        };
+        let column = &columns[index];
+        if numeric_only && !column.column_type.is_numeric() {
+            problems.push(format!(
+                "{context}: increment '{name}': column is {}, increments need integer, numeric or double",
+                column.column_type.name()
+            ));
+            continue;
+        }
+        let source = match value {
+            ValueSpec::Path(text) => match Path::parse(text) {
+                Ok(path) => {
+                    if let Some(t) = path.static_type()
+                        && !column.column_type.accepts(t)
+                    {
+                        problems.push(format!(
+                            "{context}: {what} '{name}': {text} gives {} but the column is {}",
+                            t.name(),
+                            column.column_type.name()
+                        ));
+                        continue;
+                    }
+                    Source::Path(path)
+                }
+                Err(why) => {
+                    problems.push(format!("{context}: {what} '{name}': {why}"));
+                    continue;
+                }
+            },
+            ValueSpec::Const(c) => match convert(column.column_type, &c.value) {
+                Ok(value) => {
+                    if numeric_only && value.is_none() {
+                        problems.push(format!("{context}: increment '{name}': the constant is null"));
+                        continue;
+                    }
+                    Source::Const(value)
+                }
+                Err(why) => {
+                    problems.push(format!("{context}: {what} '{name}': constant {}: {why}", c.value));
+                    continue;
+                }
+            },
+        };
+        resolved.push((index, source));
+    }
+    resolved
 }
 
 // ------------------------------------------------------------ values

@@ -231,47 +231,7 @@ impl ListPlan {
         };
         let mut filters = Vec::new();
         for filter in &request.filters {
-            let column = definition.column(&filter.column).ok_or_else(|| {
-                invalid(format!(
-                    "filter on '{}': read model '{}' has no such column",
-                    filter.column,
-                    definition.name()
-                ))
-            })?;
-            if !sqlgen::filter_allowed(filter.op, column.column_type) {
-                return Err(invalid(format!(
-                    "filter on '{}': {:?} does not apply to a {} column",
-                    filter.column,
-                    filter.op,
-                    column.column_type.sql()
-                )));
-            }
-            let value = match filter.op {
-                FilterOp::IsNull | FilterOp::IsNotNull => None,
-                _ => {
-                    let Some(text) = &filter.value else {
-                        return Err(invalid(format!(
-                            "filter on '{}': a value is required",
-                            filter.column
-                        )));
-                    };
-                    if text.len() > FILTER_VALUE_BYTES_MAX {
-                        return Err(invalid(format!(
-                            "filter on '{}': value over {FILTER_VALUE_BYTES_MAX} bytes",
-                            filter.column
-                        )));
-                    }
-                    Some(
-                        typed_value(column.column_type, text, filter.op)
-                            .map_err(|why| invalid(format!("filter on '{}': {why}", filter.column)))?,
-                    )
-                }
-            };
-            filters.push(Filter {
-                column: column.clone(),
-                op: filter.op,
-                value,
-            });
+            filters.push(plan_filter(definition, filter)?);
         }
         let order_by = match request.order_by.as_deref() {
             None | Some("") => definition.key().clone(),
@@ -331,6 +291,52 @@ impl ListPlan {
             fingerprint,
         })
     }
+}
+
+/// A requested filter checked against the read model's columns.
+fn plan_filter(definition: &Definition, filter: &FilterRequest) -> Result<Filter, ProjectionError> {
+    let invalid = |message: String| ProjectionError::InvalidQuery(message);
+    let column = definition.column(&filter.column).ok_or_else(|| {
+        invalid(format!(
+            "filter on '{}': read model '{}' has no such column",
+            filter.column,
+            definition.name()
+        ))
+    })?;
+    if !sqlgen::filter_allowed(filter.op, column.column_type) {
+        return Err(invalid(format!(
+            "filter on '{}': {:?} does not apply to a {} column",
+            filter.column,
+            filter.op,
+            column.column_type.sql()
+        )));
+    }
+    let value = match filter.op {
+        FilterOp::IsNull | FilterOp::IsNotNull => None,
+        _ => {
+            let Some(text) = &filter.value else {
+                return Err(invalid(format!(
+                    "filter on '{}': a value is required",
+                    filter.column
+                )));
+            };
+            if text.len() > FILTER_VALUE_BYTES_MAX {
+                return Err(invalid(format!(
+                    "filter on '{}': value over {FILTER_VALUE_BYTES_MAX} bytes",
+                    filter.column
+                )));
+            }
+            Some(
+                typed_value(column.column_type, text, filter.op)
+                    .map_err(|why| invalid(format!("filter on '{}': {why}", filter.column)))?,
+            )
+        }
+    };
+    Ok(Filter {
+        column: column.clone(),
+        op: filter.op,
+        value,
+    })
 }
 
 /// A filter value as the column type's canonical text.

@@ -846,6 +846,23 @@ struct Runner {
     definition: Arc<Definition>,
 }
 
+/// Where a batch got to, and the time of the last event it applied: just
+/// before the failing event (`failed`, its index), or the page's end.
+fn reached(
+    failed: Option<usize>,
+    scan_from: AllPosition,
+    page: &event_store::AllPage,
+) -> (AllPosition, Option<DateTime<Utc>>) {
+    match failed {
+        Some(0) => (scan_from, None),
+        Some(i) => (
+            page.events[i - 1].all_position(),
+            Some(page.events[i - 1].created_at),
+        ),
+        None => (page.scanned_to, page.events.last().map(|e| e.created_at)),
+    }
+}
+
 /// The next page, being read from the position it starts after.
 type Prefetched = (
     AllPosition,
@@ -964,6 +981,105 @@ impl Runner {
         })
     }
 
+    /// Reads the page after `from` (and plans it) in a task of its own.
+    fn prefetch(&self, types: &[String], from: AllPosition) -> Prefetched {
+        let inner = &self.inner;
+        let (reader, types) = (inner.reader.clone(), types.to_vec());
+        let (definition, limit) = (self.definition.clone(), inner.config.batch_events_max);
+        (
+            from,
+            tokio::spawn(async move {
+                let page = reader.read_all_page(from, &types, limit).await?;
+                let plan = definition.plan_page(&page.events);
+                Ok((page, plan))
+            }),
+        )
+    }
+
+    /// Moves the stored checkpoint from `from` to `to` without a batch;
+    /// false when it was not at `from` any more.
+    async fn advance_checkpoint(&self, from: AllPosition, to: AllPosition) -> Result<bool, ProjectionError> {
+        let moved = sqlx::query(CHECKPOINT_ADVANCE)
+            .bind(&self.name)
+            .bind(self.generation)
+            .bind(to.transaction_id.to_string())
+            .bind(to.global_position as i64)
+            .bind(from.transaction_id.to_string())
+            .bind(from.global_position as i64)
+            .execute(&self.inner.pool)
+            .await?;
+        Ok(moved.rows_affected() == 1)
+    }
+
+    /// The page after `scan_from` and its plan: the one prefetched if it
+    /// starts there (else that one is dropped), or read now.
+    async fn page(
+        &self,
+        prefetched: Option<Prefetched>,
+        scan_from: AllPosition,
+        types: &[String],
+    ) -> Result<(event_store::AllPage, PagePlan), ProjectionError> {
+        let inner = &self.inner;
+        Ok(match prefetched {
+            Some((from, next)) if from == scan_from => next
+                .await
+                .map_err(|e| ProjectionError::Database(format!("page read task failed: {e}")))??,
+            other => {
+                if let Some((_, stale)) = other {
+                    stale.abort();
+                }
+                let page = inner
+                    .reader
+                    .read_all_page(scan_from, types, inner.config.batch_events_max)
+                    .await?;
+                let plan = self.definition.plan_page(&page.events);
+                (page, plan)
+            }
+        })
+    }
+
+    /// Stores the checkpoint a batch reached, in its transaction.
+    async fn save_checkpoint(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        position: AllPosition,
+        handled: u64,
+        last_event_at: Option<DateTime<Utc>>,
+    ) -> Result<(), ProjectionError> {
+        sqlx::query(CHECKPOINT_SAVE)
+            .bind(&self.name)
+            .bind(self.generation)
+            .bind(position.transaction_id.to_string())
+            .bind(position.global_position as i64)
+            .bind(handled as i64)
+            .bind(last_event_at)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Records in the transaction that the generation stopped at `event`.
+    async fn record_failure(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        event: &RecordedEvent,
+        error: &impl std::fmt::Display,
+    ) -> Result<(), ProjectionError> {
+        sqlx::query(GENERATION_FAIL)
+            .bind(&self.name)
+            .bind(self.generation)
+            .bind(event.event_id)
+            .bind(event.global_position as i64)
+            .bind(event.transaction_id.to_string())
+            .bind(format!(
+                "event {} ({}, {} v{}): {error}",
+                event.event_id, event.event_type, event.stream_id, event.event_version
+            ))
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     /// One batch. `checkpoint` is the stored checkpoint as last seen (None:
     /// read it); `scan_from` may be ahead of it when pages held nothing of
     /// this projection's types (not worth a write).
@@ -989,36 +1105,12 @@ impl Runner {
             *checkpoint = Some(stored);
             *scan_from = stored;
         }
-        let (page, plan) = match prefetched.take() {
-            Some((from, next)) if from == *scan_from => next
-                .await
-                .map_err(|e| ProjectionError::Database(format!("page read task failed: {e}")))??,
-            other => {
-                if let Some((_, stale)) = other {
-                    stale.abort();
-                }
-                let page = inner
-                    .reader
-                    .read_all_page(*scan_from, types, inner.config.batch_events_max)
-                    .await?;
-                let plan = self.definition.plan_page(&page.events);
-                (page, plan)
-            }
-        };
+        let (page, plan) = self.page(prefetched.take(), *scan_from, types).await?;
         let full = page.events.len() >= inner.config.batch_events_max;
         if full {
             // Read the next page while this one is written: catching up
             // (a rebuild) then costs about the slower of the two, not both.
-            let (reader, types, from) = (inner.reader.clone(), types.to_vec(), page.scanned_to);
-            let (definition, limit) = (self.definition.clone(), inner.config.batch_events_max);
-            *prefetched = Some((
-                from,
-                tokio::spawn(async move {
-                    let page = reader.read_all_page(from, &types, limit).await?;
-                    let plan = definition.plan_page(&page.events);
-                    Ok((page, plan))
-                }),
-            ));
+            *prefetched = Some(self.prefetch(types, page.scanned_to));
         }
         if page.events.is_empty() {
             *scan_from = page.scanned_to.max(*scan_from);
@@ -1031,16 +1123,7 @@ impl Runner {
                 // scans everything since its last event.
                 *idle_saved_at = std::time::Instant::now();
                 let (from, to) = (checkpoint.unwrap_or_default(), *scan_from);
-                let moved = sqlx::query(CHECKPOINT_ADVANCE)
-                    .bind(&self.name)
-                    .bind(self.generation)
-                    .bind(to.transaction_id.to_string())
-                    .bind(to.global_position as i64)
-                    .bind(from.transaction_id.to_string())
-                    .bind(from.global_position as i64)
-                    .execute(&inner.pool)
-                    .await?;
-                *checkpoint = (moved.rows_affected() == 1).then_some(to);
+                *checkpoint = self.advance_checkpoint(from, to).await?.then_some(to);
             }
             // Moved on without a write: the next page starts further.
             return Ok(Step::Idle);
@@ -1073,37 +1156,12 @@ impl Runner {
             }
             Err(error) => return Err(error.into()),
         };
-        let (position, last_event_at) = match applied.failure {
-            Some((0, _)) => (*scan_from, None),
-            Some((i, _)) => (
-                page.events[i - 1].all_position(),
-                Some(page.events[i - 1].created_at),
-            ),
-            None => (page.scanned_to, page.events.last().map(|e| e.created_at)),
-        };
-        sqlx::query(CHECKPOINT_SAVE)
-            .bind(&self.name)
-            .bind(self.generation)
-            .bind(position.transaction_id.to_string())
-            .bind(position.global_position as i64)
-            .bind(applied.handled as i64)
-            .bind(last_event_at)
-            .execute(&mut *tx)
+        let failed = applied.failure.as_ref().map(|(i, _)| *i);
+        let (position, last_event_at) = reached(failed, *scan_from, &page);
+        self.save_checkpoint(&mut tx, position, applied.handled, last_event_at)
             .await?;
         if let Some((i, error)) = &applied.failure {
-            let event = &page.events[*i];
-            sqlx::query(GENERATION_FAIL)
-                .bind(&self.name)
-                .bind(self.generation)
-                .bind(event.event_id)
-                .bind(event.global_position as i64)
-                .bind(event.transaction_id.to_string())
-                .bind(format!(
-                    "event {} ({}, {} v{}): {error}",
-                    event.event_id, event.event_type, event.stream_id, event.event_version
-                ))
-                .execute(&mut *tx)
-                .await?;
+            self.record_failure(&mut tx, &page.events[*i], error).await?;
         }
         tx.commit().await?;
         *checkpoint = Some(position);

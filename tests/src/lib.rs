@@ -458,7 +458,8 @@ impl Drop for PrivateNats {
     }
 }
 
-/// Waits (bounded) until the relay leader has created stream `name` on the
+/// Waits (bounded) until stream `name` exists (the relay leader creates the
+/// events stream, the orchestrator the tasks stream) on the
 /// NATS server at `url`.
 pub async fn wait_for_stream(url: &str, name: &str) -> async_nats::jetstream::stream::Stream {
     let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
@@ -468,7 +469,7 @@ pub async fn wait_for_stream(url: &str, name: &str) -> async_nats::jetstream::st
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("the relay did not create stream {name} within 10 s");
+    panic!("stream {name} was not created within 10 s");
 }
 
 /// A redis-server of its own, for tests that stop, restart, freeze or

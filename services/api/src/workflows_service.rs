@@ -12,10 +12,10 @@ use domain::workflow::{
 };
 use domain::{EventData, Limits, StreamId};
 use event_store::{CommitSignal, Reader};
+use llm_planner::LlmPlanner;
 use projections::Projections;
 use projections::query::{FilterRequest, ListRequest};
 use projections::sqlgen::FilterOp;
-use sagas::llm::LlmPlanner;
 use sagas::{
     NewSchedule, Orchestrator, SagaError, Scheduler, StartRequest, WorkflowIdentity, workflow_stream,
 };

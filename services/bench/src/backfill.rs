@@ -10,11 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use domain::Limits;
 use domain::target::ConnectionUrl;
+use event_store::clock::now_us;
 use schema::migration::{Format, HistoryStore, Migration, MigrationConfig, Migrator, NoProgress, Target};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
@@ -225,22 +226,16 @@ async fn under_load<T>(
     let mut load = PgbenchLoad::start(url, &logs);
     tokio::time::sleep(LOAD_WARM_UP).await;
     load.check_running().await?;
-    let (started, started_us) = (Instant::now(), epoch_us());
+    let (started, started_us) = (Instant::now(), now_us());
     let outcome = tokio::time::timeout(OPERATION_LIMIT, operation)
         .await
         .with_context(|| format!("the operation took longer than {} s", OPERATION_LIMIT.as_secs()));
-    let (duration_ms, ended_us) = (started.elapsed().as_secs_f64() * 1000.0, epoch_us());
+    let (duration_ms, ended_us) = (started.elapsed().as_secs_f64() * 1000.0, now_us());
     let stopped = load.stop().await;
     let value = outcome??;
     stopped?;
     let load = logs.latencies_within(started_us, ended_us)?;
     Ok((value, Window { duration_ms, load }))
-}
-
-fn epoch_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// What pgbench saw during a measured window.

@@ -207,24 +207,7 @@ async fn measure_rounds(
     let mut restored_bytes = 0;
     for round in 1..=args.backup_rounds {
         eprintln!("restore round {round}: baseline, pg_restore into a new database");
-        let into = unborn(admin_url)?;
-        let restored = async {
-            let mut admin = PgConnection::connect(admin_url).await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "CREATE DATABASE \"{}\" TEMPLATE template0",
-                into.name
-            )))
-            .execute(&mut admin)
-            .await?;
-            admin.close().await?;
-            checkpoint(&target.pool).await?;
-            let mut command = tools.client("pg_restore", &target.url.with_database(&into.name));
-            command.arg(&custom);
-            timed(run_tool(command, "pg_restore")).await
-        }
-        .await;
-        into.drop_database(admin_url).await?;
-        restore_plain.push(restored?.1);
+        restore_plain.push(pg_restore_round(admin_url, tools, target, &custom).await?);
 
         eprintln!("restore round {round}: dbswarm, the backup restored into a new database");
         let into = unborn(admin_url)?;
@@ -260,6 +243,34 @@ async fn measure_rounds(
         restore: Rounds(restore),
         restored_bytes,
     })
+}
+
+/// The baseline's restore round: pg_restore of `custom` into a new
+/// database, dropped once measured; its seconds.
+async fn pg_restore_round(
+    admin_url: &str,
+    tools: &Tools,
+    target: &Target,
+    custom: &Path,
+) -> anyhow::Result<f64> {
+    let into = unborn(admin_url)?;
+    let restored = async {
+        let mut admin = PgConnection::connect(admin_url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE \"{}\" TEMPLATE template0",
+            into.name
+        )))
+        .execute(&mut admin)
+        .await?;
+        admin.close().await?;
+        checkpoint(&target.pool).await?;
+        let mut command = tools.client("pg_restore", &target.url.with_database(&into.name));
+        command.arg(custom);
+        timed(run_tool(command, "pg_restore")).await
+    }
+    .await;
+    into.drop_database(admin_url).await?;
+    Ok(restored?.1)
 }
 
 fn print_figures(args: &Args, m: &Measured) {

@@ -1067,11 +1067,8 @@ async fn fanout_latency(args: &Args, db: &ScratchDb) -> anyhow::Result<()> {
 
 const RELAY_BACKLOG_EVENTS: usize = 200_000;
 
-/// How fast the relay moves a backlog of stored events into JetStream,
-/// against publishing the very same messages straight to a stream of the
-/// same configuration with pipelined acks.
-async fn relay_throughput(args: &Args, db: &ScratchDb) -> anyhow::Result<()> {
-    eprintln!("relay: storing a backlog of {RELAY_BACKLOG_EVENTS} events (relay off)");
+/// Stores the relay benchmark's backlog with the relay off.
+async fn store_backlog(db: &ScratchDb) -> anyhow::Result<()> {
     let mut writer = ServerProcess::start(db, Serve::EVENT_STORE)?;
     let filled = async {
         let clients = writer.clients(8, 8).await?;
@@ -1099,7 +1096,15 @@ async fn relay_throughput(args: &Args, db: &ScratchDb) -> anyhow::Result<()> {
     }
     .await;
     writer.stop();
-    filled?;
+    filled
+}
+
+/// How fast the relay moves a backlog of stored events into JetStream,
+/// against publishing the very same messages straight to a stream of the
+/// same configuration with pipelined acks.
+async fn relay_throughput(args: &Args, db: &ScratchDb) -> anyhow::Result<()> {
+    eprintln!("relay: storing a backlog of {RELAY_BACKLOG_EVENTS} events (relay off)");
+    store_backlog(db).await?;
 
     eprintln!("relay: moving the backlog into JetStream");
     let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await?);

@@ -171,39 +171,7 @@ pub(crate) async fn queries(args: &Args, db: &ScratchDb) -> anyhow::Result<()> {
             ..Serve::EVENT_STORE
         },
     )?;
-    let uncached = async {
-        let channels = server.channels(args.clients, args.connections).await?;
-        let mut control = ProjectionsClient::new(channels[0].clone());
-        define_user_list(&mut control).await?;
-        wait_caught_up(&mut server, &mut control).await?;
-        let pool = PgPoolOptions::new()
-            .max_connections(args.clients as u32)
-            .test_before_acquire(false)
-            .connect(&db.url)
-            .await?;
-        let projected: i64 = sqlx::query_scalar(READ_MODEL_COUNT).fetch_one(&pool).await?;
-        if projected != users as i64 {
-            bail!("{READ_MODEL} holds {projected} rows, not {users}");
-        }
-        settle(&pool).await?;
-        eprintln!(
-            "baseline: SELECT by key straight from PostgreSQL, {} clients on {} connections, {} s",
-            args.clients,
-            args.clients,
-            seconds.as_secs()
-        );
-        let plain = point_selects(&pool, &ids, args.clients, seconds).await?;
-        pool.close().await;
-        eprintln!(
-            "dbswarm: Projections.GetRow, cache off, {} clients on {} connections, {} s",
-            args.clients,
-            args.connections,
-            seconds.as_secs()
-        );
-        let dbswarm = get_rows(&channels, &ids, seconds).await?;
-        anyhow::Ok((plain, dbswarm, server.peak_rss_mb()))
-    }
-    .await;
+    let uncached = measure_uncached(args, db, &mut server, &ids).await;
     server.stop();
     let ((plain, plain_rate), (uncached, uncached_rate), uncached_rss) = uncached?;
     if wanted("query_uncached") {
@@ -244,25 +212,7 @@ pub(crate) async fn queries(args: &Args, db: &ScratchDb) -> anyhow::Result<()> {
         let channels = server.channels(args.clients, args.connections).await?;
         let hot: Vec<Uuid> = ids.iter().take(HOT_KEYS).copied().collect();
         eprintln!("dbswarm: warming the cache with one pass over {} keys", hot.len());
-        warm(&channels, &hot).await?;
-        // A Redis round trip over cache_op_timeout_ms (50 ms: this 2-core
-        // machine runs everything) degrades the cache, and its recovery
-        // voids every entry: then wait for it and warm once more.
-        let warmed = cache_requests(&server).await?;
-        if warmed.error > 0.0 || warmed.degraded {
-            eprintln!("dbswarm: the cache degraded while warming; waiting for it and warming again");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while cache_requests(&server).await?.degraded {
-                if Instant::now() > deadline {
-                    bail!(
-                        "the query cache stayed degraded for 30 s: is Redis up at {}?",
-                        redis_url()
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            warm(&channels, &hot).await?;
-        }
+        warm_cache(&server, &channels, &hot).await?;
         let before = cache_requests(&server).await?;
         if before.hit + before.miss == 0.0 {
             bail!(
@@ -305,6 +255,72 @@ pub(crate) async fn queries(args: &Args, db: &ScratchDb) -> anyhow::Result<()> {
         "ratio": round2(uncached.p99_ms / cached.p99_ms.max(0.01)), "ratio_above_1_means": "cached faster",
         "server_rss_mb_max": cached_rss,
     }));
+    Ok(())
+}
+
+/// Projections.GetRow with the cache off, and the same SELECT straight
+/// from PostgreSQL: ((baseline, rate), (dbswarm, rate), peak RSS).
+async fn measure_uncached(
+    args: &Args,
+    db: &ScratchDb,
+    server: &mut ServerProcess,
+    ids: &Arc<Vec<Uuid>>,
+) -> anyhow::Result<((Latencies, f64), (Latencies, f64), f64)> {
+    let (users, seconds) = (args.query_users, Duration::from_secs(args.latency_seconds));
+    let channels = server.channels(args.clients, args.connections).await?;
+    let mut control = ProjectionsClient::new(channels[0].clone());
+    define_user_list(&mut control).await?;
+    wait_caught_up(server, &mut control).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(args.clients as u32)
+        .test_before_acquire(false)
+        .connect(&db.url)
+        .await?;
+    let projected: i64 = sqlx::query_scalar(READ_MODEL_COUNT).fetch_one(&pool).await?;
+    if projected != users as i64 {
+        bail!("{READ_MODEL} holds {projected} rows, not {users}");
+    }
+    settle(&pool).await?;
+    eprintln!(
+        "baseline: SELECT by key straight from PostgreSQL, {} clients on {} connections, {} s",
+        args.clients,
+        args.clients,
+        seconds.as_secs()
+    );
+    let plain = point_selects(&pool, ids, args.clients, seconds).await?;
+    pool.close().await;
+    eprintln!(
+        "dbswarm: Projections.GetRow, cache off, {} clients on {} connections, {} s",
+        args.clients,
+        args.connections,
+        seconds.as_secs()
+    );
+    let dbswarm = get_rows(&channels, ids, seconds).await?;
+    Ok((plain, dbswarm, server.peak_rss_mb()))
+}
+
+/// One pass over `hot` through the cache; again after waiting for the
+/// cache when it degraded meanwhile.
+async fn warm_cache(server: &ServerProcess, channels: &[Channel], hot: &[Uuid]) -> anyhow::Result<()> {
+    warm(channels, hot).await?;
+    // A Redis round trip over cache_op_timeout_ms (50 ms: this 2-core
+    // machine runs everything) degrades the cache, and its recovery
+    // voids every entry: then wait for it and warm once more.
+    let warmed = cache_requests(server).await?;
+    if warmed.error > 0.0 || warmed.degraded {
+        eprintln!("dbswarm: the cache degraded while warming; waiting for it and warming again");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cache_requests(server).await?.degraded {
+            if Instant::now() > deadline {
+                bail!(
+                    "the query cache stayed degraded for 30 s: is Redis up at {}?",
+                    redis_url()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        warm(channels, hot).await?;
+    }
     Ok(())
 }
 

@@ -12,11 +12,12 @@
 //! work begins). Both clocks are this machine's (the bench and PostgreSQL
 //! run on one host).
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use api::proto;
 use api::proto::workflows_client::WorkflowsClient;
+use event_store::clock::now_us;
 use serde_json::json;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -106,7 +107,7 @@ async fn one_takeover(db: &ScratchDb, ack_wait_ms: Option<u64>) -> anyhow::Resul
         second.channels(1, 1).await?;
         wait_agent_ready(&mut second).await?;
         tokio::time::sleep(settle(ack_wait_ms)).await;
-        let killed_at_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64() * 1000.0;
+        let killed_at_ms = now_us() as f64 / 1000.0;
         first.kill_9();
         let resumed_at_ms = progress_report(&pool, &stream_id, 1).await?;
         // Its drain would wait for the long task: nothing is left to keep.

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use api::proto;
@@ -23,6 +23,7 @@ use api::proto::workflows_client::WorkflowsClient;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
+use event_store::clock::now_us;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
@@ -320,9 +321,7 @@ async fn timed_execute(client: &mut WorkflowsClient<Channel>, plan: &str) -> any
 }
 
 fn wall_ms() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    now_us() as f64 / 1000.0
 }
 
 struct Phases {

@@ -3,18 +3,17 @@
 //! the orchestrator that runs them (task commands to agents, outcomes
 //! back, the driver that times out, retries and resumes after a crash).
 
-pub mod llm;
 mod orchestrator;
 mod scheduler;
 mod store;
+mod tasks;
 
-pub use llm::{LlmConfig, LlmError, LlmPlanner};
 pub use orchestrator::{
     AgentDirectory, Availability, DRIVER_LOCK_KEY, Orchestrator, OrchestratorConfig, STOP_SUBJECT,
-    StartRequest, Started, WorkflowIdentity, clock,
+    StartRequest, Started, WorkflowIdentity,
 };
 pub use scheduler::{NewSchedule, SCHEDULER_LOCK_KEY, ScheduleExecuted, Scheduler, SchedulerConfig};
 pub use store::{
-    Aggregate, AggregateStore, CONFLICT_ATTEMPTS_MAX, Executed, SagaError, Schedule, ScheduleStore, Workflow,
-    WorkflowExecuted, WorkflowStore, tagged_event_data, tagged_event_from_stored, workflow_stream,
+    SagaError, Schedule, ScheduleStore, Workflow, WorkflowExecuted, WorkflowStore, workflow_stream,
 };
+pub use tasks::ensure_tasks_stream;

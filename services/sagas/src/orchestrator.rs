@@ -27,17 +27,19 @@ use std::time::Duration;
 use async_nats::jetstream;
 use domain::OperationError;
 use domain::workflow::{
-    Clock, Plan, Priority, StopRequest, TaskCommand, TaskKind, WorkflowCommand, WorkflowEvent, WorkflowState,
+    Plan, Priority, StopRequest, TaskCommand, TaskKind, WorkflowCommand, WorkflowEvent, WorkflowState,
 };
-use event_store::clock::now_ms;
+use event_store::clock::{now_ms, workflow_clock};
+use event_store::leader;
 use event_store::relay::{self, RelayConfig};
 use futures_util::StreamExt;
 use serde_json::Value;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use crate::store::{SagaError, WorkflowExecuted as Executed, WorkflowStore};
+use crate::tasks::ensure_tasks_stream;
 
 const RUN_INSERT: &str = include_str!("sql/run_insert.sql");
 const RUN_UPDATE: &str = include_str!("sql/run_update.sql");
@@ -182,15 +184,6 @@ struct Inner {
 }
 
 type Waiters = HashMap<Uuid, Vec<oneshot::Sender<(WorkflowState, u64)>>>;
-
-/// The clock decisions use: now, and a fresh jitter in [0, 1).
-pub fn clock() -> Clock {
-    let random = Uuid::new_v4().as_u64_pair().0 >> 11;
-    Clock {
-        now_ms: now_ms(),
-        jitter: random as f64 / (1u64 << 53) as f64,
-    }
-}
 
 fn priority_rank(priority: Priority) -> i16 {
     match priority {
@@ -345,7 +338,7 @@ impl Orchestrator {
         let executed = self
             .inner
             .store
-            .execute(&workflow_id.to_string(), command, clock)
+            .execute(&workflow_id.to_string(), command, workflow_clock)
             .await?;
         if !executed.events.is_empty() {
             let sent = self.dispatch(&executed).await;
@@ -527,7 +520,7 @@ impl Orchestrator {
         let executed = self
             .inner
             .store
-            .execute(&workflow_id.to_string(), WorkflowCommand::Tick, clock)
+            .execute(&workflow_id.to_string(), WorkflowCommand::Tick, workflow_clock)
             .await;
         let executed = match executed {
             Err(SagaError::NotFound { .. }) => {
@@ -552,43 +545,40 @@ impl Orchestrator {
 
     /// Runs the driver until `stop` turns true: waits to hold the driver
     /// lock, resumes every unfinished workflow, then visits due ones.
-    pub async fn run_driver(self, mut stop: watch::Receiver<bool>) {
-        let stop = &mut stop;
-        if let Err(error) = relay::ensure_tasks_stream(&self.inner.js, &self.inner.subjects).await {
+    pub async fn run_driver(self, stop: watch::Receiver<bool>) {
+        if let Err(error) = ensure_tasks_stream(&self.inner.js, &self.inner.subjects).await {
             tracing::warn!(%error, "cannot check the tasks stream; the driver tries again as it runs");
         }
-        loop {
-            if *stop.borrow() {
-                return;
-            }
-            if let Err(error) = self.drive(stop).await {
-                metrics::gauge!("dbswarm_workflow_driver").set(0.0);
-                tracing::warn!(%error, "workflow driver failed; retrying");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(self.inner.config.leader_poll_ms)) => {}
-                _ = stopping(stop) => return,
-            }
-        }
+        let poll = Duration::from_millis(self.inner.config.leader_poll_ms);
+        let this = &self;
+        leader::run_terms(
+            stop,
+            move |mut stop| async move { this.drive(&mut stop).await },
+            |driven| {
+                if let Err(error) = driven {
+                    metrics::gauge!("dbswarm_workflow_driver").set(0.0);
+                    tracing::warn!(%error, "workflow driver failed; retrying");
+                }
+                poll
+            },
+        )
+        .await;
     }
 
     async fn drive(&self, stop: &mut watch::Receiver<bool>) -> Result<(), SagaError> {
         let config = &self.inner.config;
-        let mut lock_conn = PgConnection::connect_with(&self.inner.pool.connect_options()).await?;
-        loop {
-            let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(DRIVER_LOCK_KEY)
-                .fetch_one(&mut lock_conn)
-                .await?;
-            if acquired {
-                break;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(config.leader_poll_ms)) => {}
-                _ = stopping(stop) => return Ok(()),
-            }
-        }
+        let poll = Duration::from_millis(config.leader_poll_ms);
+        let Some(mut leadership) =
+            leader::acquire(&self.inner.pool, DRIVER_LOCK_KEY, poll, stop, || {}).await?
+        else {
+            return Ok(());
+        };
         metrics::gauge!("dbswarm_workflow_driver").set(1.0);
+        // The leader makes sure of the tasks stream again (as the relay's
+        // leader did while it created it): the check at start may have failed.
+        if let Err(error) = ensure_tasks_stream(&self.inner.js, &self.inner.subjects).await {
+            tracing::warn!(%error, "cannot check the tasks stream; commands are sent anyway");
+        }
         tracing::info!("workflow driver: resuming unfinished workflows");
         let resumed = self.resume_all().await?;
         tracing::info!(resumed, "workflow driver: resumed");
@@ -596,16 +586,15 @@ impl Orchestrator {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(config.tick_interval_ms)) => {}
-                _ = stopping(stop) => {
-                    let _ = lock_conn.close().await;
+                _ = leader::stopping(stop) => {
+                    leadership.release().await;
                     metrics::gauge!("dbswarm_workflow_driver").set(0.0);
                     return Ok(());
                 }
             }
             self.visit_due().await?;
-            if last_lock_check.elapsed() >= Duration::from_millis(config.leader_poll_ms) {
-                // The lock lives as long as this connection: check it is alive.
-                sqlx::query("SELECT 1").execute(&mut lock_conn).await?;
+            if last_lock_check.elapsed() >= poll {
+                leadership.check().await?;
                 last_lock_check = tokio::time::Instant::now();
             }
         }
@@ -759,9 +748,4 @@ fn parse_workflow_id(text: &str) -> Result<Uuid, SagaError> {
         stream: format!("task command for workflow {text}"),
         why: format!("the workflow id is not a UUID: {e}"),
     })
-}
-
-/// Resolves once `stop` turns true (or its sender is gone).
-async fn stopping(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }

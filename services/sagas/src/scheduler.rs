@@ -14,13 +14,15 @@ use std::time::Duration;
 
 use domain::workflow::schedule::{MissedRunPolicy, ScheduleCommand, ScheduleEvent, ScheduleState};
 use domain::workflow::{Plan, Priority};
+use event_store::Executed;
 use event_store::clock::now_ms;
-use sqlx::{Connection, PgConnection, PgPool};
+use event_store::leader;
+use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::orchestrator::{Orchestrator, StartRequest, WorkflowIdentity};
-use crate::store::{Executed, SagaError, ScheduleStore};
+use crate::store::{SagaError, ScheduleStore};
 
 const SCHEDULE_INSERT: &str = include_str!("sql/schedule_insert.sql");
 const SCHEDULE_UPDATE: &str = include_str!("sql/schedule_update.sql");
@@ -246,37 +248,29 @@ impl Scheduler {
 
     /// Runs until `stop` turns true: waits to hold the scheduler lock, then
     /// fires what is due.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        loop {
-            if *stop.borrow() {
-                return;
-            }
-            if let Err(error) = self.lead(&mut stop).await {
-                metrics::gauge!("dbswarm_scheduler_leader").set(0.0);
-                tracing::warn!(%error, "scheduler failed; retrying");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(self.config.leader_poll_ms)) => {}
-                _ = stopping(&mut stop) => return,
-            }
-        }
+    pub async fn run(self, stop: watch::Receiver<bool>) {
+        let poll = Duration::from_millis(self.config.leader_poll_ms);
+        let this = &self;
+        leader::run_terms(
+            stop,
+            move |mut stop| async move { this.lead(&mut stop).await },
+            |led| {
+                if let Err(error) = led {
+                    metrics::gauge!("dbswarm_scheduler_leader").set(0.0);
+                    tracing::warn!(%error, "scheduler failed; retrying");
+                }
+                poll
+            },
+        )
+        .await;
     }
 
     async fn lead(&self, stop: &mut watch::Receiver<bool>) -> Result<(), SagaError> {
-        let mut lock_conn = PgConnection::connect_with(&self.pool.connect_options()).await?;
-        loop {
-            let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(SCHEDULER_LOCK_KEY)
-                .fetch_one(&mut lock_conn)
-                .await?;
-            if acquired {
-                break;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(self.config.leader_poll_ms)) => {}
-                _ = stopping(stop) => return Ok(()),
-            }
-        }
+        let poll = Duration::from_millis(self.config.leader_poll_ms);
+        let Some(mut leadership) = leader::acquire(&self.pool, SCHEDULER_LOCK_KEY, poll, stop, || {}).await?
+        else {
+            return Ok(());
+        };
         metrics::gauge!("dbswarm_scheduler_leader").set(1.0);
         tracing::info!("scheduler leadership acquired");
         let resync_every = Duration::from_millis(self.config.resync_interval_ms);
@@ -286,21 +280,16 @@ impl Scheduler {
                 self.resync_all().await?;
                 last_resync = Some(tokio::time::Instant::now());
             }
-            // The lock lives as long as this connection: check it is alive.
-            sqlx::query("SELECT 1").execute(&mut lock_conn).await?;
+            leadership.check().await?;
             self.fire_due().await?;
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(self.config.tick_interval_ms)) => {}
-                _ = stopping(stop) => {
-                    let _ = lock_conn.close().await;
+                _ = leader::stopping(stop) => {
+                    leadership.release().await;
                     metrics::gauge!("dbswarm_scheduler_leader").set(0.0);
                     return Ok(());
                 }
             }
         }
     }
-}
-
-async fn stopping(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }

@@ -14,8 +14,7 @@ use backup::physical::{FetchError, PitrRequest};
 use backup::repository::Repository;
 use backup::retention::Policy;
 
-use crate::ServeArgs;
-use crate::cli::{self, StderrProgress};
+use crate::cli::{self, RunArgs, StderrProgress};
 
 #[derive(clap::Subcommand)]
 pub enum BackupCommand {
@@ -127,18 +126,6 @@ pub enum BackupCommand {
 }
 
 #[derive(clap::Args)]
-pub struct RunArgs {
-    /// The target database, by the name it was registered under (Admin.RegisterDatabase).
-    #[arg(long, value_name = "NAME")]
-    database: String,
-    /// Print the result as JSON instead of text.
-    #[arg(long)]
-    json: bool,
-    #[command(flatten)]
-    own: Box<ServeArgs>,
-}
-
-#[derive(clap::Args)]
 pub struct ArchiveArgs {
     /// The backup repository directory.
     #[arg(long, value_name = "DIR")]
@@ -169,66 +156,18 @@ pub async fn run(command: BackupCommand) -> anyhow::Result<Ended> {
             };
             let (backups, target, json) = connect(run).await?;
             let manifest = backups.create(&target, &request, &StderrProgress).await?;
-            print(json, &manifest, |m| {
-                format!(
-                    "backup {} ({}) of {}: {} stored, {} files, LSN {}..{}\n",
-                    m.backup_id,
-                    m.kind.as_str(),
-                    m.target,
-                    backup::engine::human_bytes(m.stored_bytes()),
-                    m.files.len(),
-                    m.start_lsn,
-                    m.stop_lsn
-                )
-            })
+            print(json, &manifest, human_manifest)
         }
         BackupCommand::List { run } => {
             let (backups, target, json) = connect(run).await?;
             let catalogue = backups.catalogue(&target.name).await?;
-            print(json, &catalogue, |c| {
-                let mut out = String::new();
-                for entry in c.backups.values() {
-                    let status = match &entry.status {
-                        backup::catalogue::Status::Running => "running".to_owned(),
-                        backup::catalogue::Status::Completed(done) => format!(
-                            "completed, {} in {} ms",
-                            backup::engine::human_bytes(done.stored_bytes),
-                            entry.duration_ms().unwrap_or_default()
-                        ),
-                        backup::catalogue::Status::Failed { reason, .. } => format!("FAILED: {reason}"),
-                    };
-                    let verified = match &entry.last_verification {
-                        Some(v) if v.passed => "verified",
-                        Some(_) => "VERIFICATION FAILED",
-                        None => "not verified",
-                    };
-                    out.push_str(&format!(
-                        "{}  {:8}  {status}; {verified}\n",
-                        entry.backup_id,
-                        entry.kind.as_str()
-                    ));
-                }
-                out
-            })
+            print(json, &catalogue, human_catalogue)
         }
         BackupCommand::Verify { backup_id, run } => {
             let (backups, target, json) = connect(run).await?;
             let verification = backups.verify(&target.name, backup_id.as_deref()).await?;
             let passed = verification.passed;
-            print(json, &verification, |v| {
-                if v.passed {
-                    format!(
-                        "backup {} verified: {} files, {} bytes, {} WAL segments\n",
-                        v.backup_id, v.files_checked, v.bytes_checked, v.wal_segments_checked
-                    )
-                } else {
-                    format!(
-                        "backup {} FAILS verification:\n  {}\n",
-                        v.backup_id,
-                        v.problems.join("\n  ")
-                    )
-                }
-            })?;
+            print(json, &verification, human_verification)?;
             Ok(if passed { Ended::Done } else { Ended::Failed })
         }
         BackupCommand::Restore {
@@ -245,15 +184,7 @@ pub async fn run(command: BackupCommand) -> anyhow::Result<Ended> {
                     &StderrProgress,
                 )
                 .await?;
-            print(json, &restored, |r| {
-                format!(
-                    "backup {} restored into database {} ({} in {} ms)\n",
-                    r.backup_id,
-                    r.into_database,
-                    backup::engine::human_bytes(r.bytes),
-                    r.duration_ms
-                )
-            })
+            print(json, &restored, human_restore)
         }
         BackupCommand::RestorePitr {
             target_time,
@@ -273,16 +204,7 @@ pub async fn run(command: BackupCommand) -> anyhow::Result<Ended> {
             };
             let restored =
                 backup::physical::restore_pitr(&backups, &target, &request, &StderrProgress).await?;
-            print(json, &restored, |r| {
-                format!(
-                    "backup {} restored to {} into {}, running on port {} ({})\n",
-                    r.backup_id,
-                    r.target_time.as_deref().unwrap_or("its end"),
-                    r.data_directory,
-                    r.port,
-                    r.url
-                )
-            })
+            print(json, &restored, human_pitr)
         }
         BackupCommand::TestRestore { backup_id, run } => {
             let (backups, target, json) = connect(run).await?;
@@ -290,17 +212,7 @@ pub async fn run(command: BackupCommand) -> anyhow::Result<Ended> {
                 backup::restore_test::test_restore(&backups, &target, backup_id.as_deref(), &StderrProgress)
                     .await?;
             let passed = test.passed;
-            print(json, &test, |t| {
-                let verdict = if t.passed { "passed" } else { "FAILED" };
-                let mut out = format!("restore test of backup {} {verdict}:\n", t.backup_id);
-                for check in &t.checks {
-                    out.push_str(&format!("  ok: {check}\n"));
-                }
-                for problem in &t.problems {
-                    out.push_str(&format!("  problem: {problem}\n"));
-                }
-                out
-            })?;
+            print(json, &test, human_restore_test)?;
             Ok(if passed { Ended::Done } else { Ended::Failed })
         }
         BackupCommand::ApplyRetention {
@@ -321,6 +233,15 @@ pub async fn run(command: BackupCommand) -> anyhow::Result<Ended> {
                 )
             })
         }
+        archive @ (BackupCommand::GenerateKey { .. }
+        | BackupCommand::WalPush { .. }
+        | BackupCommand::WalFetch { .. }) => run_archive(archive).await,
+    }
+}
+
+/// The commands that need no event store: the key and the WAL archive.
+async fn run_archive(command: BackupCommand) -> anyhow::Result<Ended> {
+    match command {
         BackupCommand::GenerateKey { file } => {
             generate_key(&file)?;
             eprintln!(
@@ -356,7 +277,101 @@ pub async fn run(command: BackupCommand) -> anyhow::Result<Ended> {
                 Err(error) => Err(error.into()),
             }
         }
+        _ => unreachable!("run hands only the key and archive commands to run_archive"),
     }
+}
+
+/// What `backup create` prints as text.
+fn human_manifest(m: &backup::manifest::Manifest) -> String {
+    format!(
+        "backup {} ({}) of {}: {} stored, {} files, LSN {}..{}\n",
+        m.backup_id,
+        m.kind.as_str(),
+        m.target,
+        backup::engine::human_bytes(m.stored_bytes()),
+        m.files.len(),
+        m.start_lsn,
+        m.stop_lsn
+    )
+}
+
+/// What `backup list` prints as text: a line per backup.
+fn human_catalogue(c: &backup::catalogue::Catalogue) -> String {
+    let mut out = String::new();
+    for entry in c.backups.values() {
+        let status = match &entry.status {
+            backup::catalogue::Status::Running => "running".to_owned(),
+            backup::catalogue::Status::Completed(done) => format!(
+                "completed, {} in {} ms",
+                backup::engine::human_bytes(done.stored_bytes),
+                entry.duration_ms().unwrap_or_default()
+            ),
+            backup::catalogue::Status::Failed { reason, .. } => format!("FAILED: {reason}"),
+        };
+        let verified = match &entry.last_verification {
+            Some(v) if v.passed => "verified",
+            Some(_) => "VERIFICATION FAILED",
+            None => "not verified",
+        };
+        out.push_str(&format!(
+            "{}  {:8}  {status}; {verified}\n",
+            entry.backup_id,
+            entry.kind.as_str()
+        ));
+    }
+    out
+}
+
+/// What `backup verify` prints as text.
+fn human_verification(v: &backup::engine::Verification) -> String {
+    if v.passed {
+        format!(
+            "backup {} verified: {} files, {} bytes, {} WAL segments\n",
+            v.backup_id, v.files_checked, v.bytes_checked, v.wal_segments_checked
+        )
+    } else {
+        format!(
+            "backup {} FAILS verification:\n  {}\n",
+            v.backup_id,
+            v.problems.join("\n  ")
+        )
+    }
+}
+
+/// What `backup restore` prints as text.
+fn human_restore(r: &backup::engine::Restored) -> String {
+    format!(
+        "backup {} restored into database {} ({} in {} ms)\n",
+        r.backup_id,
+        r.into_database,
+        backup::engine::human_bytes(r.bytes),
+        r.duration_ms
+    )
+}
+
+/// What `backup restore-pitr` prints as text.
+fn human_pitr(r: &backup::physical::PitrRestored) -> String {
+    format!(
+        "backup {} restored to {} into {}, running on port {} ({})\n",
+        r.backup_id,
+        r.target_time.as_deref().unwrap_or("its end"),
+        r.data_directory,
+        r.port,
+        r.url
+    )
+}
+
+/// What `backup test-restore` prints as text.
+fn human_restore_test(t: &backup::restore_test::RestoreTest) -> String {
+    let verdict = if t.passed { "passed" } else { "FAILED" };
+    let mut out = format!("restore test of backup {} {verdict}:\n", t.backup_id);
+    for check in &t.checks {
+        out.push_str(&format!("  ok: {check}\n"));
+    }
+    for problem in &t.problems {
+        out.push_str(&format!("  problem: {problem}\n"));
+    }
+    out
 }
 
 /// `wal-push --check`: a key this user cannot read is the answer "no"

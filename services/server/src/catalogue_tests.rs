@@ -29,7 +29,7 @@ async fn every_operation_in_the_catalogue_is_served_and_every_agent_has_a_probe(
         .unwrap();
     let (appender, _committers) = event_store::Appender::start(pool.clone(), config.append);
     let reader = event_store::Reader::new(pool, config.read);
-    let swarm = crate::swarm(&appender, &reader, &config);
+    let swarm = crate::agent_swarm(&config, &appender, &reader);
     let catalogue = agents::catalogue(&swarm);
     // Then: each operation it lists is one an agent implements, and back
     let mut listed = 0;

@@ -11,6 +11,21 @@ use anyhow::Context;
 use domain::target::ConnectionUrl;
 use server::Config;
 
+use crate::ServeArgs;
+
+/// The arguments of every command on a registered target database.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The target database, by the name it was registered under (Admin.RegisterDatabase).
+    #[arg(long, value_name = "NAME")]
+    pub database: String,
+    /// Print the result as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub own: Box<ServeArgs>,
+}
+
 /// Width of the bar in characters: 5% each.
 const BAR_CHARS: usize = 20;
 

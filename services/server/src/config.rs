@@ -13,11 +13,11 @@ use backup::engine::BackupConfig;
 use domain::Limits;
 use event_store::relay::RelayConfig;
 use event_store::{AppendConfig, ReadConfig};
+use llm_planner::{LlmConfig, LlmPlanner};
 use projections::RuntimeConfig;
 use projections::cache::CacheConfig;
 use query::agent::QueryAgentConfig;
 use sagas::OrchestratorConfig;
-use sagas::llm::{LlmConfig, LlmPlanner};
 use schema::migration::MigrationConfig;
 use serde::Deserialize;
 
@@ -499,107 +499,9 @@ impl Config {
         let query = query_config(&s)?;
         let data_dir = data_dir(&s)?;
         let backup = backup_config(&s, &data_dir)?;
-        let limit_defaults = Limits::default();
-        let append_defaults = AppendConfig::default();
-        let read_defaults = ReadConfig::default();
-        let limits = Limits {
-            stream_id_bytes_max: positive(
-                "stream_id_bytes_max",
-                s.stream_id_bytes_max,
-                limit_defaults.stream_id_bytes_max,
-                4096,
-            )?,
-            event_type_bytes_max: positive(
-                "event_type_bytes_max",
-                s.event_type_bytes_max,
-                limit_defaults.event_type_bytes_max,
-                1024,
-            )?,
-            event_bytes_max: positive(
-                "event_bytes_max",
-                s.event_bytes_max,
-                limit_defaults.event_bytes_max,
-                APPEND_BYTES_CEILING,
-            )?,
-            append_events_max: positive(
-                "append_events_max",
-                s.append_events_max,
-                limit_defaults.append_events_max,
-                100_000,
-            )?,
-            append_bytes_max: positive(
-                "append_bytes_max",
-                s.append_bytes_max,
-                limit_defaults.append_bytes_max,
-                APPEND_BYTES_CEILING,
-            )?,
-            append_streams_max: positive(
-                "append_streams_max",
-                s.append_streams_max,
-                limit_defaults.append_streams_max,
-                10_000,
-            )?,
-        };
-        if limits.event_bytes_max > limits.append_bytes_max {
-            return Err(invalid(
-                "event_bytes_max",
-                format!(
-                    "{} is larger than append_bytes_max ({}), so such an event could never be appended",
-                    limits.event_bytes_max, limits.append_bytes_max
-                ),
-            ));
-        }
-        let append = AppendConfig {
-            queue_max: positive(
-                "append_queue_max",
-                s.append_queue_max,
-                append_defaults.queue_max,
-                1_000_000,
-            )?,
-            batch_requests_max: positive(
-                "append_batch_requests_max",
-                s.append_batch_requests_max,
-                append_defaults.batch_requests_max,
-                100_000,
-            )?,
-            batch_events_max: positive(
-                "append_batch_events_max",
-                s.append_batch_events_max,
-                append_defaults.batch_events_max,
-                1_000_000,
-            )?,
-            batch_wait_us: match s.append_batch_wait_us.unwrap_or(append_defaults.batch_wait_us) {
-                us if us > 1_000_000 => {
-                    return Err(invalid(
-                        "append_batch_wait_us",
-                        format!("{us} is over 1000000 (1 s)"),
-                    ));
-                }
-                us => us,
-            },
-            committers: positive(
-                "append_committers",
-                s.append_committers,
-                append_defaults.committers,
-                256,
-            )?,
-            race_attempts_max: append_defaults.race_attempts_max,
-            version_cache_streams_max: append_defaults.version_cache_streams_max,
-        };
-        let read = ReadConfig {
-            page_events_max: positive(
-                "read_page_events_max",
-                s.read_page_events_max,
-                read_defaults.page_events_max,
-                100_000,
-            )?,
-            buffer_events_max: positive(
-                "read_buffer_events_max",
-                s.read_buffer_events_max,
-                read_defaults.buffer_events_max,
-                100_000,
-            )?,
-        };
+        let limits = limits_config(&s)?;
+        let append = append_config(&s)?;
+        let read = read_config(&s)?;
         let db_pool_connections_max =
             positive("db_pool_connections_max", s.db_pool_connections_max, 16, 1000)?;
         if (append.committers as u32) >= db_pool_connections_max {
@@ -624,32 +526,17 @@ impl Config {
         };
         let database_url = url(
             "database_url",
-            s.database_url,
+            s.database_url.clone(),
             "postgres://postgres@127.0.0.1:54320/dbswarm",
             &["postgres", "postgresql"],
         )?;
         let redis_url = url(
             "redis_url",
-            s.redis_url,
+            s.redis_url.clone(),
             "redis://127.0.0.1:63790",
             &["redis", "rediss"],
         )?;
-        let projection_defaults = RuntimeConfig::default();
-        let projections = RuntimeConfig {
-            batch_events_max: positive(
-                "projection_batch_events_max",
-                s.projection_batch_events_max,
-                projection_defaults.batch_events_max,
-                100_000,
-            )?,
-            page_rows_max: positive(
-                "projection_page_rows_max",
-                s.projection_page_rows_max,
-                projection_defaults.page_rows_max,
-                100_000,
-            )?,
-            ..projection_defaults
-        };
+        let projections = projections_config(&s)?;
         let cache_defaults = CacheConfig::default();
         let cache = CacheConfig {
             url: s.cache_enabled.unwrap_or(true).then(|| redis_url.clone()),
@@ -692,6 +579,143 @@ impl Config {
             log_format,
         })
     }
+}
+
+/// The limits of appends and their events.
+fn limits_config(s: &Settings) -> Result<Limits, ConfigError> {
+    let limit_defaults = Limits::default();
+    let limits = Limits {
+        stream_id_bytes_max: positive(
+            "stream_id_bytes_max",
+            s.stream_id_bytes_max,
+            limit_defaults.stream_id_bytes_max,
+            4096,
+        )?,
+        event_type_bytes_max: positive(
+            "event_type_bytes_max",
+            s.event_type_bytes_max,
+            limit_defaults.event_type_bytes_max,
+            1024,
+        )?,
+        event_bytes_max: positive(
+            "event_bytes_max",
+            s.event_bytes_max,
+            limit_defaults.event_bytes_max,
+            APPEND_BYTES_CEILING,
+        )?,
+        append_events_max: positive(
+            "append_events_max",
+            s.append_events_max,
+            limit_defaults.append_events_max,
+            100_000,
+        )?,
+        append_bytes_max: positive(
+            "append_bytes_max",
+            s.append_bytes_max,
+            limit_defaults.append_bytes_max,
+            APPEND_BYTES_CEILING,
+        )?,
+        append_streams_max: positive(
+            "append_streams_max",
+            s.append_streams_max,
+            limit_defaults.append_streams_max,
+            10_000,
+        )?,
+    };
+    if limits.event_bytes_max > limits.append_bytes_max {
+        return Err(invalid(
+            "event_bytes_max",
+            format!(
+                "{} is larger than append_bytes_max ({}), so such an event could never be appended",
+                limits.event_bytes_max, limits.append_bytes_max
+            ),
+        ));
+    }
+    Ok(limits)
+}
+
+/// The appender's queue, batches and committers.
+fn append_config(s: &Settings) -> Result<AppendConfig, ConfigError> {
+    let append_defaults = AppendConfig::default();
+    let append = AppendConfig {
+        queue_max: positive(
+            "append_queue_max",
+            s.append_queue_max,
+            append_defaults.queue_max,
+            1_000_000,
+        )?,
+        batch_requests_max: positive(
+            "append_batch_requests_max",
+            s.append_batch_requests_max,
+            append_defaults.batch_requests_max,
+            100_000,
+        )?,
+        batch_events_max: positive(
+            "append_batch_events_max",
+            s.append_batch_events_max,
+            append_defaults.batch_events_max,
+            1_000_000,
+        )?,
+        batch_wait_us: match s.append_batch_wait_us.unwrap_or(append_defaults.batch_wait_us) {
+            us if us > 1_000_000 => {
+                return Err(invalid(
+                    "append_batch_wait_us",
+                    format!("{us} is over 1000000 (1 s)"),
+                ));
+            }
+            us => us,
+        },
+        committers: positive(
+            "append_committers",
+            s.append_committers,
+            append_defaults.committers,
+            256,
+        )?,
+        race_attempts_max: append_defaults.race_attempts_max,
+        version_cache_streams_max: append_defaults.version_cache_streams_max,
+    };
+    Ok(append)
+}
+
+/// Reads' pages and buffers.
+fn read_config(s: &Settings) -> Result<ReadConfig, ConfigError> {
+    let read_defaults = ReadConfig::default();
+    let read = ReadConfig {
+        page_events_max: positive(
+            "read_page_events_max",
+            s.read_page_events_max,
+            read_defaults.page_events_max,
+            100_000,
+        )?,
+        buffer_events_max: positive(
+            "read_buffer_events_max",
+            s.read_buffer_events_max,
+            read_defaults.buffer_events_max,
+            100_000,
+        )?,
+    };
+    Ok(read)
+}
+
+/// The projection runners' batches and pages.
+fn projections_config(s: &Settings) -> Result<RuntimeConfig, ConfigError> {
+    let projection_defaults = RuntimeConfig::default();
+    let projections = RuntimeConfig {
+        batch_events_max: positive(
+            "projection_batch_events_max",
+            s.projection_batch_events_max,
+            projection_defaults.batch_events_max,
+            100_000,
+        )?,
+        page_rows_max: positive(
+            "projection_page_rows_max",
+            s.projection_page_rows_max,
+            projection_defaults.page_rows_max,
+            100_000,
+        )?,
+        ..projection_defaults
+    };
+    Ok(projections)
 }
 
 fn absolute(setting: &'static str, path: &Path) -> Result<PathBuf, ConfigError> {
@@ -914,10 +938,10 @@ fn planner_llm_config(s: &Settings) -> Result<Option<LlmConfig>, ConfigError> {
         timeout_ms: positive(
             "planner_llm_timeout_ms",
             s.planner_llm_timeout_ms,
-            sagas::llm::TIMEOUT_MS_DEFAULT,
+            llm_planner::TIMEOUT_MS_DEFAULT,
             600_000,
         )?,
-        response_bytes_max: sagas::llm::RESPONSE_BYTES_MAX_DEFAULT,
+        response_bytes_max: llm_planner::RESPONSE_BYTES_MAX_DEFAULT,
     };
     // Checked now (URL, key, TLS roots) so that a mistake stops the start.
     LlmPlanner::new(config.clone()).map_err(|e| invalid("planner_llm_base_url", e.to_string()))?;

@@ -101,6 +101,120 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let reader = Reader::new(pool.clone(), config.read);
     let (commits_tx, commits_rx) = watch::channel(0u64);
     let commits = CommitSignal::new(commits_rx, Duration::from_millis(config.relay.poll_interval_ms));
+    let projections = start_projections(&config, &pool, &reader, &appender).await?;
+    let projections_service = ProjectionsService::new(projections.clone()).into_server();
+    let directory = agents::Directory::default();
+    let targets = agents::Targets::new(
+        pool.clone(),
+        appender.clone(),
+        config.limits,
+        agents::TargetsConfig::default(),
+    );
+    let (orchestrator, scheduler, llm) =
+        workflow_side(&config, &pool, &appender, &reader, &nats, &directory)?;
+    // Every compiled-in agent's operations: what plans are validated
+    // against is what is served (an agent that is not ready is caught by
+    // the health gate when a workflow starts).
+    let swarm = agent_swarm(&config, &appender, &reader);
+    let catalogue = agents::catalogue(&swarm);
+    let workflows = WorkflowsService::new(
+        orchestrator.clone(),
+        llm,
+        scheduler.clone(),
+        reader.clone(),
+        commits.clone(),
+        projections.clone(),
+        catalogue.clone(),
+        config.limits,
+    )
+    .into_server();
+    let agents_ready = directory.watch_all_ready();
+    let deps = agents::Dependencies {
+        pool: pool.clone(),
+        nats: nats.clone(),
+        targets: targets.clone(),
+    };
+    let agents_runtime = agents_runtime(&config, &orchestrator, directory.clone(), &appender, swarm, deps);
+    let event_store = EventStoreService::new(appender, reader, commits.clone(), config.limits).into_server();
+
+    let relay_leading = Arc::new(AtomicBool::new(false));
+    let admin = AdminService::new(pool.clone(), relay_leading.clone(), targets).into_server();
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    set_first_health(&health_reporter).await;
+    let reflection = reflection()?;
+    let (stop, stopped) = watch::channel(false);
+    let grpc = tonic::transport::Server::builder()
+        .trace_fn(|request| tracing::info_span!("grpc", path = %request.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(event_store)
+        .add_service(admin)
+        .add_service(projections_service)
+        .add_service(workflows)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            until_stopped(stopped.clone()),
+        );
+    let http = axum::serve(http_listener, http_router(metrics))
+        .with_graceful_shutdown(until_stopped(stopped.clone()));
+    let mut tasks = JoinSet::new();
+    tasks.spawn(async move { grpc.await.map_err(|e| e.to_string()) });
+    tasks.spawn(async move { http.await.map_err(|e| e.to_string()) });
+    tasks.spawn(sample_pool_usage(pool.clone(), stopped.clone()));
+    tasks.spawn(report_health(health_reporter, agents_ready, stopped.clone()));
+    let loops = Loops {
+        pool: pool.clone(),
+        commits_tx,
+        commits,
+        projections,
+        orchestrator,
+        scheduler,
+        agents_runtime,
+        nats,
+        relay_leading,
+    };
+    spawn_loops(&mut tasks, &config, loops, stopped);
+    // Absolute: a relative data_dir was resolved against the working directory.
+    let data_dir = config.data_dir.display();
+    tracing::info!(%grpc_addr, %http_addr, %data_dir, "dbswarm serving");
+    Ok(RunningServer {
+        grpc_addr,
+        http_addr,
+        pool,
+        catalogue,
+        directory,
+        stop,
+        tasks,
+        committers,
+    })
+}
+
+/// gRPC reflection over dbswarm's services and the health service.
+fn reflection() -> Result<
+    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+    StartError,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(api::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Reflection(e.to_string()))
+}
+
+/// Resolves when `stopped` turns true (or its sender is gone).
+async fn until_stopped(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
+/// The read models: the registry, the built-in ones and those of
+/// `projections_dir` defined, their metrics published.
+async fn start_projections(
+    config: &Config,
+    pool: &PgPool,
+    reader: &Reader,
+    appender: &Appender,
+) -> Result<Projections, StartError> {
     let cache = ReadCache::connect(config.cache.clone()).await;
     let projections = Projections::new(
         pool.clone(),
@@ -121,14 +235,25 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         // Before the first scrape can come: every projection on /metrics.
         projections.publish_metrics().await;
     }
-    let projections_service = ProjectionsService::new(projections.clone()).into_server();
-    let directory = agents::Directory::default();
-    let targets = agents::Targets::new(
-        pool.clone(),
-        appender.clone(),
-        config.limits,
-        agents::TargetsConfig::default(),
-    );
+    Ok(projections)
+}
+
+/// The orchestrator, the scheduler and the optional LLM planner.
+fn workflow_side(
+    config: &Config,
+    pool: &PgPool,
+    appender: &Appender,
+    reader: &Reader,
+    nats: &async_nats::Client,
+    directory: &agents::Directory,
+) -> Result<
+    (
+        sagas::Orchestrator,
+        sagas::Scheduler,
+        Option<llm_planner::LlmPlanner>,
+    ),
+    StartError,
+> {
     let orchestrator = sagas::Orchestrator::new(
         sagas::WorkflowStore::new(appender.clone(), reader.clone(), config.limits),
         pool.clone(),
@@ -145,48 +270,38 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     );
     let llm = match &config.planner_llm {
         Some(llm) => {
-            Some(sagas::llm::LlmPlanner::new(llm.clone()).map_err(|e| StartError::Planner(e.to_string()))?)
+            Some(llm_planner::LlmPlanner::new(llm.clone()).map_err(|e| StartError::Planner(e.to_string()))?)
         }
         None => None,
     };
-    // Every compiled-in agent's operations: what plans are validated
-    // against is what is served (an agent that is not ready is caught by
-    // the health gate when a workflow starts).
-    let swarm = swarm(&appender, &reader, &config);
-    let catalogue = agents::catalogue(&swarm);
-    let workflows = WorkflowsService::new(
-        orchestrator.clone(),
-        llm,
-        scheduler.clone(),
-        reader.clone(),
-        commits.clone(),
-        projections.clone(),
-        catalogue.clone(),
-        config.limits,
-    )
-    .into_server();
-    let agents_ready = directory.watch_all_ready();
-    let agents_runtime = agents::AgentsRuntime::new(
+    Ok((orchestrator, scheduler, llm))
+}
+
+/// The agents' runtime with every agent of the swarm.
+fn agents_runtime(
+    config: &Config,
+    orchestrator: &sagas::Orchestrator,
+    directory: agents::Directory,
+    appender: &Appender,
+    swarm: Vec<agents::AgentSpec>,
+    deps: agents::Dependencies,
+) -> agents::AgentsRuntime {
+    agents::AgentsRuntime::new(
         orchestrator.clone(),
         directory.clone(),
         appender.clone(),
         config.limits,
-        agents::Dependencies {
-            pool: pool.clone(),
-            nats: nats.clone(),
-            targets: targets.clone(),
-        },
+        deps,
         config.relay.clone(),
         config.agents.clone(),
         uuid::Uuid::new_v4().to_string(),
         swarm,
-    );
-    let event_store = EventStoreService::new(appender, reader, commits.clone(), config.limits).into_server();
+    )
+}
 
-    let relay_leading = Arc::new(AtomicBool::new(false));
-    let admin = AdminService::new(pool.clone(), relay_leading.clone(), targets).into_server();
-
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+/// Every service serves from the start but Workflows, which follows its
+/// agents (report_health).
+async fn set_first_health(health_reporter: &tonic_health::server::HealthReporter) {
     health_reporter
         .set_serving::<EventStoreServer<EventStoreService>>()
         .await;
@@ -198,60 +313,53 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     health_reporter
         .set_not_serving::<WorkflowsServer<WorkflowsService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(api::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| StartError::Reflection(e.to_string()))?;
+}
 
-    let (stop, stopped) = watch::channel(false);
-    let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    };
+/// What runs in the background besides the listeners.
+struct Loops {
+    pool: PgPool,
+    commits_tx: watch::Sender<u64>,
+    commits: CommitSignal,
+    projections: Projections,
+    orchestrator: sagas::Orchestrator,
+    scheduler: sagas::Scheduler,
+    agents_runtime: agents::AgentsRuntime,
+    nats: async_nats::Client,
+    relay_leading: Arc<AtomicBool>,
+}
 
-    let grpc = tonic::transport::Server::builder()
-        .trace_fn(|request| tracing::info_span!("grpc", path = %request.uri().path()))
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(event_store)
-        .add_service(admin)
-        .add_service(projections_service)
-        .add_service(workflows)
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-            until_stopped(stopped.clone()),
-        );
-    let http = axum::serve(http_listener, http_router(metrics))
-        .with_graceful_shutdown(until_stopped(stopped.clone()));
-    let mut tasks = JoinSet::new();
-    tasks.spawn(async move { grpc.await.map_err(|e| e.to_string()) });
-    tasks.spawn(async move { http.await.map_err(|e| e.to_string()) });
-    tasks.spawn(sample_pool_usage(pool.clone(), stopped.clone()));
-    tasks.spawn(report_health(health_reporter, agents_ready, stopped.clone()));
-    let watching = event_store::watch_commits(pool.clone(), commits_tx, stopped.clone());
+/// Spawns the commit watcher and, as configured, the projection runners,
+/// the workflow driver, the scheduler, the agents and the relay.
+fn spawn_loops(
+    tasks: &mut JoinSet<Result<(), String>>,
+    config: &Config,
+    loops: Loops,
+    stopped: watch::Receiver<bool>,
+) {
+    let watching = event_store::watch_commits(loops.pool.clone(), loops.commits_tx, stopped.clone());
     tasks.spawn(async move {
         watching.await;
         Ok(())
     });
     if config.projections_enabled {
-        let runners = projections.start(commits, stopped.clone());
+        let runners = loops.projections.start(loops.commits, stopped.clone());
         tasks.spawn(async move {
             let _ = runners.await;
             Ok(())
         });
     }
     if config.workflows_enabled {
-        let driver = orchestrator.run_driver(stopped.clone());
+        let driver = loops.orchestrator.run_driver(stopped.clone());
         tasks.spawn(async move {
             driver.await;
             Ok(())
         });
-        let scheduling = scheduler.run(stopped.clone());
+        let scheduling = loops.scheduler.run(stopped.clone());
         tasks.spawn(async move {
             scheduling.await;
             Ok(())
         });
-        let agents = agents_runtime.run(stopped.clone());
+        let agents = loops.agents_runtime.run(stopped.clone());
         tasks.spawn(async move {
             agents.await;
             Ok(())
@@ -259,10 +367,10 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     }
     if config.relay_enabled {
         let relay = event_store::relay::run_relay(
-            pool.clone(),
-            async_nats::jetstream::new(nats),
+            loops.pool,
+            async_nats::jetstream::new(loops.nats),
             config.relay.clone(),
-            relay_leading,
+            loops.relay_leading,
             stopped,
         );
         tasks.spawn(async move {
@@ -270,19 +378,6 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             Ok(())
         });
     }
-    // Absolute: a relative data_dir was resolved against the working directory.
-    let data_dir = config.data_dir.display();
-    tracing::info!(%grpc_addr, %http_addr, %data_dir, "dbswarm serving");
-    Ok(RunningServer {
-        grpc_addr,
-        http_addr,
-        pool,
-        catalogue,
-        directory,
-        stop,
-        tasks,
-        committers,
-    })
 }
 
 /// The catalogue of every compiled-in agent for what runs without a
@@ -295,12 +390,12 @@ pub fn catalogue(config: &Config) -> Result<domain::workflow::Catalogue, StartEr
         .map_err(StartError::Database)?;
     let (appender, _committers) = Appender::start(pool.clone(), config.append);
     let reader = Reader::new(pool, config.read);
-    Ok(agents::catalogue(&swarm(&appender, &reader, config)))
+    Ok(agents::catalogue(&agent_swarm(config, &appender, &reader)))
 }
 
 /// Every agent with the operations built so far: `probe` on each, and the
 /// schema, query and backup agents' own.
-fn swarm(appender: &Appender, reader: &Reader, config: &Config) -> Vec<agents::AgentSpec> {
+fn agent_swarm(config: &Config, appender: &Appender, reader: &Reader) -> Vec<agents::AgentSpec> {
     let migrator = schema::migration::Migrator::new(
         schema::migration::HistoryStore::new(appender.clone(), reader.clone(), config.limits),
         config.schema.clone(),

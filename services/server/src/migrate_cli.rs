@@ -11,20 +11,7 @@ use schema::migration::{
     HistoryStore, Migration, MigrationError, Migrator, PlanReport, RunReport, StatusReport, Target, load_file,
 };
 
-use crate::ServeArgs;
-use crate::cli::{self, StderrProgress, print};
-
-#[derive(clap::Args)]
-pub struct RunArgs {
-    /// The target database, by the name it was registered under (Admin.RegisterDatabase).
-    #[arg(long, value_name = "NAME")]
-    database: String,
-    /// Print the result as JSON instead of text.
-    #[arg(long)]
-    json: bool,
-    #[command(flatten)]
-    own: Box<ServeArgs>,
-}
+use crate::cli::{self, RunArgs, StderrProgress, print};
 
 #[derive(clap::Args)]
 pub struct MigrationArg {
@@ -155,6 +142,21 @@ fn resolve(migrator: &Migrator, migration: &str) -> anyhow::Result<Migration> {
     Ok(migrator.named(migration)?)
 }
 
+/// One step of a plan: what it does, the lock it takes, its SQL.
+fn write_step(out: &mut String, description: &str, sql: &str, lock: Option<agents::pg::LockLevel>) {
+    match lock {
+        Some(lock) => {
+            let _ = writeln!(out, "    - {description}  [{lock} on the table]");
+        }
+        None => {
+            let _ = writeln!(out, "    - {description}");
+        }
+    }
+    for line in sql.lines() {
+        let _ = writeln!(out, "        {line}");
+    }
+}
+
 fn human_plan(report: &PlanReport) -> String {
     let mut out = String::new();
     let m = &report.migration;
@@ -171,19 +173,7 @@ fn human_plan(report: &PlanReport) -> String {
         "  new version: SET search_path TO {}, {}",
         report.plan.version_schema, m.schema
     );
-    let step = |out: &mut String, description: &str, sql: &str, lock: Option<agents::pg::LockLevel>| {
-        match lock {
-            Some(lock) => {
-                let _ = writeln!(out, "    - {description}  [{lock} on the table]");
-            }
-            None => {
-                let _ = writeln!(out, "    - {description}");
-            }
-        }
-        for line in sql.lines() {
-            let _ = writeln!(out, "        {line}");
-        }
-    };
+    let step = write_step;
     let _ = writeln!(out, "expand:");
     step(
         &mut out,

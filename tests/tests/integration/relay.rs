@@ -393,6 +393,9 @@ async fn tasks_are_queued_once_and_removed_when_done() {
     let server = TestServer::start(settings_for(&db)).await;
     let config = db.relay_config();
     let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    // The workflow side owns the stream (the orchestrator's setup creates
+    // it); workflows are off here, so it is made as the orchestrator does.
+    sagas::ensure_tasks_stream(&js, &config).await.unwrap();
     let mut tasks = wait_for_stream(&nats_url(), &config.tasks_stream_name).await;
 
     let task_id = uuid::Uuid::new_v4();

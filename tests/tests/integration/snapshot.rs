@@ -1,13 +1,9 @@
-//! Snapshots of aggregate state: snapshot + tail equals a full replay, and a
-//! snapshot that cannot be trusted (older schema, corrupt) is ignored.
-
 use domain::{
     AppendRequest, EventData, EventType, ExpectedVersion, Limits, ProposedEvent, StreamAppend, StreamId,
 };
-use event_store::{Aggregate, SnapshotStore};
 use event_store::{
-    AggregateLoader, AppendConfig, Appender, Direction, Loaded, ReadConfig, ReadStreamQuery, Reader,
-    RecordedEvent, StoreError,
+    Aggregate, AggregateError, AggregateStore, AppendConfig, Appender, Direction, Loaded, ReadConfig,
+    ReadStreamQuery, Reader, RecordedEvent, SnapshotStore, Snapshotted, StoreError,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -30,40 +26,77 @@ struct Account {
     checksum: u64,
 }
 
-impl Aggregate for Account {
-    const SNAPSHOT_SCHEMA_VERSION: u32 = 1;
+/// An account event with what the checksum folds of its record.
+struct AccountEvent {
+    event_type: String,
+    amount: i64,
+    event_id: Uuid,
+    event_version: u64,
+}
 
-    fn apply(&mut self, event: &RecordedEvent) {
+/// The account aggregate under snapshot schema version `SCHEMA`. Versions
+/// 1 and 2 have the same state, so the same JSON shape: only the schema
+/// version keeps a version-1 snapshot from being trusted by version 2.
+struct AccountAggregate<const SCHEMA: u32>;
+
+type AccountV1 = AccountAggregate<1>;
+type AccountV2 = AccountAggregate<2>;
+
+impl<const SCHEMA: u32> Aggregate for AccountAggregate<SCHEMA> {
+    const KIND: &'static str = "account";
+    type State = Account;
+    type Event = AccountEvent;
+    type Command = ();
+    type Context = ();
+    type Error = AggregateError;
+    type Failure = AggregateError;
+
+    fn decide(_: &Account, _: (), _: ()) -> Result<Vec<AccountEvent>, AggregateError> {
+        Err(AggregateError::Refused("accounts are only loaded here".into()))
+    }
+    fn evolve(mut account: Account, event: &AccountEvent) -> Account {
+        match event.event_type.as_str() {
+            "Deposited" => account.balance += event.amount,
+            "Withdrawn" => account.balance -= event.amount,
+            other => panic!("unexpected event type {other}"),
+        }
+        account.events += 1;
+        account.last_event_type = event.event_type.clone();
+        account.checksum =
+            account.checksum.rotate_left(7) ^ (event.event_id.as_u128() as u64) ^ event.event_version;
+        account
+    }
+    fn event_type(_: &AccountEvent) -> &'static str {
+        unreachable!("accounts decide nothing")
+    }
+    fn data(event: &AccountEvent) -> serde_json::Value {
+        json!({"amount": event.amount})
+    }
+    fn from_stored(_: &str, _: serde_json::Value) -> Result<AccountEvent, String> {
+        Err("an account event is decoded from its record (see decode)".into())
+    }
+    fn decode(event: &RecordedEvent) -> Result<AccountEvent, String> {
         let EventData::Json(text) = &event.data else {
             panic!("account events are JSON")
         };
         let data: serde_json::Value = serde_json::from_str(text).unwrap();
-        let amount = data["amount"].as_i64().unwrap();
-        match event.event_type.as_str() {
-            "Deposited" => self.balance += amount,
-            "Withdrawn" => self.balance -= amount,
-            other => panic!("unexpected event type {other}"),
-        }
-        self.events += 1;
-        self.last_event_type = event.event_type.clone();
-        self.checksum =
-            self.checksum.rotate_left(7) ^ (event.event_id.as_u128() as u64) ^ event.event_version;
+        Ok(AccountEvent {
+            event_type: event.event_type.clone(),
+            amount: data["amount"].as_i64().unwrap(),
+            event_id: event.event_id,
+            event_version: event.event_version,
+        })
+    }
+    fn creates(_: &()) -> bool {
+        false
+    }
+    fn live(_: &Account) -> bool {
+        false
     }
 }
 
-/// The same account under a new snapshot schema version. Its JSON has the
-/// same shape as `Account`'s, so only the schema version keeps a version-1
-/// snapshot from being trusted.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
-struct AccountV2(Account);
-
-impl Aggregate for AccountV2 {
-    const SNAPSHOT_SCHEMA_VERSION: u32 = 2;
-
-    fn apply(&mut self, event: &RecordedEvent) {
-        self.0.apply(event);
-    }
+impl<const SCHEMA: u32> Snapshotted for AccountAggregate<SCHEMA> {
+    const SNAPSHOT_SCHEMA_VERSION: u32 = SCHEMA;
 }
 
 /// A database with the migrations applied, an appender and a reader; no
@@ -96,8 +129,17 @@ impl Fixture {
         SnapshotStore::new(self.pool.clone(), STATE_BYTES_MAX)
     }
 
-    fn loader(&self, snapshot_every_events: u64) -> AggregateLoader {
-        AggregateLoader::new(self.reader.clone(), self.store(), snapshot_every_events)
+    fn loader<A: Snapshotted>(&self, snapshot_every_events: u64) -> AggregateStore<A> {
+        self.loader_with::<A>(self.store(), snapshot_every_events)
+    }
+
+    fn loader_with<A: Snapshotted>(
+        &self,
+        snapshots: SnapshotStore,
+        snapshot_every_events: u64,
+    ) -> AggregateStore<A> {
+        AggregateStore::new(self.appender.clone(), self.reader.clone(), Limits::default())
+            .with_snapshots(snapshots, snapshot_every_events)
     }
 
     /// Appends `count` account events to `stream`, which is at `version`,
@@ -145,7 +187,7 @@ impl Fixture {
 
     /// The oracle: every event of the stream folded from the first, with
     /// neither the loader nor snapshots involved.
-    async fn fold_everything<A: Aggregate>(&self, stream: &StreamId) -> A {
+    async fn fold_everything(&self, stream: &StreamId) -> Account {
         let mut events = self
             .reader
             .read_stream(ReadStreamQuery {
@@ -156,9 +198,9 @@ impl Fixture {
             })
             .await
             .unwrap();
-        let mut state = A::default();
+        let mut state = Account::default();
         while let Some(event) = events.recv().await {
-            state.apply(&event.unwrap());
+            state = AccountV1::evolve(state, &AccountV1::decode(&event.unwrap()).unwrap());
         }
         state
     }
@@ -174,18 +216,25 @@ impl Fixture {
         .unwrap()
     }
 
+    /// Every append was answered before this, so nothing is pending; the
+    /// committers are stopped rather than awaited because the tests'
+    /// aggregate stores still hold clones of the appender.
     async fn stop(self) {
         drop(self.appender);
         for committer in self.committers {
-            committer.await.unwrap();
+            committer.abort();
+            let _ = committer.await;
         }
         self.pool.close().await;
         self.db.drop_database().await;
     }
 }
 
-fn new_stream() -> StreamId {
-    StreamId::parse(&format!("account-{}", Uuid::new_v4()), &Limits::default()).unwrap()
+/// A new account: its id, and its stream `account-<id>`.
+fn new_stream() -> (String, StreamId) {
+    let id = Uuid::new_v4().to_string();
+    let stream = StreamId::parse(&AggregateStore::<AccountV1>::stream(&id), &Limits::default()).unwrap();
+    (id, stream)
 }
 
 fn assert_loaded<A: std::fmt::Debug>(
@@ -204,12 +253,12 @@ fn assert_loaded<A: std::fmt::Debug>(
 #[tokio::test]
 async fn snapshot_plus_tail_equals_a_full_replay_of_10k_events() {
     let fx = Fixture::start().await;
-    let stream = new_stream();
-    let on_demand = fx.loader(0);
+    let (id, stream) = new_stream();
+    let on_demand = fx.loader::<AccountV1>(0);
 
     // given 7,000 events and a snapshot taken on demand at version 7,000
     fx.append(&stream, 0, 7_000).await;
-    let at_snapshot = on_demand.snapshot_now::<Account>(&stream).await.unwrap();
+    let at_snapshot = on_demand.snapshot_now(&id).await.unwrap();
     assert_loaded(&at_snapshot, 7_000, None, 7_000);
     let stored = fx
         .store()
@@ -225,7 +274,7 @@ async fn snapshot_plus_tail_equals_a_full_replay_of_10k_events() {
     fx.append(&stream, 7_000, 3_000).await;
 
     // when the aggregate is loaded from the snapshot plus its tail
-    let from_snapshot = on_demand.load::<Account>(&stream).await.unwrap();
+    let from_snapshot = on_demand.load_detailed(&id).await.unwrap();
 
     // then only the tail was replayed
     assert_loaded(&from_snapshot, 10_000, Some(7_000), 3_000);
@@ -235,7 +284,7 @@ async fn snapshot_plus_tail_equals_a_full_replay_of_10k_events() {
         .execute(&fx.pool)
         .await
         .unwrap();
-    let replayed = on_demand.load::<Account>(&stream).await.unwrap();
+    let replayed = on_demand.load_detailed(&id).await.unwrap();
     assert_loaded(&replayed, 10_000, None, 10_000);
     assert_eq!(from_snapshot.state, replayed.state);
 
@@ -253,41 +302,41 @@ async fn snapshot_plus_tail_equals_a_full_replay_of_10k_events() {
 #[tokio::test]
 async fn a_snapshot_is_saved_after_n_replayed_events_and_the_next_load_replays_only_the_tail() {
     let fx = Fixture::start().await;
-    let stream = new_stream();
-    let loader = fx.loader(1_000);
+    let (id, stream) = new_stream();
+    let loader = fx.loader::<AccountV1>(1_000);
 
     // given 1,200 events and no snapshot
     fx.append(&stream, 0, 1_200).await;
 
     // when loaded, everything is replayed and a snapshot saved at 1,200
-    let first = loader.load::<Account>(&stream).await.unwrap();
+    let first = loader.load_detailed(&id).await.unwrap();
     assert_loaded(&first, 1_200, None, 1_200);
     assert_eq!(fx.snapshot_rows(&stream).await, vec![(1_200, 1)]);
 
     // and after 50 more events the next load replays only those
     fx.append(&stream, 1_200, 50).await;
-    let second = loader.load::<Account>(&stream).await.unwrap();
+    let second = loader.load_detailed(&id).await.unwrap();
     assert_loaded(&second, 1_250, Some(1_200), 50);
-    assert_eq!(second.state, fx.fold_everything::<Account>(&stream).await);
+    assert_eq!(second.state, fx.fold_everything(&stream).await);
     // (50 < 1,000: no new snapshot)
     assert_eq!(fx.snapshot_rows(&stream).await, vec![(1_200, 1)]);
 
     // and once 1,000 more have followed, the load saves a new snapshot and
     // the older one is deleted: only the newest is kept
     fx.append(&stream, 1_250, 1_000).await;
-    let third = loader.load::<Account>(&stream).await.unwrap();
+    let third = loader.load_detailed(&id).await.unwrap();
     assert_loaded(&third, 2_250, Some(1_200), 1_050);
     assert_eq!(fx.snapshot_rows(&stream).await, vec![(2_250, 1)]);
-    let fourth = loader.load::<Account>(&stream).await.unwrap();
+    let fourth = loader.load_detailed(&id).await.unwrap();
     assert_loaded(&fourth, 2_250, Some(2_250), 0);
-    assert_eq!(fourth.state, fx.fold_everything::<Account>(&stream).await);
+    assert_eq!(fourth.state, fx.fold_everything(&stream).await);
     fx.stop().await;
 }
 
 #[tokio::test]
 async fn a_snapshot_of_an_older_schema_version_is_ignored_and_replaced() {
     let fx = Fixture::start().await;
-    let stream = new_stream();
+    let (id, stream) = new_stream();
     fx.append(&stream, 0, 300).await;
 
     // given a schema-1 snapshot at the stream's version whose state is
@@ -301,16 +350,16 @@ async fn a_snapshot_of_an_older_schema_version_is_ignored_and_replaced() {
         .await
         .unwrap();
     // (a schema-1 aggregate would trust it)
-    let trusted = fx.loader(0).load::<Account>(&stream).await.unwrap();
+    let trusted = fx.loader::<AccountV1>(0).load_detailed(&id).await.unwrap();
     assert_loaded(&trusted, 300, Some(300), 0);
 
     // when the schema-2 aggregate is loaded
-    let loader = fx.loader(100);
-    let loaded = loader.load::<AccountV2>(&stream).await.unwrap();
+    let loader = fx.loader::<AccountV2>(100);
+    let loaded = loader.load_detailed(&id).await.unwrap();
 
     // then the old snapshot was ignored: a full replay, and a correct state
     assert_loaded(&loaded, 300, None, 300);
-    assert_eq!(loaded.state.0, fx.fold_everything::<Account>(&stream).await);
+    assert_eq!(loaded.state, fx.fold_everything(&stream).await);
 
     // and it was replaced by a schema-2 snapshot
     assert_eq!(fx.snapshot_rows(&stream).await, vec![(300, 2)]);
@@ -323,7 +372,7 @@ async fn a_snapshot_of_an_older_schema_version_is_ignored_and_replaced() {
     assert_eq!(newest.stream_version, 300);
 
     // which the next load starts from
-    let again = loader.load::<AccountV2>(&stream).await.unwrap();
+    let again = loader.load_detailed(&id).await.unwrap();
     assert_loaded(&again, 300, Some(300), 0);
     assert_eq!(again.state, loaded.state);
     fx.stop().await;
@@ -332,10 +381,10 @@ async fn a_snapshot_of_an_older_schema_version_is_ignored_and_replaced() {
 #[tokio::test]
 async fn a_corrupt_snapshot_is_ignored_and_the_load_is_still_correct() {
     let fx = Fixture::start().await;
-    let stream = new_stream();
+    let (id, stream) = new_stream();
     fx.append(&stream, 0, 150).await;
     let oracle: Account = fx.fold_everything(&stream).await;
-    let on_demand = fx.loader(0);
+    let on_demand = fx.loader::<AccountV1>(0);
 
     // given a snapshot whose state does not deserialize into the aggregate
     fx.store()
@@ -344,7 +393,7 @@ async fn a_corrupt_snapshot_is_ignored_and_the_load_is_still_correct() {
         .unwrap();
 
     // when loaded, it is ignored and everything replayed
-    let loaded = on_demand.load::<Account>(&stream).await.unwrap();
+    let loaded = on_demand.load_detailed(&id).await.unwrap();
     assert_loaded(&loaded, 150, None, 150);
     assert_eq!(loaded.state, oracle);
 
@@ -363,15 +412,15 @@ async fn a_corrupt_snapshot_is_ignored_and_the_load_is_still_correct() {
     .unwrap();
 
     // when loaded, it is ignored too
-    let loaded = on_demand.load::<Account>(&stream).await.unwrap();
+    let loaded = on_demand.load_detailed(&id).await.unwrap();
     assert_loaded(&loaded, 150, None, 150);
     assert_eq!(loaded.state, oracle);
 
     // and the next snapshot saved replaces both corrupt ones
-    let loaded = fx.loader(100).load::<Account>(&stream).await.unwrap();
+    let loaded = fx.loader::<AccountV1>(100).load_detailed(&id).await.unwrap();
     assert_loaded(&loaded, 150, None, 150);
     assert_eq!(fx.snapshot_rows(&stream).await, vec![(150, 1)]);
-    let loaded = on_demand.load::<Account>(&stream).await.unwrap();
+    let loaded = on_demand.load_detailed(&id).await.unwrap();
     assert_loaded(&loaded, 150, Some(150), 0);
     assert_eq!(loaded.state, oracle);
     fx.stop().await;
@@ -380,7 +429,7 @@ async fn a_corrupt_snapshot_is_ignored_and_the_load_is_still_correct() {
 #[tokio::test]
 async fn bad_snapshots_are_refused_with_typed_errors_and_nothing_is_written() {
     let fx = Fixture::start().await;
-    let stream = new_stream();
+    let (id, stream) = new_stream();
     fx.append(&stream, 0, 10).await;
     let store = fx.store();
     let state = json!({"balance": 1});
@@ -407,7 +456,7 @@ async fn bad_snapshots_are_refused_with_typed_errors_and_nothing_is_written() {
         "stream version 11 is ahead of the stream, which is at version 10",
     );
     // a stream that does not exist
-    let missing = new_stream();
+    let (missing_id, missing) = new_stream();
     let error = store.save(&missing, 1, 1, &state).await.unwrap_err();
     assert!(error.to_string().contains("which does not exist"), "{error}");
     // schema version 0
@@ -439,23 +488,30 @@ async fn bad_snapshots_are_refused_with_typed_errors_and_nothing_is_written() {
     assert_eq!(count, 0);
 
     // and a loader whose snapshot is refused (too large) still loads
-    let tiny = AggregateLoader::new(fx.reader.clone(), SnapshotStore::new(fx.pool.clone(), 10), 1);
-    let loaded = tiny.load::<Account>(&stream).await.unwrap();
+    let tiny = fx.loader_with::<AccountV1>(SnapshotStore::new(fx.pool.clone(), 10), 1);
+    let loaded = tiny.load_detailed(&id).await.unwrap();
     assert_loaded(&loaded, 10, None, 10);
     assert!(fx.snapshot_rows(&stream).await.is_empty());
     // but an explicit snapshot reports the refusal
     assert!(matches!(
-        tiny.snapshot_now::<Account>(&stream).await.unwrap_err(),
-        StoreError::InvalidSnapshot(_)
+        tiny.snapshot_now(&id).await.unwrap_err(),
+        AggregateError::Store(StoreError::InvalidSnapshot(_))
     ));
 
     // and a stream that does not exist loads as the default state at version 0
-    let loaded = fx.loader(1).load::<Account>(&missing).await.unwrap();
+    let loaded = fx
+        .loader::<AccountV1>(1)
+        .load_detailed(&missing_id)
+        .await
+        .unwrap();
     assert_loaded(&loaded, 0, None, 0);
     assert_eq!(loaded.state, Account::default());
     assert!(matches!(
-        fx.loader(1).snapshot_now::<Account>(&missing).await.unwrap_err(),
-        StoreError::StreamNotFound(_)
+        fx.loader::<AccountV1>(1)
+            .snapshot_now(&missing_id)
+            .await
+            .unwrap_err(),
+        AggregateError::NotFound { .. }
     ));
 
     // and a valid snapshot is accepted

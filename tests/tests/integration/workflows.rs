@@ -3,8 +3,6 @@
 //! outcomes are all recorded once, and the built-in `workflows` read model
 //! follows.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use domain::Limits;
 use domain::workflow::{
     Catalogue, Clock, OperationSpec, Plan, Priority, WorkflowCommand, WorkflowEvent, WorkflowStatus,
@@ -38,8 +36,10 @@ fn plan() -> Plan {
 }
 
 fn now() -> Clock {
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
-    Clock { now_ms, jitter: 0.5 }
+    Clock {
+        now_ms: event_store::clock::now_ms(),
+        jitter: 0.5,
+    }
 }
 
 fn start(id: Uuid) -> WorkflowCommand {

@@ -189,11 +189,11 @@ impl CatalogueEvent {
     }
 
     pub fn data(&self) -> serde_json::Value {
-        sagas::tagged_event_data(self)
+        event_store::tagged_event_data(self)
     }
 
     pub fn from_stored(event_type: &str, data: serde_json::Value) -> Result<CatalogueEvent, String> {
-        sagas::tagged_event_from_stored(event_type, data)
+        event_store::tagged_event_from_stored(event_type, data)
     }
 }
 

@@ -19,7 +19,7 @@ use agents::sql::quote_ident;
 use chrono::{DateTime, Utc};
 use domain::target::ConnectionUrl;
 use event_store::clock::now_ms;
-use sagas::{Aggregate, AggregateStore, SagaError};
+use event_store::{Aggregate, AggregateError, AggregateStore};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, PgPool};
@@ -100,7 +100,7 @@ pub enum BackupError {
     #[error("{0}")]
     Refused(String),
     #[error(transparent)]
-    Catalogue(#[from] SagaError),
+    Catalogue(#[from] AggregateError),
     #[error(transparent)]
     Repository(#[from] RepositoryError),
     #[error("{file}: {error}")]
@@ -136,7 +136,7 @@ impl From<BackupError> for domain::OperationError {
 
 pub use agents::{NoProgress, ProgressSink, Target};
 
-/// The catalogue as an aggregate of the sagas' store.
+/// The catalogue as an aggregate of the event store's aggregate store.
 pub struct CatalogueAggregate;
 
 impl Aggregate for CatalogueAggregate {
@@ -146,6 +146,7 @@ impl Aggregate for CatalogueAggregate {
     type Command = CatalogueCommand;
     type Context = ();
     type Error = CatalogueError;
+    type Failure = AggregateError;
 
     fn decide(
         state: &Catalogue,
@@ -174,9 +175,9 @@ impl Aggregate for CatalogueAggregate {
     }
 }
 
-impl From<CatalogueError> for SagaError {
-    fn from(error: CatalogueError) -> SagaError {
-        SagaError::Refused(error.to_string())
+impl From<CatalogueError> for AggregateError {
+    fn from(error: CatalogueError) -> AggregateError {
+        AggregateError::Refused(error.to_string())
     }
 }
 

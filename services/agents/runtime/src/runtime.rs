@@ -19,9 +19,9 @@ use domain::{
 };
 use event_store::Appender;
 use event_store::clock::now_ms;
-use event_store::relay::{self, RelayConfig};
+use event_store::relay::RelayConfig;
 use futures_util::StreamExt;
-use sagas::{Orchestrator, STOP_SUBJECT};
+use sagas::{Orchestrator, STOP_SUBJECT, ensure_tasks_stream};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -629,7 +629,7 @@ async fn become_ready(
     agent: &Agent,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, String> {
     check_dependencies(&shared.deps, shared.config.health_timeout_ms).await?;
-    relay::ensure_tasks_stream(&shared.js, &shared.subjects)
+    ensure_tasks_stream(&shared.js, &shared.subjects)
         .await
         .map_err(|e| e.to_string())?;
     let stream = shared

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use agents::pg::{ExecError, Timeouts, describe, run_outside_transaction, run_step, run_transaction};
 use domain::target::ConnectionUrl;
-use sagas::{Aggregate, AggregateStore, SagaError};
+use event_store::{Aggregate, AggregateError, AggregateStore};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::pool::PoolConnection;
@@ -87,6 +87,7 @@ impl Aggregate for SchemaHistory {
     type Command = HistoryCommand;
     type Context = ();
     type Error = HistoryError;
+    type Failure = AggregateError;
 
     fn decide(state: &History, command: HistoryCommand, _: ()) -> Result<Vec<HistoryEvent>, HistoryError> {
         history::decide(state, command)
@@ -111,9 +112,9 @@ impl Aggregate for SchemaHistory {
     }
 }
 
-impl From<HistoryError> for SagaError {
-    fn from(error: HistoryError) -> SagaError {
-        SagaError::Refused(error.to_string())
+impl From<HistoryError> for AggregateError {
+    fn from(error: HistoryError) -> AggregateError {
+        AggregateError::Refused(error.to_string())
     }
 }
 
@@ -162,7 +163,7 @@ pub enum MigrationError {
     #[error("database '{target}': {error}")]
     Target { target: String, error: String },
     #[error("cannot record the migration history: {0}")]
-    History(SagaError),
+    History(AggregateError),
     #[error("no migration named '{name}' in {dir} (looked for {name}.yaml, .yml, .json and .sql)")]
     NotFound { name: String, dir: String },
     #[error(
@@ -205,10 +206,10 @@ impl From<MigrationError> for domain::OperationError {
     }
 }
 
-impl From<SagaError> for MigrationError {
-    fn from(error: SagaError) -> MigrationError {
+impl From<AggregateError> for MigrationError {
+    fn from(error: AggregateError) -> MigrationError {
         match error {
-            SagaError::Refused(message) => MigrationError::Refused(message),
+            AggregateError::Refused(message) => MigrationError::Refused(message),
             other => MigrationError::History(other),
         }
     }
