@@ -16,6 +16,7 @@ pub mod proto {
 mod admin_service;
 mod convert;
 mod event_store_service;
+pub mod health;
 mod projections_service;
 pub mod runtime;
 mod status;

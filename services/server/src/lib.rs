@@ -11,10 +11,6 @@ use std::time::Duration;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use api::proto::admin_server::AdminServer;
-use api::proto::event_store_server::EventStoreServer;
-use api::proto::projections_server::ProjectionsServer;
-use api::proto::workflows_server::WorkflowsServer;
 use api::{AdminService, EventStoreService, ProjectionsService, WorkflowsService};
 use event_store::{Appender, CommitSignal, Reader};
 use projections::Projections;
@@ -140,9 +136,8 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let relay_leading = Arc::new(AtomicBool::new(false));
     let admin = AdminService::new(pool.clone(), relay_leading.clone(), targets).into_server();
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    set_first_health(&health_reporter).await;
-    let reflection = reflection()?;
+    let (health, health_service) = api::health::health_service().await;
+    let reflection = api::health::reflection().map_err(|e| StartError::Reflection(e.to_string()))?;
     let (stop, stopped) = watch::channel(false);
     let grpc = tonic::transport::Server::builder()
         .trace_fn(|request| tracing::info_span!("grpc", path = %request.uri().path()))
@@ -162,7 +157,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     tasks.spawn(async move { grpc.await.map_err(|e| e.to_string()) });
     tasks.spawn(async move { http.await.map_err(|e| e.to_string()) });
     tasks.spawn(sample_pool_usage(pool.clone(), stopped.clone()));
-    tasks.spawn(report_health(health_reporter, agents_ready, stopped.clone()));
+    tasks.spawn(report_health(health, agents_ready, stopped.clone()));
     let loops = Loops {
         pool: pool.clone(),
         commits_tx,
@@ -188,18 +183,6 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         tasks,
         committers,
     })
-}
-
-/// gRPC reflection over dbswarm's services and the health service.
-fn reflection() -> Result<
-    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
-    StartError,
-> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(api::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| StartError::Reflection(e.to_string()))
 }
 
 /// Resolves when `stopped` turns true (or its sender is gone).
@@ -297,22 +280,6 @@ fn agents_runtime(
         uuid::Uuid::new_v4().to_string(),
         swarm,
     )
-}
-
-/// Every service serves from the start but Workflows, which follows its
-/// agents (report_health).
-async fn set_first_health(health_reporter: &tonic_health::server::HealthReporter) {
-    health_reporter
-        .set_serving::<EventStoreServer<EventStoreService>>()
-        .await;
-    health_reporter.set_serving::<AdminServer<AdminService>>().await;
-    health_reporter
-        .set_serving::<ProjectionsServer<ProjectionsService>>()
-        .await;
-    // Workflows follows its agents (report_health).
-    health_reporter
-        .set_not_serving::<WorkflowsServer<WorkflowsService>>()
-        .await;
 }
 
 /// What runs in the background besides the listeners.
@@ -490,18 +457,13 @@ async fn sample_pool_usage(pool: PgPool, mut stopped: watch::Receiver<bool>) -> 
 /// with `workflows_enabled = false`); the others serve from start. Once
 /// the server stops, every service is NOT_SERVING.
 async fn report_health(
-    reporter: tonic_health::server::HealthReporter,
+    health: api::health::Health,
     mut agents_ready: watch::Receiver<bool>,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), String> {
     loop {
-        if *agents_ready.borrow_and_update() {
-            reporter.set_serving::<WorkflowsServer<WorkflowsService>>().await;
-        } else {
-            reporter
-                .set_not_serving::<WorkflowsServer<WorkflowsService>>()
-                .await;
-        }
+        let ready = *agents_ready.borrow_and_update();
+        health.set_workflows(ready).await;
         let directory_gone = tokio::select! {
             changed = agents_ready.changed() => changed.is_err(),
             _ = stopped.wait_for(|s| *s) => break,
@@ -512,20 +474,7 @@ async fn report_health(
             break;
         }
     }
-    reporter
-        .set_not_serving::<EventStoreServer<EventStoreService>>()
-        .await;
-    reporter.set_not_serving::<AdminServer<AdminService>>().await;
-    reporter
-        .set_not_serving::<ProjectionsServer<ProjectionsService>>()
-        .await;
-    reporter
-        .set_not_serving::<WorkflowsServer<WorkflowsService>>()
-        .await;
-    // "": the server as a whole.
-    reporter
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
+    health.set_stopped().await;
     Ok(())
 }
 
