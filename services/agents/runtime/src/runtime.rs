@@ -19,6 +19,7 @@ use domain::{
 };
 use event_store::Appender;
 use event_store::clock::now_ms;
+use event_store::leader::stopping;
 use event_store::relay::RelayConfig;
 use futures_util::StreamExt;
 use sagas::{Orchestrator, STOP_SUBJECT, ensure_tasks_stream};
@@ -1075,11 +1076,6 @@ async fn route_stop_requests(shared: Arc<Shared>, mut stop: watch::Receiver<bool
             }
         }
     }
-}
-
-/// Resolves once `stop` turns true (or its sender is gone).
-async fn stopping(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 #[cfg(test)]
